@@ -1,1 +1,87 @@
-fn main() {}
+//! `cema`: the command-line front end of cema (SPEC §7).
+//!
+//! Layout: this file holds the top-level [`Cli`] (global flags), tracing set-up and the mapping
+//! from a subcommand's result to the process exit code; [`cmd`] holds one file per subcommand;
+//! [`exit`] holds the error type that carries the exit code; [`ui`] holds progress bars and
+//! status lines shared by the subcommands.
+//!
+//! Exit codes: 0 success, 1 a failed check or run, 2 usage or input error (clap's own usage errors
+//! exit 2 as well).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cmd;
+mod exit;
+mod ui;
+
+/// Cloud-edge test-time adaptation: datasets, corruptions, training, evaluation, benchmarks.
+///
+/// Exit codes: 0 success, 1 a failed check or run, 2 usage or input error.
+#[derive(Debug, Parser)]
+#[command(name = "cema", version, propagate_version = true)]
+struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
+    verbose: u8,
+
+    /// No progress bars or status lines on stderr (results and errors are still printed).
+    #[arg(short, long, global = true, help_heading = "Global options")]
+    quiet: bool,
+
+    /// Worker threads for data-parallel work (default: one per CPU core).
+    #[arg(long, global = true, env = "CEMA_THREADS", value_name = "N", help_heading = "Global options",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+
+    #[command(subcommand)]
+    command: cmd::Command,
+}
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, 0) => "error",
+        (false, 0) => "warn",
+        (_, 1) => "info",
+        (_, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // A second init (only possible in tests) is harmless, so its error is ignored.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    // `parse` prints usage errors and exits 2 itself (0 for --help / --version).
+    let cli = Cli::parse();
+    init_tracing(cli.verbose, cli.quiet);
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n as usize)
+            .build_global()
+        {
+            tracing::warn!("--threads {n} ignored: {e}");
+        }
+    }
+    let ctx = cmd::Context {
+        quiet: cli.quiet,
+        argv: std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+    };
+    let name = cli.command.name();
+    match cli.command.run(&ctx) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::debug!("cema {name} failed: {e:?}");
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}

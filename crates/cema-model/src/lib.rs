@@ -1,1 +1,48 @@
-//! placeholder
+//! cema's models: ResNets whose normalization layers are the adaptable part.
+//!
+//! - [`Arch`]: what to build (CIFAR ResNet family, torchvision ResNet-18/34/50).
+//! - [`ResNet`]: weights on a burn device and a forward pass whose norm layers run in a
+//!   [`NormMode`] chosen per call (running statistics, batch statistics, or TBR).
+//! - [`Model`]: a network plus its [`ModelCard`]; loads/saves checkpoints (safetensors or `.pth`,
+//!   by PyTorch names), predicts on u8 images, computes accuracy.
+//! - [`NormState`]: the norm layers' γ, β, running mean and variance as one versioned
+//!   safetensors blob — what the cloud sends an edge.
+//! - [`ResNet::backward`] + [`Sgd`]: gradients w.r.t. a chosen parameter set ([`Trainable`]),
+//!   everything else frozen; [`train`] for source training.
+//!
+//! **API boundary:** all tensor code of the workspace lives in this crate. Other crates see host
+//! vectors, [`NormState`]s and this API; they never name a burn type except [`Device`]/[`Tensor`]
+//! through the loss closures of [`ResNet::backward`].
+
+mod arch;
+mod checkpoint;
+mod error;
+mod eval;
+mod input;
+mod norm;
+mod normstate;
+mod optim;
+mod resnet;
+mod step;
+mod store;
+pub mod tensors;
+mod train;
+
+pub use arch::Arch;
+pub use burn::tensor::{Device, Tensor};
+pub use checkpoint::{card_path, sha256_file, sha256_hex, InputSpec, Model, ModelCard};
+pub use error::{ModelError, Result};
+pub use input::to_input;
+pub use norm::{NormKind, NormLayer, NormMode, BN_EPS, BN_MOMENTUM};
+pub use normstate::NormState;
+pub use optim::{Sgd, SgdConfig};
+pub use resnet::ResNet;
+pub use step::{argmax_rows, cross_entropy, Backward};
+pub use store::{Kind, Store, Trainable};
+pub use tensors::{HostTensor, NamedTensors};
+pub use train::{checkpoint_dir, train, EpochReport, TrainConfig, TrainEvent};
+
+/// The CPU device (burn's pure-Rust `flex` backend).
+pub fn cpu() -> Device {
+    Device::flex()
+}

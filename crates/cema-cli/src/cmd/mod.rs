@@ -1,0 +1,180 @@
+//! The subcommands, one file each.
+//!
+//! # Adding a subcommand
+//! 1. Write `src/cmd/<name>.rs` with
+//!    * `pub struct Args` deriving `clap::Args`, every flag documented by its doc comment (that is
+//!      the `--help` text), and a doc comment on the struct (the subcommand's one-line `about`);
+//!    * `pub fn run(args: Args, ctx: &Context) -> Result<(), CliError>`.
+//! 2. Add `pub mod <name>;` and one line `Variant(<name>::Args) => <name>,` to the
+//!    [`commands!`] invocation below. That generates the enum variant, its name and its dispatch.
+//!
+//! Errors: return [`CliError::usage`] (exit 2) for bad flags, missing or invalid input files and
+//! unwritable outputs, naming the flag or file; anything else that stops the run exits 1 (plain
+//! `?` on an `anyhow::Error` does that). Report-producing subcommands take `--json FILE`
+//! (SPEC §7); [`write_json`] writes it atomically.
+
+use std::path::Path;
+
+use crate::exit::{CliError, ResultExt};
+
+pub mod corrupt;
+pub mod eval;
+pub mod train;
+
+/// What every subcommand gets besides its own flags.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// `--quiet`: no progress bars or status lines.
+    pub quiet: bool,
+    /// The command line as typed, for manifests and model cards.
+    pub argv: Vec<String>,
+}
+
+/// Declares the [`Command`] enum (the subcommand list of `cema --help`), its names and dispatch.
+macro_rules! commands {
+    ($( $(#[$meta:meta])* $variant:ident($module:ident::Args) ),* $(,)?) => {
+        /// The subcommands.
+        #[derive(Debug, clap::Subcommand)]
+        pub enum Command {
+            $( $(#[$meta])* $variant($module::Args), )*
+        }
+
+        impl Command {
+            /// The subcommand as typed on the command line.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( Command::$variant(_) => stringify!($module), )*
+                }
+            }
+
+            /// Runs the subcommand.
+            pub fn run(self, ctx: &Context) -> Result<(), CliError> {
+                match self {
+                    $( Command::$variant(args) => $module::run(args, ctx), )*
+                }
+            }
+        }
+    };
+}
+
+commands! {
+    Corrupt(corrupt::Args),
+    Eval(eval::Args),
+    Train(train::Args),
+}
+
+/// Writes `value` as pretty JSON to `path` atomically (temp file + rename). Failure to write is
+/// an output error (exit 2) naming `flag` and the path.
+pub fn write_json(path: &Path, value: &serde_json::Value, flag: &str) -> Result<(), CliError> {
+    let mut text = serde_json::to_string_pretty(value).run_err("serialising JSON")?;
+    text.push('\n');
+    write_atomic(path, text.as_bytes()).usage_err(format!("{flag} {}", path.display()))
+}
+
+/// Writes a file through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    // Temporary files are created 0600; results are meant to be read by others as well.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Checks early that files can be created in `dir` (creating it if needed), so a long run does
+/// not fail at its end. The error names `flag` and the folder (exit 2).
+pub fn ensure_writable_dir(dir: &Path, flag: &str) -> Result<(), CliError> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let ctx = || format!("{flag}: cannot write to folder {}", dir.display());
+    std::fs::create_dir_all(dir).usage_err(ctx())?;
+    tempfile::NamedTempFile::new_in(dir).usage_err(ctx())?;
+    Ok(())
+}
+
+/// Parent folder of a file path ("." for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format_utc(secs)
+}
+
+fn format_utc(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The command line as one shell-pasteable string.
+pub fn shell_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+%".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_709_251_199), "2024-02-29T23:59:59Z");
+    }
+
+    #[test]
+    fn shell_quoting() {
+        let argv = ["cema", "corrupt", "--out", "a b", "it's"].map(String::from);
+        assert_eq!(shell_line(&argv), r"cema corrupt --out 'a b' 'it'\''s'");
+    }
+}

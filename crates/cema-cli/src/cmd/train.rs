@@ -1,0 +1,216 @@
+//! `cema train`: source-train a model on clean Fashion-MNIST; writes checkpoint + model card + run JSON.
+
+use std::path::PathBuf;
+
+use cema_data::{fashion_mnist, Split};
+use cema_model::{
+    checkpoint_dir, cpu, train, Arch, InputSpec, Model, ModelCard, TrainConfig, TrainEvent,
+};
+use serde_json::json;
+
+use super::{write_json, Context};
+use crate::exit::{CliError, ResultExt};
+use crate::ui::Progress;
+
+/// Source-train a ResNet on clean Fashion-MNIST (SGD + Nesterov momentum, cosine schedule, weight
+/// decay, random crop + horizontal flip). Checkpoints every epoch to `<out>.ckpt/`; `--resume`
+/// continues from there with identical results.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to write the weights; the model card goes beside it as `<out>.json`.
+    #[arg(long, default_value = "models/edge.safetensors")]
+    out: PathBuf,
+    /// CIFAR-style ResNet depth (6n+2: 8, 14, 20, ...).
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    /// Width of the first stage (stages are width, 2·width, 4·width).
+    #[arg(long, default_value_t = 16)]
+    width: usize,
+    /// Role recorded in the model card (edge or foundation).
+    #[arg(long, default_value = "edge")]
+    role: String,
+    #[arg(long, default_value_t = 15)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Peak learning rate (cosine-annealed to 0).
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// Weight decay on convolution and linear weights.
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// Random-crop padding in pixels (0 disables the crop).
+    #[arg(long, default_value_t = 2)]
+    pad: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue from `<out>.ckpt/` if it exists.
+    #[arg(long)]
+    resume: bool,
+    /// Train on the first N images only (quick runs).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Folder with the Fashion-MNIST .gz files (default /usr/share/datasets/fashion-mnist).
+    #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Write the run (config, per-epoch history, final accuracy, time) as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
+    let arch = Arch::CifarResnet {
+        depth: args.depth,
+        width: args.width,
+        in_channels: 1,
+        num_classes: 10,
+    };
+    arch.validate()
+        .map_err(|e| CliError::usage(anyhow::anyhow!("--depth/--width: {e}")))?;
+    let dir = args.data_dir.as_deref();
+    let mut train_set = fashion_mnist::load(dir, Split::Train).usage_err("--data-dir")?;
+    let test_set = fashion_mnist::load(dir, Split::Test).usage_err("--data-dir")?;
+    if let Some(n) = args.limit {
+        train_set = train_set.take(n);
+    }
+    if args.batch == 0 || args.batch > train_set.len() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--batch {} must be in 1..={}",
+            args.batch,
+            train_set.len()
+        )));
+    }
+    super::ensure_writable_dir(super::parent_dir(&args.out), "--out")?;
+    let card = ModelCard {
+        name: args
+            .out
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
+        role: args.role.clone(),
+        architecture: arch,
+        input: InputSpec {
+            height: 28,
+            width: 28,
+            channels: 1,
+            mean: vec![fashion_mnist_mean()],
+            std: vec![fashion_mnist_std()],
+        },
+        classes: fashion_mnist::CLASSES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        dataset: "fashion-mnist".into(),
+        clean_accuracy: None,
+        parameters: None,
+        sha256: None,
+        training: serde_json::Value::Null,
+        history: None,
+    };
+    let device = cpu();
+    let mut model = Model::init(card, &device, args.seed).run_err("building the model")?;
+    let cfg = TrainConfig {
+        epochs: args.epochs,
+        batch: args.batch,
+        lr: args.lr,
+        momentum: 0.9,
+        weight_decay: args.weight_decay,
+        nesterov: true,
+        pad: args.pad,
+        flip: true,
+        seed: args.seed,
+    };
+    let ckpt = checkpoint_dir(&args.out);
+    let steps = train_set.len() / args.batch;
+    let progress = Progress::new((args.epochs * steps) as u64, "steps", ctx.quiet);
+    progress.note(format!(
+        "training {} ({} parameters) on {} images for {} epochs; checkpoint {}",
+        args.out.display(),
+        model.net.store().parameter_count(),
+        train_set.len(),
+        args.epochs,
+        ckpt.display()
+    ));
+    let t0 = std::time::Instant::now();
+    let mut ema_loss = None::<f32>;
+    let mut first = true;
+    let history = train(
+        &mut model,
+        &train_set,
+        Some(&test_set),
+        &cfg,
+        Some(&ckpt),
+        args.resume,
+        &mut |ev| match ev {
+            TrainEvent::Step {
+                epoch,
+                step,
+                loss,
+                acc,
+                ..
+            } => {
+                if first {
+                    // Resumed runs start past zero.
+                    progress.inc((epoch * steps + step) as u64);
+                    first = false;
+                }
+                let l = ema_loss.map_or(loss, |e| 0.98 * e + 0.02 * loss);
+                ema_loss = Some(l);
+                progress.inc(1);
+                progress.set_message(format!("epoch {} loss {l:.3} acc {:.3}", epoch + 1, acc));
+            }
+            TrainEvent::Epoch(r) => progress.note(format!(
+                "epoch {:>3}: loss {:.4} train acc {:.4} test acc {} ({:.0} s)",
+                r.epoch,
+                r.train_loss,
+                r.train_acc,
+                r.test_acc.map_or("-".into(), |a| format!("{a:.4}")),
+                r.seconds
+            )),
+        },
+    )
+    .run_err("training")?;
+    progress.finish();
+    let seconds = t0.elapsed().as_secs_f64();
+    let clean = history.last().and_then(|r| r.test_acc);
+    let train_seconds: f64 = history.iter().map(|r| r.seconds).sum();
+    model.card.clean_accuracy = clean;
+    model.card.training = json!({
+        "trainer": format!("cema train {}", env!("CARGO_PKG_VERSION")),
+        "command": super::shell_line(&ctx.argv),
+        "recipe": "random crop (pad {pad}) + horizontal flip",
+        "config": cfg,
+        "device": "cpu (burn flex)",
+        "threads": rayon::current_num_threads(),
+        "wall_time_s": (train_seconds * 10.0).round() / 10.0,
+    });
+    model.card.training["recipe"] =
+        json!(format!("random crop (pad {}) + horizontal flip", args.pad));
+    model.card.history = Some(serde_json::to_value(&history).run_err("history")?);
+    model
+        .save(&args.out)
+        .usage_err(format!("--out {}", args.out.display()))?;
+    println!(
+        "wrote {} ({} parameters): clean test accuracy {:.4} after {} epochs, {:.0} s",
+        args.out.display(),
+        model.card.parameters.unwrap_or(0),
+        clean.unwrap_or(f64::NAN),
+        history.len(),
+        seconds
+    );
+    if let Some(path) = &args.json {
+        let v = json!({"out": args.out, "card": model.card, "seconds_this_run": seconds});
+        write_json(path, &v, "--json")?;
+    }
+    Ok(())
+}
+
+/// Fashion-MNIST train-set pixel statistics (pixels scaled to [0, 1]); the same constants the
+/// PyTorch trainer in tools/ uses, so checkpoints from either side share one input spec.
+fn fashion_mnist_mean() -> f32 {
+    0.2860
+}
+
+fn fashion_mnist_std() -> f32 {
+    0.3530
+}

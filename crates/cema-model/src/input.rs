@@ -1,0 +1,41 @@
+//! From u8 pixels (NHWC, what datasets hold and edges upload) to the model's normalised NCHW floats.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::checkpoint::InputSpec;
+use crate::error::{ModelError, Result};
+
+/// Converts `n` images of `spec`'s geometry to a normalised NCHW tensor.
+pub fn to_input(spec: &InputSpec, pixels: &[u8], n: usize, device: &Device) -> Result<Tensor<4>> {
+    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let per = h * w * c;
+    if pixels.len() != n * per {
+        return Err(ModelError::Input(format!(
+            "{} bytes for {n} images of {h}×{w}×{c} (expected {})",
+            pixels.len(),
+            n * per
+        )));
+    }
+    let mut out = vec![0f32; pixels.len()];
+    let scale: Vec<f32> = spec.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
+    let shift: Vec<f32> = spec
+        .mean
+        .iter()
+        .zip(&spec.std)
+        .map(|(m, s)| m / s)
+        .collect();
+    for i in 0..n {
+        let src = &pixels[i * per..(i + 1) * per];
+        let dst = &mut out[i * per..(i + 1) * per];
+        for ch in 0..c {
+            let plane = &mut dst[ch * h * w..(ch + 1) * h * w];
+            for (p, v) in plane.iter_mut().enumerate() {
+                *v = src[p * c + ch] as f32 * scale[ch] - shift[ch];
+            }
+        }
+    }
+    Ok(Tensor::<4>::from_data(
+        TensorData::new(out, [n, c, h, w]),
+        device,
+    ))
+}

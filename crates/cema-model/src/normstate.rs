@@ -1,0 +1,124 @@
+//! The norm state: every normalization layer's γ, β (and for BatchNorm its running mean and
+//! variance), by PyTorch name. This is what the cloud sends an edge: a few KB of safetensors.
+
+use std::collections::HashMap;
+
+use crate::checkpoint::{load_into, Model};
+use crate::error::{ModelError, Result};
+use crate::store::Kind;
+use crate::tensors::{self, HostTensor, NamedTensors};
+
+/// A versioned norm state for one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormState {
+    pub model_id: String,
+    pub version: u64,
+    pub tensors: NamedTensors,
+}
+
+impl NormState {
+    /// Safetensors bytes; model id and version travel in the header metadata.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let meta = HashMap::from([
+            ("model_id".to_string(), self.model_id.clone()),
+            ("version".to_string(), self.version.to_string()),
+            ("format".to_string(), "cema-norm-state/1".to_string()),
+        ]);
+        tensors::to_safetensors(&self.tensors, Some(meta))
+    }
+
+    /// Parses bytes from [`NormState::to_bytes`]. Validation against a model happens in
+    /// [`Model::apply_norm_state`].
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<NormState> {
+        let tensors = tensors::from_safetensors(bytes, source)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
+            ModelError::Safetensors {
+                path: source.into(),
+                reason: e.to_string(),
+            }
+        })?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let bad = |reason: String| ModelError::Safetensors {
+            path: source.into(),
+            reason,
+        };
+        let model_id = meta
+            .get("model_id")
+            .cloned()
+            .ok_or_else(|| bad("metadata has no model_id".into()))?;
+        let version = meta
+            .get("version")
+            .ok_or_else(|| bad("metadata has no version".into()))?
+            .parse::<u64>()
+            .map_err(|e| bad(format!("metadata version: {e}")))?;
+        Ok(NormState {
+            model_id,
+            version,
+            tensors,
+        })
+    }
+
+    /// Bytes of tensor payload (what a norm update costs on the wire, header aside).
+    pub fn payload_bytes(&self) -> usize {
+        self.tensors.values().map(|t| t.data.len() * 4).sum()
+    }
+}
+
+impl Model {
+    /// Extracts the current norm state.
+    pub fn norm_state(&self, model_id: &str, version: u64) -> NormState {
+        let s = self.net.store();
+        let tensors = (0..s.len())
+            .filter(|&i| s.kind(i).is_norm_state())
+            .map(|i| {
+                (
+                    s.name(i).to_string(),
+                    HostTensor {
+                        shape: s.shape(i).to_vec(),
+                        data: s.values(i),
+                    },
+                )
+            })
+            .collect();
+        NormState {
+            model_id: model_id.to_string(),
+            version,
+            tensors,
+        }
+    }
+
+    /// Installs a norm state, all or nothing: every norm tensor of this model must be present with
+    /// its shape and finite values, and no other tensor may be. On error the model is unchanged.
+    pub fn apply_norm_state(&mut self, state: &NormState) -> Result<()> {
+        let source = format!("norm state {}@v{}", state.model_id, state.version);
+        let s = self.net.store();
+        for i in 0..s.len() {
+            if s.kind(i).is_norm_state() && !state.tensors.contains_key(s.name(i)) {
+                return Err(ModelError::MissingTensor {
+                    source_name: source,
+                    name: s.name(i).into(),
+                    expected: s.shape(i).to_vec(),
+                });
+            }
+        }
+        for name in state.tensors.keys() {
+            let ok = s.index_of(name).is_some_and(|i| s.kind(i).is_norm_state());
+            if !ok {
+                return Err(ModelError::UnexpectedTensor {
+                    source_name: source,
+                    name: name.clone(),
+                });
+            }
+        }
+        load_into(&mut self.net, &state.tensors, &source, true)
+    }
+
+    /// Names of the norm affine parameters (what gradients flow into during adaptation).
+    pub fn norm_affine_names(&self) -> Vec<String> {
+        let s = self.net.store();
+        (0..s.len())
+            .filter(|&i| matches!(s.kind(i), Kind::NormWeight | Kind::NormBias))
+            .map(|i| s.name(i).into())
+            .collect()
+    }
+}
