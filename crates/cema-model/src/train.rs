@@ -88,9 +88,7 @@ pub fn checkpoint_dir(out: &Path) -> PathBuf {
 fn augment(
     src: &[u8],
     dst: &mut [u8],
-    h: usize,
-    w: usize,
-    c: usize,
+    (h, w, c): (usize, usize, usize),
     pad: usize,
     flip: bool,
     rng: &mut ChaCha8Rng,
@@ -190,9 +188,7 @@ pub fn train(
                 augment(
                     train_set.image(i),
                     &mut batch_px[k * size..(k + 1) * size],
-                    h,
-                    w,
-                    c,
+                    (h, w, c),
                     cfg.pad,
                     cfg.flip,
                     &mut rng,

@@ -19,6 +19,7 @@ use crate::exit::{CliError, ResultExt};
 
 pub mod corrupt;
 pub mod eval;
+pub mod speed;
 pub mod train;
 
 /// What every subcommand gets besides its own flags.
@@ -60,6 +61,7 @@ macro_rules! commands {
 commands! {
     Corrupt(corrupt::Args),
     Eval(eval::Args),
+    Speed(speed::Args),
     Train(train::Args),
 }
 

@@ -1,0 +1,195 @@
+//! `cema train`, `cema eval` and `cema speed` through the real binary: happy paths on tiny runs and
+//! every bad-input path with its exit code and message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn cema(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args(args)
+        .env("CEMA_THREADS", "2")
+        .output()
+        .expect("run cema")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn have_fmnist() -> bool {
+    let ok = Path::new("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists();
+    if !ok {
+        eprintln!("note: Fashion-MNIST absent, skipping");
+    }
+    ok
+}
+
+#[test]
+fn train_then_eval_tiny_model_writes_card_and_json() {
+    if !have_fmnist() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.safetensors");
+    let run_json = dir.path().join("run.json");
+    let o = cema(&[
+        "train",
+        "--out",
+        out.to_str().unwrap(),
+        "--depth",
+        "8",
+        "--width",
+        "4",
+        "--epochs",
+        "1",
+        "--limit",
+        "256",
+        "--batch",
+        "64",
+        "--json",
+        run_json.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("m.json")).unwrap()).unwrap();
+    assert_eq!(card["architecture"]["family"], "cifar_resnet");
+    assert_eq!(card["history"].as_array().unwrap().len(), 1);
+    assert!(card["sha256"].as_str().unwrap().len() == 64);
+    assert!(card["training"]["command"]
+        .as_str()
+        .unwrap()
+        .contains("--width 4"));
+    assert!(run_json.exists());
+    assert!(dir.path().join("m.safetensors.ckpt/state.json").exists());
+
+    let eval_json = dir.path().join("eval.json");
+    let o = cema(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--norm",
+        "batch",
+        "--corruptions",
+        "fog,contrast",
+        "--severities",
+        "1,5",
+        "--limit",
+        "128",
+        "--corrupted",
+        dir.path().join("none").to_str().unwrap(),
+        "--json",
+        eval_json.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&eval_json).unwrap()).unwrap();
+    assert_eq!(v["norm"], "batch");
+    let acc = v["corrupted"]["fog"]["5"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert!(v["clean_accuracy"].as_f64().unwrap() >= 0.0);
+    assert!(v["corrupted"]["contrast"]["1"].is_number());
+}
+
+#[test]
+fn eval_matches_between_generated_and_written_corruptions() {
+    if !have_fmnist() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cdir = dir.path().join("c");
+    let o = cema(&[
+        "corrupt",
+        "--out",
+        cdir.to_str().unwrap(),
+        "--corruptions",
+        "gaussian_noise",
+        "--limit",
+        "100",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = repo().join("models/foundation.safetensors");
+    let run = |corrupted: &Path, json: &Path| {
+        let o = cema(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--corruptions",
+            "gaussian_noise",
+            "--severities",
+            "3",
+            "--limit",
+            "100",
+            "--corrupted",
+            corrupted.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+            "-q",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        v["corrupted"]["gaussian_noise"]["3"].as_f64().unwrap()
+    };
+    let a = run(&cdir, &dir.path().join("a.json"));
+    let b = run(&dir.path().join("missing"), &dir.path().join("b.json"));
+    assert_eq!(
+        a, b,
+        "on-the-fly corruptions must equal cema corrupt's files"
+    );
+}
+
+#[test]
+fn eval_bad_inputs_are_usage_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.safetensors");
+    let o = cema(&["eval", "--model", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+
+    // A card whose weights are garbage.
+    let w = dir.path().join("bad.safetensors");
+    std::fs::write(&w, b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}").unwrap();
+    let card = std::fs::read_to_string(repo().join("models/foundation.json")).unwrap();
+    let card = card.replace("\"sha256\"", "\"sha256_original\"");
+    std::fs::write(dir.path().join("bad.json"), card).unwrap();
+    let o = cema(&["eval", "--model", w.to_str().unwrap(), "--clean-only"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bad.safetensors"), "{}", stderr(&o));
+
+    let o = cema(&["eval", "--norm", "sideways"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("running, batch or tbr"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cema(&["eval", "--severities", "6"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn train_bad_inputs_are_usage_errors() {
+    let o = cema(&["train", "--depth", "9", "--out", "/tmp/never.safetensors"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("6n+2"), "{}", stderr(&o));
+    let o = cema(&[
+        "train",
+        "--data-dir",
+        "/nonexistent-dir",
+        "--out",
+        "/tmp/never.safetensors",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("apt-get install -y dataset-fashion-mnist"),
+        "{}",
+        stderr(&o)
+    );
+}
