@@ -19,6 +19,7 @@ mod checkpoint;
 mod error;
 mod eval;
 mod input;
+mod losses;
 mod norm;
 mod normstate;
 mod optim;
@@ -33,6 +34,11 @@ pub use burn::tensor::{Device, Tensor};
 pub use checkpoint::{card_path, sha256_file, sha256_hex, InputSpec, Model, ModelCard};
 pub use error::{ModelError, Result};
 pub use input::to_input;
+pub use losses::{
+    cema_distill_loss, entropy, entropy_margin, entropy_rows, mean_entropy, reliability_weights,
+    self_weighted_entropy, softmax_rows, weighted_entropy, weighted_hard_ce, weighted_kl,
+    DistillWeights,
+};
 pub use norm::{NormKind, NormLayer, NormMode, BN_EPS, BN_MOMENTUM};
 pub use normstate::NormState;
 pub use optim::{Sgd, SgdConfig};

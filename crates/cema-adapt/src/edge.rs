@@ -1,0 +1,178 @@
+//! The edge side of CEMA (SPEC §3 "Edge"): forward only, select, hot-swap norm states.
+
+use cema_model::{argmax_rows, Model, NormMode, NormState};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AdaptError;
+use crate::filter::{EdgeConfig, EntropyFilter};
+
+/// What the edge did with one batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeBatch {
+    /// Predicted classes, made with the norm state installed *before* this batch (SPEC §4 online
+    /// accuracy).
+    pub predictions: Vec<u32>,
+    /// Indices into the batch of the samples selected for upload.
+    pub upload: Vec<usize>,
+    /// Entropy of every sample.
+    pub entropies: Vec<f32>,
+    /// The `E_max` the batch was judged against.
+    pub e_max: f32,
+}
+
+/// The edge's counters (serialisable with the filter state for persistence and reports).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeCounters {
+    pub samples_seen: u64,
+    pub uploaded: u64,
+    pub dropped_too_uncertain: u64,
+    pub dropped_too_certain: u64,
+    pub dropped_redundant: u64,
+    pub updates_applied: u64,
+    pub updates_rejected: u64,
+    /// u8 pixels of the selected samples (what the uplink carries, headers aside).
+    pub bytes_up: u64,
+    /// Serialised norm states received (applied or not).
+    pub bytes_down: u64,
+}
+
+/// The edge's persistent state apart from the model: which norm state is installed, the
+/// selection state and the counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeState {
+    pub model_id: String,
+    pub version: u64,
+    pub filter: EntropyFilter,
+    pub counters: EdgeCounters,
+}
+
+/// One edge device: owns its model and never computes a gradient.
+#[derive(Debug, Clone)]
+pub struct EdgeAdapter {
+    model: Model,
+    state: EdgeState,
+}
+
+impl EdgeAdapter {
+    /// `model_id` names the model (and its norm-state lineage); `version` is that of the norm
+    /// state the model holds now (0 for the shipped checkpoint).
+    pub fn new(
+        model: Model,
+        model_id: impl Into<String>,
+        version: u64,
+        config: EdgeConfig,
+    ) -> Self {
+        let classes = model.card.architecture.num_classes();
+        EdgeAdapter {
+            model,
+            state: EdgeState {
+                model_id: model_id.into(),
+                version,
+                filter: EntropyFilter::new(config, classes),
+                counters: EdgeCounters::default(),
+            },
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn state(&self) -> &EdgeState {
+        &self.state
+    }
+
+    pub fn counters(&self) -> &EdgeCounters {
+        &self.state.counters
+    }
+
+    pub fn version(&self) -> u64 {
+        self.state.version
+    }
+
+    pub fn model_id(&self) -> &str {
+        &self.state.model_id
+    }
+
+    /// Restores persisted state; the model id must be this edge's.
+    pub fn restore(&mut self, state: EdgeState) -> Result<(), AdaptError> {
+        if state.model_id != self.state.model_id {
+            return Err(AdaptError::WrongModel {
+                expected: self.state.model_id.clone(),
+                found: state.model_id,
+            });
+        }
+        self.state = state;
+        Ok(())
+    }
+
+    /// SPEC §3 edge steps 1–4 on `n` u8 images (NHWC): predictions first, from running
+    /// statistics with no gradient and no state change; then the selection.
+    pub fn process(&mut self, pixels: &[u8], n: usize) -> Result<EdgeBatch, AdaptError> {
+        let logits = self.model.logits(pixels, n, NormMode::Running)?;
+        let classes = self.model.card.architecture.num_classes();
+        let predictions = argmax_rows(&logits, classes);
+        let sel = self.state.filter.select(&logits);
+        let c = &mut self.state.counters;
+        c.samples_seen += n as u64;
+        c.uploaded += sel.kept.len() as u64;
+        c.dropped_too_uncertain += sel.too_uncertain as u64;
+        c.dropped_too_certain += sel.too_certain as u64;
+        c.dropped_redundant += sel.redundant as u64;
+        let per_image = pixels.len().checked_div(n).unwrap_or(0);
+        c.bytes_up += (sel.kept.len() * per_image) as u64;
+        Ok(EdgeBatch {
+            predictions,
+            upload: sel.kept,
+            entropies: sel.entropies,
+            e_max: sel.e_max,
+        })
+    }
+
+    /// Installs a norm state from the cloud: the model id must match, the version must be newer,
+    /// and [`Model::apply_norm_state`] validates names, shapes and finiteness all-or-nothing. On
+    /// any error the edge keeps predicting with its current state (SPEC §2: never block on, or be
+    /// broken by, the cloud).
+    pub fn apply_update(&mut self, update: &NormState) -> Result<(), AdaptError> {
+        self.state.counters.bytes_down += update.to_bytes().len() as u64;
+        let result = self.check_and_apply(update);
+        match result {
+            Ok(()) => {
+                self.state.version = update.version;
+                self.state.counters.updates_applied += 1;
+            }
+            Err(_) => self.state.counters.updates_rejected += 1,
+        }
+        result
+    }
+
+    fn check_and_apply(&mut self, update: &NormState) -> Result<(), AdaptError> {
+        if update.model_id != self.state.model_id {
+            return Err(AdaptError::WrongModel {
+                expected: self.state.model_id.clone(),
+                found: update.model_id.clone(),
+            });
+        }
+        if update.version <= self.state.version {
+            return Err(AdaptError::StaleVersion {
+                current: self.state.version,
+                offered: update.version,
+            });
+        }
+        self.model.apply_norm_state(update)?;
+        Ok(())
+    }
+}
+
+/// Gathers the images at `indices` from an NHWC batch.
+pub fn gather(pixels: &[u8], n: usize, indices: &[usize]) -> Vec<u8> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let per = pixels.len() / n;
+    let mut out = Vec::with_capacity(indices.len() * per);
+    for &i in indices {
+        out.extend_from_slice(&pixels[i * per..(i + 1) * per]);
+    }
+    out
+}

@@ -1,0 +1,198 @@
+//! The edge's sample-selection criteria (SPEC §3, edge steps 2–4) on host logits, so they are
+//! testable without a model and identical wherever the edge runs.
+
+use cema_model::{entropy_margin, entropy_rows, softmax_rows};
+use serde::{Deserialize, Serialize};
+
+/// Every switch of the released code's edge selection, as an option.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EdgeConfig {
+    /// Dynamic unreliable-sample exclusion (SPEC §3 step 2); off = `E_max` fixed at `E0`.
+    pub dynamic_emax: bool,
+    /// Samples seen before `Ē_warm` is fixed and `E_max` starts to move.
+    pub warmup: usize,
+    /// `E_max(t) = λ · E0 · Ē_t / Ē_warm` after warm-up.
+    pub lambda: f32,
+    /// Low-informative-sample exclusion, `E(x) > E_min` (SPEC §3 step 3).
+    pub emin: bool,
+    /// `E_min` as a fraction of `ln C` (0.02 in the paper's ablation).
+    pub emin_fraction: f32,
+    /// Redundancy exclusion `|cos(p(x), m)| < ε` (SPEC §3 step 4, from EATA).
+    pub redundancy: bool,
+    /// ε; `None` derives it from the class count ([`default_epsilon`]).
+    pub epsilon: Option<f32>,
+}
+
+impl Default for EdgeConfig {
+    /// cema's defaults: the paper's method (SPEC §3, "cema's defaults").
+    fn default() -> Self {
+        EdgeConfig {
+            dynamic_emax: true,
+            warmup: 256,
+            lambda: 1.0,
+            emin: true,
+            emin_fraction: 0.02,
+            redundancy: true,
+            epsilon: None,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// The released code's switches: `E_max` fixed at `E0`, no `E_min`, redundancy filter on.
+    pub fn released() -> Self {
+        EdgeConfig {
+            dynamic_emax: false,
+            emin: false,
+            ..EdgeConfig::default()
+        }
+    }
+}
+
+/// ε of the redundancy filter for `classes` classes: EATA's 0.4 at 10 classes, CEMA's 0.05 at
+/// 1000, log-log interpolated between (cosines of probability vectors shrink as C grows) and
+/// clamped to that range outside it.
+pub fn default_epsilon(classes: usize) -> f32 {
+    let (c0, e0, c1, e1) = (10f32, 0.4f32, 1000f32, 0.05f32);
+    let c = (classes as f32).clamp(c0, c1);
+    let t = (c.ln() - c0.ln()) / (c1.ln() - c0.ln());
+    (e0.ln() + t * (e1.ln() - e0.ln())).exp()
+}
+
+/// What one call of [`EntropyFilter::select`] decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Selection {
+    /// Indices (into the batch) of the samples to upload, ascending.
+    pub kept: Vec<usize>,
+    /// Entropy of every sample of the batch.
+    pub entropies: Vec<f32>,
+    /// The `E_max` this batch was judged against.
+    pub e_max: f32,
+    /// Dropped by `E ≥ E_max` (too uncertain: unreliable).
+    pub too_uncertain: usize,
+    /// Dropped by `E ≤ E_min` (too certain: near-zero gradient).
+    pub too_certain: usize,
+    /// Dropped by the redundancy filter.
+    pub redundant: usize,
+}
+
+/// The selection state machine: thresholds, running entropy mean and the moving average of kept
+/// probability vectors. Serialisable, so an edge can persist and restore it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntropyFilter {
+    pub config: EdgeConfig,
+    pub classes: usize,
+    /// `E0 = 0.4 · ln C`.
+    pub e0: f32,
+    pub e_min: f32,
+    pub epsilon: f32,
+    /// Samples seen and the sum of their entropies (f64: no drift over long streams).
+    pub seen: u64,
+    pub entropy_sum: f64,
+    /// `Ē_warm`, fixed when `seen` first reaches the warm-up length.
+    pub warm_mean: Option<f64>,
+    /// Moving average `m` of kept probability vectors; `None` until a batch keeps a sample.
+    pub mean_probs: Option<Vec<f32>>,
+}
+
+impl EntropyFilter {
+    pub fn new(config: EdgeConfig, classes: usize) -> Self {
+        let ln_c = (classes as f32).ln();
+        EntropyFilter {
+            config,
+            classes,
+            e0: entropy_margin(classes),
+            e_min: config.emin_fraction * ln_c,
+            epsilon: config.epsilon.unwrap_or_else(|| default_epsilon(classes)),
+            seen: 0,
+            entropy_sum: 0.0,
+            warm_mean: None,
+            mean_probs: None,
+        }
+    }
+
+    /// The current `E_max`: `E0` during warm-up (or when dynamic exclusion is off), then
+    /// `λ · E0 · Ē_t / Ē_warm` (SPEC §3 step 2).
+    pub fn e_max(&self) -> f32 {
+        match (self.config.dynamic_emax, self.warm_mean) {
+            (true, Some(warm)) if warm > 0.0 && self.seen > 0 => {
+                let mean = self.entropy_sum / self.seen as f64;
+                (self.config.lambda as f64 * self.e0 as f64 * mean / warm) as f32
+            }
+            _ => self.e0,
+        }
+    }
+
+    /// Judges one batch of host logits (`n × classes`). The batch first joins the running entropy
+    /// mean ("everything seen"), then is filtered against the updated `E_max`; each dropped
+    /// sample is counted under the first criterion that drops it (E_max, E_min, redundancy).
+    pub fn select(&mut self, logits: &[f32]) -> Selection {
+        let c = self.classes;
+        let entropies = entropy_rows(logits, c);
+        self.seen += entropies.len() as u64;
+        self.entropy_sum += entropies.iter().map(|&e| e as f64).sum::<f64>();
+        if self.warm_mean.is_none() && self.seen >= self.config.warmup as u64 && self.seen > 0 {
+            self.warm_mean = Some(self.entropy_sum / self.seen as f64);
+        }
+        let e_max = self.e_max();
+        let mut sel = Selection {
+            kept: Vec::new(),
+            entropies,
+            e_max,
+            too_uncertain: 0,
+            too_certain: 0,
+            redundant: 0,
+        };
+        let mut candidates = Vec::new();
+        for (i, &e) in sel.entropies.iter().enumerate() {
+            if e >= e_max {
+                sel.too_uncertain += 1;
+            } else if self.config.emin && e <= self.e_min {
+                sel.too_certain += 1;
+            } else {
+                candidates.push(i);
+            }
+        }
+        if !self.config.redundancy {
+            sel.kept = candidates;
+            return sel;
+        }
+        let probs = softmax_rows(logits, c);
+        let row = |i: usize| &probs[i * c..(i + 1) * c];
+        // EATA: with no `m` yet (first batch) nothing is redundant; `m` starts at the mean of the
+        // kept probabilities, then moves by `m ← 0.9 m + 0.1 · mean p` over each batch's kept ones.
+        sel.kept = match &self.mean_probs {
+            None => candidates,
+            Some(m) => candidates
+                .into_iter()
+                .filter(|&i| cosine(row(i), m).abs() < self.epsilon)
+                .collect(),
+        };
+        sel.redundant = sel.entropies.len() - sel.too_uncertain - sel.too_certain - sel.kept.len();
+        if !sel.kept.is_empty() {
+            let mut mean = vec![0f32; c];
+            for &i in &sel.kept {
+                for (a, p) in mean.iter_mut().zip(row(i)) {
+                    *a += p / sel.kept.len() as f32;
+                }
+            }
+            self.mean_probs = Some(match self.mean_probs.take() {
+                None => mean,
+                Some(m) => m
+                    .iter()
+                    .zip(&mean)
+                    .map(|(m, p)| 0.9 * m + 0.1 * p)
+                    .collect(),
+            });
+        }
+        sel
+    }
+}
+
+/// Cosine similarity, with PyTorch's `F.cosine_similarity` epsilon (1e-8) on the norms.
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-8);
+    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-8);
+    dot / (na * nb)
+}

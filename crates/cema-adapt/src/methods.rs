@@ -1,0 +1,289 @@
+//! Every method of SPEC §3 behind one trait, so a benchmark runs them on the same stream.
+
+use cema_model::{
+    mean_entropy, to_input, weighted_entropy, Model, NormMode, Sgd, SgdConfig, Tensor, Trainable,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::cloud::{CloudAdapter, CloudConfig};
+use crate::edge::{gather, EdgeAdapter};
+use crate::error::AdaptError;
+use crate::filter::{EdgeConfig, EntropyFilter, Selection};
+
+/// What a method returned for one batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodBatch {
+    /// Predictions made before any update this batch triggers (SPEC §4 online accuracy).
+    pub predictions: Vec<u32>,
+    /// Samples sent to the cloud (0 for edge-only methods).
+    pub uploaded: usize,
+    /// Whether the predicting model's parameters changed after this batch.
+    pub updated: bool,
+}
+
+/// A test-time adaptation method on a stream of u8 image batches (NHWC).
+pub trait Method {
+    fn name(&self) -> &str;
+    fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError>;
+    /// The model whose predictions are reported (the edge model for CEMA).
+    fn model(&self) -> &Model;
+}
+
+fn host_logits(t: Tensor<2>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .as_slice::<f32>()
+        .expect("f32 after convert")
+        .to_vec()
+}
+
+fn argmax(logits: &[f32], model: &Model) -> Vec<u32> {
+    cema_model::argmax_rows(logits, model.card.architecture.num_classes())
+}
+
+/// No adaptation: running statistics, nothing changes.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub model: Model,
+}
+
+impl Method for Source {
+    fn name(&self) -> &str {
+        "source"
+    }
+    fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
+        Ok(MethodBatch {
+            predictions: self.model.predict(pixels, n, NormMode::Running)?,
+            uploaded: 0,
+            updated: false,
+        })
+    }
+    fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+/// BN-adapt: each test batch normalised by its own statistics; no gradient, no state change.
+#[derive(Debug, Clone)]
+pub struct BnAdapt {
+    pub model: Model,
+}
+
+impl Method for BnAdapt {
+    fn name(&self) -> &str {
+        "bn_adapt"
+    }
+    fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
+        Ok(MethodBatch {
+            predictions: self.model.predict(pixels, n, NormMode::Batch)?,
+            uploaded: 0,
+            updated: false,
+        })
+    }
+    fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+/// Learning rate and momentum of an edge-side gradient method (Tent, EATA). The defaults are the
+/// papers' ImageNet values for batch 64 (SPEC §3); §4 tunes `lr` per dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GradConfig {
+    pub lr: f64,
+    pub momentum: f64,
+}
+
+impl Default for GradConfig {
+    fn default() -> Self {
+        GradConfig {
+            lr: 0.00025,
+            momentum: 0.9,
+        }
+    }
+}
+
+/// Tent (Wang et al. 2021): batch statistics, predictions from that forward, then one SGD step
+/// on the norm affine parameters minimising the mean entropy.
+#[derive(Debug, Clone)]
+pub struct Tent {
+    model: Model,
+    config: GradConfig,
+    sgd: Sgd,
+}
+
+impl Tent {
+    pub fn new(model: Model, config: GradConfig) -> Self {
+        Tent {
+            model,
+            config,
+            sgd: Sgd::new(SgdConfig::momentum(config.lr, config.momentum)),
+        }
+    }
+}
+
+impl Method for Tent {
+    fn name(&self) -> &str {
+        "tent"
+    }
+    fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
+        let x = to_input(&self.model.card.input, pixels, n, self.model.net.device())?;
+        // Batch mode never reads the running statistics, so they are left alone (update_stats
+        // false): the only state Tent changes is the norm affine parameters.
+        let out = self.model.net.backward(
+            x,
+            NormMode::Batch,
+            false,
+            Trainable::NormAffine,
+            mean_entropy,
+        );
+        let predictions = argmax(&host_logits(out.logits), &self.model);
+        self.sgd
+            .step(self.model.net.store_mut(), out.grads, self.config.lr);
+        Ok(MethodBatch {
+            predictions,
+            uploaded: 0,
+            updated: true,
+        })
+    }
+    fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+/// EATA (Niu et al. 2022) without its Fisher anti-forgetting term (SPEC §3 calls it optional):
+/// Tent restricted to samples with `E < E0` that pass the redundancy filter, each weighted by
+/// `1/exp(E − E0)`; the mean is over the kept samples, and a batch that keeps none takes no step.
+#[derive(Debug, Clone)]
+pub struct Eata {
+    model: Model,
+    config: GradConfig,
+    sgd: Sgd,
+    filter: EntropyFilter,
+}
+
+impl Eata {
+    /// `epsilon`: the redundancy margin; `None` derives it from the class count.
+    pub fn new(model: Model, config: GradConfig, epsilon: Option<f32>) -> Self {
+        let classes = model.card.architecture.num_classes();
+        let filter_config = EdgeConfig {
+            dynamic_emax: false,
+            emin: false,
+            redundancy: true,
+            epsilon,
+            ..EdgeConfig::default()
+        };
+        Eata {
+            model,
+            config,
+            sgd: Sgd::new(SgdConfig::momentum(config.lr, config.momentum)),
+            filter: EntropyFilter::new(filter_config, classes),
+        }
+    }
+
+    pub fn filter(&self) -> &EntropyFilter {
+        &self.filter
+    }
+}
+
+impl Method for Eata {
+    fn name(&self) -> &str {
+        "eata"
+    }
+    fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
+        let x = to_input(&self.model.card.input, pixels, n, self.model.net.device())?;
+        let filter = &mut self.filter;
+        let mut selection: Option<Selection> = None;
+        // One forward: the selection is made on the (detached) logits of the very forward whose
+        // loss is differentiated, as in EATA's code.
+        let out = self
+            .model
+            .net
+            .backward(x, NormMode::Batch, false, Trainable::NormAffine, |l| {
+                let sel = filter.select(&host_logits(l.clone().detach()));
+                let k = sel.kept.len().max(1) as f32;
+                let mut w = vec![0f32; n];
+                for &i in &sel.kept {
+                    // × n/k: weighted_entropy averages over all n, EATA over the kept k.
+                    w[i] = (-(sel.entropies[i] - filter.e0)).exp() * n as f32 / k;
+                }
+                selection = Some(sel);
+                weighted_entropy(l, &w)
+            });
+        let predictions = argmax(&host_logits(out.logits), &self.model);
+        let kept = selection.map_or(0, |s| s.kept.len());
+        if kept > 0 {
+            self.sgd
+                .step(self.model.net.store_mut(), out.grads, self.config.lr);
+        }
+        Ok(MethodBatch {
+            predictions,
+            uploaded: 0,
+            updated: kept > 0,
+        })
+    }
+    fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+/// CEMA in one process, synchronously: the edge predicts and selects, the cloud receives the
+/// selected samples and takes its round, and the edge installs the new norm state before the
+/// next batch (K = 1, SPEC §3 edge step 5).
+#[derive(Debug, Clone)]
+pub struct Cema {
+    edge: EdgeAdapter,
+    cloud: CloudAdapter,
+}
+
+impl Cema {
+    /// The student starts as a copy of `edge_model`; the norm-state lineage is named after the
+    /// edge model's card.
+    pub fn new(
+        edge_model: Model,
+        foundation: Model,
+        edge: EdgeConfig,
+        cloud: CloudConfig,
+    ) -> Result<Self, AdaptError> {
+        let id = edge_model.card.name.clone();
+        let cloud = CloudAdapter::new(foundation, edge_model.clone(), id.clone(), 0, cloud)?;
+        Ok(Cema {
+            edge: EdgeAdapter::new(edge_model, id, 0, edge),
+            cloud,
+        })
+    }
+
+    pub fn edge(&self) -> &EdgeAdapter {
+        &self.edge
+    }
+
+    pub fn cloud(&self) -> &CloudAdapter {
+        &self.cloud
+    }
+}
+
+impl Method for Cema {
+    fn name(&self) -> &str {
+        "cema"
+    }
+    fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
+        let batch = self.edge.process(pixels, n)?;
+        let uploaded = batch.upload.len();
+        if uploaded > 0 {
+            self.cloud
+                .receive(&gather(pixels, n, &batch.upload), uploaded)?;
+        }
+        let mut updated = false;
+        if let Some(state) = self.cloud.step()? {
+            self.edge.apply_update(&state)?;
+            updated = true;
+        }
+        Ok(MethodBatch {
+            predictions: batch.predictions,
+            uploaded,
+            updated,
+        })
+    }
+    fn model(&self) -> &Model {
+        self.edge.model()
+    }
+}

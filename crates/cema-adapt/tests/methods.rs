@@ -1,0 +1,130 @@
+//! The baselines and CEMA behind the `Method` trait, on tiny models: who may change what.
+
+mod common;
+
+use cema_adapt::{BnAdapt, Cema, CloudConfig, Eata, EdgeConfig, GradConfig, Method, Source, Tent};
+use cema_model::{Kind, NormMode};
+use common::*;
+
+fn run(method: &mut dyn Method, batches: usize) -> Vec<u32> {
+    let mut preds = Vec::new();
+    for b in 0..batches {
+        let out = method.process(&images(b * 32, 32), 32).unwrap();
+        assert_eq!(out.predictions.len(), 32);
+        preds.extend(out.predictions);
+    }
+    preds
+}
+
+#[test]
+fn source_and_bn_adapt_change_nothing() {
+    let model = tiny_edge(4);
+    let before = model.state_dict();
+    let mut source = Source {
+        model: model.clone(),
+    };
+    let preds = run(&mut source, 2);
+    assert_eq!(source.model().state_dict(), before);
+    let mut m = model.clone();
+    assert_eq!(
+        preds[..32],
+        m.predict(&images(0, 32), 32, NormMode::Running).unwrap()[..]
+    );
+    let mut bn = BnAdapt { model };
+    let preds = run(&mut bn, 2);
+    assert_eq!(bn.model().state_dict(), before);
+    assert_eq!(
+        preds[..32],
+        m.predict(&images(0, 32), 32, NormMode::Batch).unwrap()[..]
+    );
+}
+
+#[test]
+fn tent_changes_only_norm_affine_and_predicts_before_its_update() {
+    let model = tiny_edge(4);
+    let before = model.state_dict();
+    let mut first = model
+        .clone()
+        .predict(&images(0, 32), 32, NormMode::Batch)
+        .unwrap();
+    let mut tent = Tent::new(
+        model,
+        GradConfig {
+            lr: 0.01,
+            momentum: 0.9,
+        },
+    );
+    let preds = run(&mut tent, 2);
+    assert_only(tent.model(), &before, |k| k.is_norm_affine());
+    assert!(kind_changed(tent.model(), &before, Kind::NormWeight));
+    assert!(kind_changed(tent.model(), &before, Kind::NormBias));
+    first.truncate(32);
+    assert_eq!(preds[..32], first[..]);
+}
+
+#[test]
+fn eata_changes_only_norm_affine_and_only_when_samples_pass() {
+    let mut model = tiny_edge(4);
+    sharpen(&mut model, 20.0);
+    let before = model.state_dict();
+    let mut eata = Eata::new(
+        model.clone(),
+        GradConfig {
+            lr: 0.01,
+            momentum: 0.9,
+        },
+        None,
+    );
+    run(&mut eata, 2);
+    assert_only(eata.model(), &before, |k| k.is_norm_affine());
+    assert!(eata.filter().seen == 64);
+    assert!(
+        kind_changed(eata.model(), &before, Kind::NormBias),
+        "some samples passed E0"
+    );
+
+    // A near-uniform model keeps no sample (E ≥ E0 everywhere): no step at all.
+    let mut flat = tiny_edge(4);
+    sharpen(&mut flat, 1e-3);
+    let before = flat.state_dict();
+    let mut eata = Eata::new(flat, GradConfig::default(), None);
+    let out = eata.process(&images(0, 32), 32).unwrap();
+    assert!(!out.updated);
+    assert_eq!(eata.model().state_dict(), before);
+}
+
+#[test]
+fn cema_uploads_a_subset_and_installs_cloud_updates_between_batches() {
+    let mut edge = tiny_edge(4);
+    sharpen(&mut edge, 20.0);
+    let before = edge.state_dict();
+    let cloud = CloudConfig {
+        batch: 8,
+        replay_min: 16,
+        ..CloudConfig::default()
+    };
+    let mut cema = Cema::new(edge, tiny_foundation(5), EdgeConfig::default(), cloud).unwrap();
+    let mut uploaded = 0;
+    let mut updates = 0;
+    for b in 0..4 {
+        let out = cema.process(&images(b * 32, 32), 32).unwrap();
+        uploaded += out.uploaded;
+        updates += out.updated as u64;
+    }
+    let e = cema.edge().counters();
+    assert_eq!(e.samples_seen, 128);
+    assert_eq!(e.uploaded as usize, uploaded);
+    assert!(
+        uploaded > 0 && uploaded < 128,
+        "uploads are a strict subset: {uploaded}"
+    );
+    assert_eq!(cema.cloud().counters().samples_received as usize, uploaded);
+    assert!(updates > 0);
+    assert_eq!(e.updates_applied, updates);
+    assert_eq!(cema.edge().version(), cema.cloud().version());
+    assert_only(cema.model(), &before, |k| k.is_norm_state());
+    assert_eq!(
+        cema.model().norm_state("x", 0).tensors,
+        cema.cloud().student().norm_state("x", 0).tensors
+    );
+}
