@@ -31,6 +31,10 @@ pub struct TrainConfig {
     pub pad: usize,
     pub flip: bool,
     pub seed: u64,
+    /// Stop after this many epochs although the schedule spans `epochs` (a time-boxed session);
+    /// a later run with `resume` continues exactly where this one stopped.
+    #[serde(default)]
+    pub stop_after: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -45,6 +49,7 @@ impl Default for TrainConfig {
             pad: 2,
             flip: true,
             seed: 0,
+            stop_after: None,
         }
     }
 }
@@ -172,6 +177,9 @@ pub fn train(
     let mut batch_px = vec![0u8; cfg.batch * size];
     let mut labels = vec![0u32; cfg.batch];
     for epoch in start_epoch..cfg.epochs {
+        if cfg.stop_after.is_some_and(|s| epoch >= s) {
+            break;
+        }
         let t0 = std::time::Instant::now();
         let mut rng =
             ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);

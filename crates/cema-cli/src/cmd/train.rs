@@ -44,6 +44,10 @@ pub struct Args {
     pad: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Stop after this many epochs (the cosine schedule still spans --epochs); continue later
+    /// with --resume.
+    #[arg(long)]
+    stop_after: Option<usize>,
     /// Continue from `<out>.ckpt/` if it exists.
     #[arg(long)]
     resume: bool,
@@ -119,6 +123,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         pad: args.pad,
         flip: true,
         seed: args.seed,
+        stop_after: args.stop_after,
     };
     let ckpt = checkpoint_dir(&args.out);
     let steps = train_set.len() / args.batch;
