@@ -8,11 +8,7 @@
 #              CEMA_SEVERITIES (default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && [ -z "${CEMA_FASHION_MNIST_DIR:-}" ]; then
-  echo "installing Fashion-MNIST (apt-get install -y dataset-fashion-mnist)"
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
-fi
-command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 2; }
+. scripts/setup.sh
 cargo build --release --locked -p cema-cli
 cema=target/release/cema
 mkdir -p runs
