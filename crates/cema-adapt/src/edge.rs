@@ -1,10 +1,12 @@
 //! The edge side of CEMA (SPEC §3 "Edge"): forward only, select, hot-swap norm states.
 
-use cema_model::{argmax_rows, Model, NormMode, NormState};
+use cema_model::{argmax_rows, entropy_rows, Model, NormMode, NormState};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AdaptError;
-use crate::filter::{EdgeConfig, EntropyFilter};
+use crate::filter::{EdgeConfig, EntropyFilter, Selection};
 
 /// What the edge did with one batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +115,39 @@ impl EdgeAdapter {
         let classes = self.model.card.architecture.num_classes();
         let predictions = argmax_rows(&logits, classes);
         let sel = self.state.filter.select(&logits);
+        Ok(self.count(pixels, n, predictions, sel))
+    }
+
+    /// Like [`process`](Self::process), but the upload is a uniformly random subset drawn by
+    /// `selector` instead of the entropy filters (the random-upload ablation of SPEC §3). The
+    /// filter state is left untouched; the `dropped_*` counters do not move.
+    pub fn process_random(
+        &mut self,
+        pixels: &[u8],
+        n: usize,
+        selector: &mut RandomSelector,
+    ) -> Result<EdgeBatch, AdaptError> {
+        let logits = self.model.logits(pixels, n, NormMode::Running)?;
+        let classes = self.model.card.architecture.num_classes();
+        let predictions = argmax_rows(&logits, classes);
+        let sel = Selection {
+            kept: selector.select(n),
+            entropies: entropy_rows(&logits, classes),
+            e_max: self.state.filter.e_max(),
+            too_uncertain: 0,
+            too_certain: 0,
+            redundant: 0,
+        };
+        Ok(self.count(pixels, n, predictions, sel))
+    }
+
+    fn count(
+        &mut self,
+        pixels: &[u8],
+        n: usize,
+        predictions: Vec<u32>,
+        sel: Selection,
+    ) -> EdgeBatch {
         let c = &mut self.state.counters;
         c.samples_seen += n as u64;
         c.uploaded += sel.kept.len() as u64;
@@ -121,12 +156,12 @@ impl EdgeAdapter {
         c.dropped_redundant += sel.redundant as u64;
         let per_image = pixels.len().checked_div(n).unwrap_or(0);
         c.bytes_up += (sel.kept.len() * per_image) as u64;
-        Ok(EdgeBatch {
+        EdgeBatch {
             predictions,
             upload: sel.kept,
             entropies: sel.entropies,
             e_max: sel.e_max,
-        })
+        }
     }
 
     /// Installs a norm state from the cloud: the model id must match, the version must be newer,
@@ -175,4 +210,55 @@ pub fn gather(pixels: &[u8], n: usize, indices: &[usize]) -> Vec<u8> {
         out.extend_from_slice(&pixels[i * per..(i + 1) * per]);
     }
     out
+}
+
+/// Uniformly random upload selection at a fixed rate (ChaCha8, deterministic given its seed).
+///
+/// Each batch of `n` adds `rate · n` to a running quota; the batch uploads the quota's whole part
+/// (at most `n`) as a uniformly random subset, so over a stream the uploaded fraction tracks
+/// `rate` to within one sample, not merely in expectation.
+#[derive(Debug, Clone)]
+pub struct RandomSelector {
+    rate: f64,
+    owed: f64,
+    rng: ChaCha8Rng,
+}
+
+impl RandomSelector {
+    /// `rate` is clamped to [0, 1] (NaN counts as 0).
+    pub fn new(rate: f64, seed: u64) -> Self {
+        RandomSelector {
+            rate: clamp_rate(rate),
+            owed: 0.0,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Changes the rate from the next batch on (the quota carried so far is kept).
+    pub fn set_rate(&mut self, rate: f64) {
+        self.rate = clamp_rate(rate);
+    }
+
+    /// Indices (ascending) of the samples of a batch of `n` to upload.
+    pub fn select(&mut self, n: usize) -> Vec<usize> {
+        self.owed += self.rate * n as f64;
+        // The epsilon keeps e.g. 0.25 · 64 = 16.000000000000004 or 15.999999999999998 exact.
+        let k = ((self.owed + 1e-9).floor().max(0.0) as usize).min(n);
+        self.owed = (self.owed - k as f64).max(0.0);
+        let mut kept = rand::seq::index::sample(&mut self.rng, n, k).into_vec();
+        kept.sort_unstable();
+        kept
+    }
+}
+
+fn clamp_rate(rate: f64) -> f64 {
+    if rate.is_nan() {
+        0.0
+    } else {
+        rate.clamp(0.0, 1.0)
+    }
 }

@@ -11,8 +11,10 @@
 //! - [`CloudAdapter`]: one per edge session; foundation adaptation, distillation into the
 //!   student with a FIFO [`ReplayBuffer`], publication of norm state v+1 (SPEC §3 cloud steps
 //!   1–5). Configured by [`CloudConfig`]; deterministic given its seed.
-//! - [`Method`]: one trait over [`Source`], [`BnAdapt`], [`Tent`], [`Eata`] and [`Cema`] (edge +
-//!   cloud wired synchronously, K = 1), for the evaluation protocol of SPEC §4.
+//! - [`Method`]: one trait over [`Source`], [`BnAdapt`], [`Tent`], [`Eata`], [`Foundation`],
+//!   [`Cema`] (edge + cloud wired synchronously, K = 1) and [`RandomUpload`] (the same wiring
+//!   with a [`RandomSelector`] in place of the entropy filters), for the evaluation protocol of
+//!   SPEC §4.
 //!
 //! All tensor code, including the losses, lives in `cema-model`; this crate only moves host
 //! vectors and norm states between models.
@@ -25,8 +27,10 @@ mod methods;
 mod replay;
 
 pub use cloud::{CloudAdapter, CloudConfig, CloudCounters, RoundReport, StepReport};
-pub use edge::{gather, EdgeAdapter, EdgeBatch, EdgeCounters, EdgeState};
+pub use edge::{gather, EdgeAdapter, EdgeBatch, EdgeCounters, EdgeState, RandomSelector};
 pub use error::AdaptError;
 pub use filter::{default_epsilon, EdgeConfig, EntropyFilter, Selection};
-pub use methods::{BnAdapt, Cema, Eata, GradConfig, Method, MethodBatch, Source, Tent};
+pub use methods::{
+    BnAdapt, Cema, Eata, Foundation, GradConfig, Method, MethodBatch, RandomUpload, Source, Tent,
+};
 pub use replay::ReplayBuffer;

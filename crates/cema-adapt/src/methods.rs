@@ -6,7 +6,7 @@ use cema_model::{
 use serde::{Deserialize, Serialize};
 
 use crate::cloud::{CloudAdapter, CloudConfig};
-use crate::edge::{gather, EdgeAdapter};
+use crate::edge::{gather, EdgeAdapter, RandomSelector};
 use crate::error::AdaptError;
 use crate::filter::{EdgeConfig, EntropyFilter, Selection};
 
@@ -17,8 +17,30 @@ pub struct MethodBatch {
     pub predictions: Vec<u32>,
     /// Samples sent to the cloud (0 for edge-only methods).
     pub uploaded: usize,
+    /// Samples the method's selection criteria kept: the uploads for CEMA and random upload,
+    /// every sample for the foundation, the samples EATA's filters pass into its loss, 0 for
+    /// methods that select nothing (Source, BN-adapt, Tent).
+    pub selected: usize,
+    /// Uplink bytes (u8 pixels of the uploaded samples, headers aside).
+    pub bytes_up: u64,
+    /// Downlink bytes (serialised norm states received; predictions are not counted).
+    pub bytes_down: u64,
     /// Whether the predicting model's parameters changed after this batch.
     pub updated: bool,
+}
+
+impl MethodBatch {
+    /// A batch that uploaded and selected nothing.
+    fn local(predictions: Vec<u32>, updated: bool) -> Self {
+        MethodBatch {
+            predictions,
+            uploaded: 0,
+            selected: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            updated,
+        }
+    }
 }
 
 /// A test-time adaptation method on a stream of u8 image batches (NHWC).
@@ -52,11 +74,10 @@ impl Method for Source {
         "source"
     }
     fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
-        Ok(MethodBatch {
-            predictions: self.model.predict(pixels, n, NormMode::Running)?,
-            uploaded: 0,
-            updated: false,
-        })
+        Ok(MethodBatch::local(
+            self.model.predict(pixels, n, NormMode::Running)?,
+            false,
+        ))
     }
     fn model(&self) -> &Model {
         &self.model
@@ -74,10 +95,34 @@ impl Method for BnAdapt {
         "bn_adapt"
     }
     fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
+        Ok(MethodBatch::local(
+            self.model.predict(pixels, n, NormMode::Batch)?,
+            false,
+        ))
+    }
+    fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+/// The foundation model alone on every sample (running statistics, no adaptation): the
+/// accuracy ceiling of SPEC §3 at 100% upload. Every sample counts as uploaded, with its u8
+/// pixels as uplink bytes.
+#[derive(Debug, Clone)]
+pub struct Foundation {
+    pub model: Model,
+}
+
+impl Method for Foundation {
+    fn name(&self) -> &str {
+        "foundation"
+    }
+    fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
         Ok(MethodBatch {
-            predictions: self.model.predict(pixels, n, NormMode::Batch)?,
-            uploaded: 0,
-            updated: false,
+            uploaded: n,
+            selected: n,
+            bytes_up: pixels.len() as u64,
+            ..MethodBatch::local(self.model.predict(pixels, n, NormMode::Running)?, false)
         })
     }
     fn model(&self) -> &Model {
@@ -139,11 +184,7 @@ impl Method for Tent {
         let predictions = argmax(&host_logits(out.logits), &self.model);
         self.sgd
             .step(self.model.net.store_mut(), out.grads, self.config.lr);
-        Ok(MethodBatch {
-            predictions,
-            uploaded: 0,
-            updated: true,
-        })
+        Ok(MethodBatch::local(predictions, true))
     }
     fn model(&self) -> &Model {
         &self.model
@@ -216,9 +257,8 @@ impl Method for Eata {
                 .step(self.model.net.store_mut(), out.grads, self.config.lr);
         }
         Ok(MethodBatch {
-            predictions,
-            uploaded: 0,
-            updated: kept > 0,
+            selected: kept,
+            ..MethodBatch::local(predictions, kept > 0)
         })
     }
     fn model(&self) -> &Model {
@@ -233,6 +273,8 @@ impl Method for Eata {
 pub struct Cema {
     edge: EdgeAdapter,
     cloud: CloudAdapter,
+    /// Replaces the entropy filters by uniformly random selection ([`RandomUpload`]).
+    random: Option<RandomSelector>,
 }
 
 impl Cema {
@@ -249,6 +291,7 @@ impl Cema {
         Ok(Cema {
             edge: EdgeAdapter::new(edge_model, id, 0, edge),
             cloud,
+            random: None,
         })
     }
 
@@ -263,10 +306,18 @@ impl Cema {
 
 impl Method for Cema {
     fn name(&self) -> &str {
-        "cema"
+        if self.random.is_some() {
+            "random_upload"
+        } else {
+            "cema"
+        }
     }
     fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
-        let batch = self.edge.process(pixels, n)?;
+        let before = self.edge.counters().clone();
+        let batch = match &mut self.random {
+            Some(selector) => self.edge.process_random(pixels, n, selector)?,
+            None => self.edge.process(pixels, n)?,
+        };
         let uploaded = batch.upload.len();
         if uploaded > 0 {
             self.cloud
@@ -277,13 +328,72 @@ impl Method for Cema {
             self.edge.apply_update(&state)?;
             updated = true;
         }
+        let after = self.edge.counters();
         Ok(MethodBatch {
             predictions: batch.predictions,
             uploaded,
+            selected: uploaded,
+            bytes_up: after.bytes_up - before.bytes_up,
+            bytes_down: after.bytes_down - before.bytes_down,
             updated,
         })
     }
     fn model(&self) -> &Model {
         self.edge.model()
+    }
+}
+
+/// The random-upload ablation (SPEC §3 baselines): CEMA's edge, cloud and wiring, but the edge
+/// uploads a uniformly random subset at a given rate (normally CEMA's measured rate on the same
+/// stream) instead of applying the entropy filters.
+#[derive(Debug, Clone)]
+pub struct RandomUpload {
+    inner: Cema,
+}
+
+impl RandomUpload {
+    /// `rate` in [0, 1] (clamped); `seed` seeds the selection (ChaCha8).
+    pub fn new(
+        edge_model: Model,
+        foundation: Model,
+        edge: EdgeConfig,
+        cloud: CloudConfig,
+        rate: f64,
+        seed: u64,
+    ) -> Result<Self, AdaptError> {
+        let mut inner = Cema::new(edge_model, foundation, edge, cloud)?;
+        inner.random = Some(RandomSelector::new(rate, seed));
+        Ok(RandomUpload { inner })
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.inner.random.as_ref().map_or(0.0, RandomSelector::rate)
+    }
+
+    /// Changes the upload rate from the next batch on (e.g. per stream in a continual run).
+    pub fn set_rate(&mut self, rate: f64) {
+        if let Some(s) = &mut self.inner.random {
+            s.set_rate(rate);
+        }
+    }
+
+    pub fn edge(&self) -> &EdgeAdapter {
+        self.inner.edge()
+    }
+
+    pub fn cloud(&self) -> &CloudAdapter {
+        self.inner.cloud()
+    }
+}
+
+impl Method for RandomUpload {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
+        self.inner.process(pixels, n)
+    }
+    fn model(&self) -> &Model {
+        self.inner.model()
     }
 }

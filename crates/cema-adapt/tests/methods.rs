@@ -2,7 +2,10 @@
 
 mod common;
 
-use cema_adapt::{BnAdapt, Cema, CloudConfig, Eata, EdgeConfig, GradConfig, Method, Source, Tent};
+use cema_adapt::{
+    BnAdapt, Cema, CloudConfig, Eata, EdgeConfig, Foundation, GradConfig, Method, RandomSelector,
+    RandomUpload, Source, Tent,
+};
 use cema_model::{Kind, NormMode};
 use common::*;
 
@@ -127,4 +130,93 @@ fn cema_uploads_a_subset_and_installs_cloud_updates_between_batches() {
         cema.model().norm_state("x", 0).tensors,
         cema.cloud().student().norm_state("x", 0).tensors
     );
+}
+
+#[test]
+fn foundation_predicts_with_running_statistics_and_uploads_everything() {
+    let model = tiny_foundation(5);
+    let before = model.state_dict();
+    let mut f = Foundation {
+        model: model.clone(),
+    };
+    assert_eq!(f.name(), "foundation");
+    let out = f.process(&images(0, 32), 32).unwrap();
+    assert_eq!(out.uploaded, 32);
+    assert_eq!(out.selected, 32);
+    assert_eq!(out.bytes_up, (32 * IMAGE) as u64);
+    assert_eq!(out.bytes_down, 0);
+    assert!(!out.updated);
+    let mut m = model;
+    assert_eq!(
+        out.predictions,
+        m.predict(&images(0, 32), 32, NormMode::Running).unwrap()
+    );
+    assert_eq!(f.model().state_dict(), before);
+}
+
+#[test]
+fn random_selector_hits_its_rate_and_is_deterministic() {
+    let mut a = RandomSelector::new(0.25, 7);
+    let mut b = RandomSelector::new(0.25, 7);
+    let mut total = 0;
+    for _ in 0..10 {
+        let k = a.select(30);
+        assert_eq!(k, b.select(30));
+        assert!(k.windows(2).all(|w| w[0] < w[1]) && k.iter().all(|&i| i < 30));
+        total += k.len();
+    }
+    // 0.25 · 300 = 75, exactly, whatever the batch boundaries.
+    assert_eq!(total, 75);
+    assert!(RandomSelector::new(0.0, 1).select(64).is_empty());
+    assert_eq!(RandomSelector::new(2.0, 1).select(64).len(), 64);
+    // Another seed picks other samples.
+    let (mut c, mut d) = (RandomSelector::new(0.5, 1), RandomSelector::new(0.5, 2));
+    assert_ne!(c.select(64), d.select(64));
+}
+
+#[test]
+fn random_upload_uploads_at_its_rate_through_the_cema_wiring() {
+    let edge = tiny_edge(4);
+    let before = edge.state_dict();
+    let cloud = CloudConfig {
+        batch: 8,
+        replay_min: 16,
+        ..CloudConfig::default()
+    };
+    // A flat (near-uniform) edge: CEMA's filters would upload nothing; random upload does not
+    // look at entropies at all.
+    let mut r = RandomUpload::new(
+        edge,
+        tiny_foundation(5),
+        EdgeConfig::default(),
+        cloud,
+        0.25,
+        3,
+    )
+    .unwrap();
+    assert_eq!(r.name(), "random_upload");
+    let (mut uploaded, mut updates, mut bytes_up) = (0, 0, 0);
+    for b in 0..4 {
+        let out = r.process(&images(b * 32, 32), 32).unwrap();
+        assert_eq!(out.predictions.len(), 32);
+        assert_eq!(out.uploaded, 8, "0.25 · 32");
+        assert_eq!(out.selected, out.uploaded);
+        uploaded += out.uploaded;
+        updates += out.updated as u64;
+        bytes_up += out.bytes_up;
+    }
+    let e = r.edge().counters();
+    assert_eq!(e.uploaded as usize, uploaded);
+    assert_eq!(e.bytes_up, bytes_up);
+    assert_eq!(bytes_up, (uploaded * IMAGE) as u64);
+    assert_eq!(e.dropped_too_uncertain + e.dropped_redundant, 0);
+    assert_eq!(r.cloud().counters().samples_received as usize, uploaded);
+    assert_eq!(updates, 4, "a full cloud batch every batch");
+    assert_eq!(e.updates_applied, updates);
+    assert!(e.bytes_down > 0);
+    assert_only(r.model(), &before, |k| k.is_norm_state());
+
+    r.set_rate(0.0);
+    assert_eq!(r.rate(), 0.0);
+    assert_eq!(r.process(&images(0, 32), 32).unwrap().uploaded, 0);
 }

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use crate::exit::{CliError, ResultExt};
 
+pub mod bench;
 pub mod corrupt;
 pub mod eval;
 pub mod speed;
@@ -59,6 +60,7 @@ macro_rules! commands {
 }
 
 commands! {
+    Bench(bench::Args),
     Corrupt(corrupt::Args),
     Eval(eval::Args),
     Speed(speed::Args),

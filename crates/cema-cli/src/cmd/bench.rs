@@ -1,0 +1,827 @@
+//! `cema bench`: the evaluation protocol of SPEC §4. Every method sees the same streams (the
+//! test set under one corruption and severity, in a fixed shuffled order, in batches), and is
+//! scored on the predictions it returned for each batch before any update that batch triggered
+//! (online accuracy), with its uploads, bytes on the wire, updates and wall time.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cema_adapt::{
+    BnAdapt, Cema, CloudConfig, Eata, EdgeConfig, Foundation, GradConfig, Method, RandomUpload,
+    Source, Tent,
+};
+use cema_corrupt::{Corruption, Plan, Table};
+use cema_data::cifar_c::CorruptedDir;
+use cema_data::{fashion_mnist, ImageSet, Split};
+use cema_model::{cpu, sha256_file, Model};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde_json::{json, Map, Value};
+
+use super::corrupt::{expand, parse_selection, Selection};
+use super::{
+    ensure_writable_dir, parent_dir, shell_line, utc_now, write_atomic, write_json, Context,
+};
+use crate::exit::{CliError, ResultExt};
+use crate::ui::Progress;
+
+/// A method of SPEC §3, by its `--methods` key. The declaration order is the execution and
+/// report order (CEMA runs before random upload, which needs CEMA's measured rate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MethodKey {
+    Source,
+    BnAdapt,
+    Tent,
+    Eata,
+    Cema,
+    Foundation,
+    RandomUpload,
+}
+
+impl MethodKey {
+    pub const ALL: [MethodKey; 7] = [
+        MethodKey::Source,
+        MethodKey::BnAdapt,
+        MethodKey::Tent,
+        MethodKey::Eata,
+        MethodKey::Cema,
+        MethodKey::Foundation,
+        MethodKey::RandomUpload,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            MethodKey::Source => "source",
+            MethodKey::BnAdapt => "bn_adapt",
+            MethodKey::Tent => "tent",
+            MethodKey::Eata => "eata",
+            MethodKey::Cema => "cema",
+            MethodKey::Foundation => "foundation",
+            MethodKey::RandomUpload => "random_upload",
+        }
+    }
+
+    fn needs_edge(self) -> bool {
+        self != MethodKey::Foundation
+    }
+
+    fn needs_foundation(self) -> bool {
+        matches!(
+            self,
+            MethodKey::Cema | MethodKey::Foundation | MethodKey::RandomUpload
+        )
+    }
+}
+
+fn parse_method(s: &str) -> Result<MethodKey, String> {
+    let s = s.trim();
+    MethodKey::ALL
+        .into_iter()
+        .find(|m| m.key() == s)
+        .ok_or_else(|| {
+            format!(
+                "unknown method {s:?}; valid methods: {}",
+                MethodKey::ALL.map(MethodKey::key).join(", ")
+            )
+        })
+}
+
+/// Whether methods restart from the source model for every stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Each corruption × severity is its own stream; every method starts from the source model.
+    Episodic,
+    /// All streams back to back (corruption-major, in --corruptions order), no reset.
+    Continual,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Episodic => "episodic",
+            Protocol::Continual => "continual",
+        }
+    }
+}
+
+/// CEMA's edge selection switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// The paper's method (cema's default): dynamic E_max, E_min on, redundancy filter.
+    Paper,
+    /// The released code's switches: E_max fixed at E0, no E_min, redundancy filter.
+    Released,
+}
+
+/// Runs the baselines and CEMA on the same corrupted streams and reports online accuracy,
+/// uploads, bytes, updates and wall time per method and stream (SPEC §4).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The edge checkpoint (its model card `<model>.json` beside it): the source model of every
+    /// method but the foundation.
+    #[arg(long, default_value = "models/edge.safetensors")]
+    edge: PathBuf,
+    /// The foundation checkpoint (the cloud model of cema and random_upload; the foundation
+    /// baseline).
+    #[arg(long, default_value = "models/foundation.safetensors")]
+    foundation: PathBuf,
+    /// Methods to run, comma-separated: source, bn_adapt, tent, eata, cema, foundation,
+    /// random_upload (reported in that order).
+    #[arg(long, value_delimiter = ',', value_parser = parse_method,
+          default_value = "source,bn_adapt,tent,eata,cema,foundation,random_upload")]
+    methods: Vec<MethodKey>,
+    /// episodic: every method restarts from the source model for each stream; continual: the
+    /// streams back to back with no reset.
+    #[arg(long, value_enum, default_value = "episodic")]
+    protocol: Protocol,
+    /// Corruptions (names or the groups benchmark, held-out, all), comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_selection, default_value = "benchmark")]
+    corruptions: Vec<Selection>,
+    /// Severities, comma-separated; one stream per corruption × severity.
+    #[arg(long, alias = "severities", value_delimiter = ',', default_value = "5",
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    severity: Vec<u8>,
+    /// Images per stream: the first N of the seed's shuffled order of the test set.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Batch size of the stream.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Seed of the stream order (a fixed shuffle of the test set, the same for every method and
+    /// corruption), of CEMA's replay sampler and of random upload's selection.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Seed of the corruptions generated on the fly (as `cema corrupt --seed` and
+    /// `cema eval --seed`; 0 matches the shipped data/fashion-mnist-c).
+    #[arg(long, default_value_t = 0)]
+    corruption_seed: u64,
+    /// Folder in the CIFAR-10-C layout; corruptions missing there are generated in memory.
+    #[arg(long, default_value = "data/fashion-mnist-c")]
+    corrupted: PathBuf,
+    /// Folder with the Fashion-MNIST .gz files.
+    #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Output folder: results.json, results.csv, manifest.json.
+    #[arg(long, default_value = "runs/bench")]
+    out: PathBuf,
+    /// Also write results.json's content here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Tent's learning rate (default: the paper's 0.00025).
+    #[arg(long)]
+    tent_lr: Option<f64>,
+    /// EATA's learning rate (default: the paper's 0.00025).
+    #[arg(long)]
+    eata_lr: Option<f64>,
+    /// CEMA's student (distillation) learning rate (default 0.0025); also used by random_upload.
+    #[arg(long)]
+    cema_student_lr: Option<f64>,
+    /// CEMA's foundation learning rate (default 0.00025); also used by random_upload.
+    #[arg(long)]
+    cema_foundation_lr: Option<f64>,
+    /// CEMA's cloud batch B (default 32); also used by random_upload.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    cloud_batch: Option<u64>,
+    /// CEMA's edge selection switches.
+    #[arg(long, value_enum, default_value = "paper")]
+    cema_preset: Preset,
+    /// random_upload's rate for every stream, instead of CEMA's measured rate on that stream.
+    #[arg(long)]
+    random_rate: Option<f64>,
+}
+
+/// One method's numbers on one stream.
+#[derive(Debug, Clone, Default)]
+struct StreamResult {
+    images: usize,
+    correct: usize,
+    uploaded: usize,
+    selected: usize,
+    bytes_up: u64,
+    bytes_down: u64,
+    updates: u64,
+    seconds: f64,
+}
+
+impl StreamResult {
+    fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.images.max(1) as f64
+    }
+    fn upload_fraction(&self) -> f64 {
+        self.selected as f64 / self.images.max(1) as f64
+    }
+    fn to_json(&self, severity: u8) -> Value {
+        json!({
+            "accuracy": self.accuracy(),
+            "upload_fraction": self.upload_fraction(),
+            "uploaded": self.uploaded,
+            "selected": self.selected,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "updates": self.updates,
+            "seconds": self.seconds,
+            "images": self.images,
+            "severity": severity,
+        })
+    }
+}
+
+/// The fixed stream order for `seed`: a ChaCha8 shuffle of `0..len`.
+fn stream_order(len: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    order
+}
+
+/// The test images at `indices` under one corruption: read from `dir` when it holds that
+/// corruption, else generated image by image with the image's index in the test set, which gives
+/// the same bytes as `cema corrupt --seed seed` (and `corrupt_set`) without corrupting the rest.
+fn stream(
+    dir: &Path,
+    test: &ImageSet,
+    indices: &[usize],
+    c: Corruption,
+    severity: u8,
+    seed: u64,
+) -> anyhow::Result<(ImageSet, &'static str)> {
+    if dir.join(format!("{}.npy", c.name())).exists() {
+        let set = CorruptedDir::open(dir)?.load(c.name(), severity)?;
+        anyhow::ensure!(
+            set.len() >= test.len() && set.labels[..test.len()] == test.labels[..],
+            "{}: labels do not match the clean test set (generated from another split or dataset?)",
+            dir.display()
+        );
+        return Ok((set.select(indices), "file"));
+    }
+    let (h, w, ch) = (test.height, test.width, test.channels);
+    let plan = Plan::new(c, severity, Table::for_size(h, w), h, w, ch)?;
+    let images = indices
+        .par_iter()
+        .map(|&i| plan.apply(test.image(i), seed, i as u64))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
+    let set = ImageSet {
+        images,
+        labels: indices.iter().map(|&i| test.labels[i]).collect(),
+        height: h,
+        width: w,
+        channels: ch,
+    };
+    Ok((set, "generated"))
+}
+
+/// Resolved hyperparameters of every method.
+struct Settings {
+    tent: GradConfig,
+    eata: GradConfig,
+    edge: EdgeConfig,
+    cloud: CloudConfig,
+    random_seed: u64,
+}
+
+impl Settings {
+    fn from_args(args: &Args) -> Self {
+        let grad = |lr: Option<f64>| GradConfig {
+            lr: lr.unwrap_or(GradConfig::default().lr),
+            ..GradConfig::default()
+        };
+        let mut cloud = CloudConfig {
+            seed: args.seed,
+            ..CloudConfig::default()
+        };
+        if let Some(lr) = args.cema_student_lr {
+            cloud.student_lr = lr;
+        }
+        if let Some(lr) = args.cema_foundation_lr {
+            cloud.foundation_lr = lr;
+        }
+        if let Some(b) = args.cloud_batch {
+            cloud.batch = b as usize;
+        }
+        Settings {
+            tent: grad(args.tent_lr),
+            eata: grad(args.eata_lr),
+            edge: match args.cema_preset {
+                Preset::Paper => EdgeConfig::default(),
+                Preset::Released => EdgeConfig::released(),
+            },
+            cloud,
+            random_seed: args.seed ^ 0x5EED_0F0A_1D00,
+        }
+    }
+
+    fn to_json(&self, methods: &[MethodKey]) -> Value {
+        let mut m = Map::new();
+        for key in methods {
+            let v = match key {
+                MethodKey::Source | MethodKey::BnAdapt | MethodKey::Foundation => json!({}),
+                MethodKey::Tent => json!(self.tent),
+                MethodKey::Eata => {
+                    json!({ "grad": self.eata, "epsilon": "default_epsilon(classes)", "fisher": false })
+                }
+                MethodKey::Cema => json!({ "edge": self.edge, "cloud": self.cloud }),
+                MethodKey::RandomUpload => json!({
+                    "edge": self.edge,
+                    "cloud": self.cloud,
+                    "selection_seed": self.random_seed,
+                }),
+            };
+            m.insert(key.key().to_string(), v);
+        }
+        Value::Object(m)
+    }
+}
+
+/// A live method; random upload is kept concrete so its rate can be set per stream.
+enum Runner {
+    Plain(Box<dyn Method>),
+    Random(Box<RandomUpload>),
+}
+
+impl Runner {
+    fn method(&mut self) -> &mut dyn Method {
+        match self {
+            Runner::Plain(m) => m.as_mut(),
+            Runner::Random(r) => r.as_mut(),
+        }
+    }
+}
+
+fn make(
+    key: MethodKey,
+    edge: Option<&Model>,
+    foundation: Option<&Model>,
+    s: &Settings,
+    rate: f64,
+) -> anyhow::Result<Runner> {
+    let edge = || edge.cloned().expect("edge loaded for this method");
+    let foundation = || {
+        foundation
+            .cloned()
+            .expect("foundation loaded for this method")
+    };
+    Ok(match key {
+        MethodKey::Source => Runner::Plain(Box::new(Source { model: edge() })),
+        MethodKey::BnAdapt => Runner::Plain(Box::new(BnAdapt { model: edge() })),
+        MethodKey::Tent => Runner::Plain(Box::new(Tent::new(edge(), s.tent))),
+        MethodKey::Eata => Runner::Plain(Box::new(Eata::new(edge(), s.eata, None))),
+        MethodKey::Cema => {
+            Runner::Plain(Box::new(Cema::new(edge(), foundation(), s.edge, s.cloud)?))
+        }
+        MethodKey::Foundation => Runner::Plain(Box::new(Foundation {
+            model: foundation(),
+        })),
+        MethodKey::RandomUpload => Runner::Random(Box::new(RandomUpload::new(
+            edge(),
+            foundation(),
+            s.edge,
+            s.cloud,
+            rate,
+            s.random_seed,
+        )?)),
+    })
+}
+
+/// Feeds `set` to `method` batch by batch and scores the predictions it returns.
+fn run_stream(
+    method: &mut dyn Method,
+    set: &ImageSet,
+    batch: usize,
+    progress: &Progress,
+) -> anyhow::Result<StreamResult> {
+    let size = set.image_size();
+    let mut r = StreamResult {
+        images: set.len(),
+        ..StreamResult::default()
+    };
+    let t0 = Instant::now();
+    for start in (0..set.len()).step_by(batch) {
+        let n = batch.min(set.len() - start);
+        let pixels = &set.images[start * size..(start + n) * size];
+        let out = method.process(pixels, n)?;
+        anyhow::ensure!(
+            out.predictions.len() == n,
+            "{} returned {} predictions for {n} images",
+            method.name(),
+            out.predictions.len()
+        );
+        r.correct += out
+            .predictions
+            .iter()
+            .zip(&set.labels[start..start + n])
+            .filter(|(p, l)| p == l)
+            .count();
+        r.uploaded += out.uploaded;
+        r.selected += out.selected;
+        r.bytes_up += out.bytes_up;
+        r.bytes_down += out.bytes_down;
+        r.updates += u64::from(out.updated);
+        progress.inc(n as u64);
+    }
+    r.seconds = t0.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+fn load_model(path: &Path, flag: &str) -> Result<(Model, String), CliError> {
+    let ctx = || format!("{flag} {}", path.display());
+    let model = Model::load(path, &cpu()).usage_err(ctx())?;
+    let sha = sha256_file(path).usage_err(ctx())?;
+    Ok((model, sha))
+}
+
+fn git_revision() -> (String, Option<bool>) {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "HEAD"]) {
+        Some(rev) if !rev.is_empty() => {
+            let dirty =
+                git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty());
+            (rev, dirty)
+        }
+        _ => ("unknown".into(), None),
+    }
+}
+
+pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
+    if args.batch == 0 {
+        return Err(CliError::usage(anyhow::anyhow!("--batch must be positive")));
+    }
+    if args.limit == Some(0) {
+        return Err(CliError::usage(anyhow::anyhow!("--limit must be positive")));
+    }
+    if let Some(r) = args.random_rate {
+        if !(0.0..=1.0).contains(&r) {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "--random-rate {r} is outside [0, 1]"
+            )));
+        }
+    }
+    for (flag, lr) in [
+        ("--tent-lr", args.tent_lr),
+        ("--eata-lr", args.eata_lr),
+        ("--cema-student-lr", args.cema_student_lr),
+        ("--cema-foundation-lr", args.cema_foundation_lr),
+    ] {
+        if let Some(lr) = lr {
+            if !(lr.is_finite() && lr >= 0.0) {
+                return Err(CliError::usage(anyhow::anyhow!(
+                    "{flag} {lr} must be a finite non-negative number"
+                )));
+            }
+        }
+    }
+    let mut methods = args.methods.clone();
+    methods.sort_unstable();
+    methods.dedup();
+    if methods.contains(&MethodKey::RandomUpload)
+        && !methods.contains(&MethodKey::Cema)
+        && args.random_rate.is_none()
+    {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--methods random_upload uploads at CEMA's measured rate: add cema to --methods, or \
+             give the rate with --random-rate"
+        )));
+    }
+    let corruptions = expand(&args.corruptions);
+    if corruptions.is_empty() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--corruptions selects nothing"
+        )));
+    }
+    let mut severities = args.severity.clone();
+    severities.sort_unstable();
+    severities.dedup();
+    ensure_writable_dir(&args.out, "--out")?;
+    if let Some(j) = &args.json {
+        ensure_writable_dir(parent_dir(j), "--json")?;
+    }
+
+    let (edge, edge_sha) = if methods.iter().any(|m| m.needs_edge()) {
+        let (m, s) = load_model(&args.edge, "--edge")?;
+        (Some(m), Some(s))
+    } else {
+        (None, None)
+    };
+    let (foundation, foundation_sha) = if methods.iter().any(|m| m.needs_foundation()) {
+        let (m, s) = load_model(&args.foundation, "--foundation")?;
+        (Some(m), Some(s))
+    } else {
+        (None, None)
+    };
+    let test =
+        fashion_mnist::load(args.data_dir.as_deref(), Split::Test).usage_err("--data-dir")?;
+    for (model, flag, path) in [
+        (&edge, "--edge", &args.edge),
+        (&foundation, "--foundation", &args.foundation),
+    ] {
+        if let Some(m) = model {
+            m.check_geometry(&test)
+                .usage_err(format!("{flag} {}", path.display()))?;
+        }
+    }
+    if let (Some(e), Some(f)) = (&edge, &foundation) {
+        let (ec, fc) = (
+            e.card.architecture.num_classes(),
+            f.card.architecture.num_classes(),
+        );
+        if ec != fc {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "--edge {} has {ec} classes but --foundation {} has {fc}",
+                args.edge.display(),
+                args.foundation.display()
+            )));
+        }
+    }
+    let settings = Settings::from_args(&args);
+
+    let mut order = stream_order(test.len(), args.seed);
+    order.truncate(args.limit.unwrap_or(usize::MAX));
+    let multi = severities.len() > 1;
+    let streams: Vec<(Corruption, u8, String)> = corruptions
+        .iter()
+        .flat_map(|&c| {
+            severities.iter().map(move |&s| {
+                let key = if multi {
+                    format!("{}-s{s}", c.name())
+                } else {
+                    c.name().to_string()
+                };
+                (c, s, key)
+            })
+        })
+        .collect();
+
+    let total = (streams.len() * methods.len() * order.len()) as u64;
+    let progress = Progress::new(total, "img", ctx.quiet);
+    let mut live: Vec<Option<Runner>> = methods.iter().map(|_| None).collect();
+    let mut results: Vec<Vec<StreamResult>> = methods.iter().map(|_| Vec::new()).collect();
+    let mut sources = Map::new();
+    let mut random_rates = Map::new();
+    let t0 = Instant::now();
+    for (c, s, key) in &streams {
+        progress.set_message(format!("{key}: corrupting"));
+        let (set, from) = stream(&args.corrupted, &test, &order, *c, *s, args.corruption_seed)
+            .run_err(format!("{} severity {s}", c.name()))?;
+        sources.insert(key.clone(), json!(from));
+        for (mi, &m) in methods.iter().enumerate() {
+            progress.set_message(format!("{key}: {}", m.key()));
+            let rate = match (m, args.random_rate) {
+                (MethodKey::RandomUpload, Some(r)) => r,
+                (MethodKey::RandomUpload, None) => {
+                    let cema = methods.iter().position(|&k| k == MethodKey::Cema);
+                    let cema = cema.expect("checked: cema runs when random_upload has no rate");
+                    results[cema]
+                        .last()
+                        .map_or(0.0, StreamResult::upload_fraction)
+                }
+                _ => 0.0,
+            };
+            if m == MethodKey::RandomUpload {
+                random_rates.insert(key.clone(), json!(rate));
+            }
+            let fresh = args.protocol == Protocol::Episodic || live[mi].is_none();
+            if fresh {
+                live[mi] = Some(
+                    make(m, edge.as_ref(), foundation.as_ref(), &settings, rate)
+                        .usage_err("--edge/--foundation")?,
+                );
+            }
+            let runner = live[mi].as_mut().expect("created above");
+            if let Runner::Random(r) = runner {
+                r.set_rate(rate);
+            }
+            let r = run_stream(runner.method(), &set, args.batch, &progress)
+                .run_err(format!("{} on {key}", m.key()))?;
+            results[mi].push(r);
+        }
+    }
+    progress.finish();
+    let seconds = t0.elapsed().as_secs_f64();
+
+    // results.json
+    let mut by_method = Map::new();
+    for (mi, m) in methods.iter().enumerate() {
+        let rs = &results[mi];
+        let k = rs.len().max(1) as f64;
+        let mut per = Map::new();
+        for ((_, s, key), r) in streams.iter().zip(rs) {
+            per.insert(key.clone(), r.to_json(*s));
+        }
+        by_method.insert(
+            m.key().to_string(),
+            json!({
+                "avg_accuracy": rs.iter().map(StreamResult::accuracy).sum::<f64>() / k,
+                "upload_fraction": rs.iter().map(StreamResult::upload_fraction).sum::<f64>() / k,
+                "uploaded": rs.iter().map(|r| r.uploaded).sum::<usize>(),
+                "selected": rs.iter().map(|r| r.selected).sum::<usize>(),
+                "bytes_up": rs.iter().map(|r| r.bytes_up).sum::<u64>(),
+                "bytes_down": rs.iter().map(|r| r.bytes_down).sum::<u64>(),
+                "updates": rs.iter().map(|r| r.updates).sum::<u64>(),
+                "seconds": rs.iter().map(|r| r.seconds).sum::<f64>(),
+                "corruptions": per,
+            }),
+        );
+    }
+    let stream_key = if multi {
+        "<corruption>-s<severity>"
+    } else {
+        "<corruption>"
+    };
+    let results_json = json!({
+        "protocol": args.protocol.name(),
+        "stream_key": stream_key,
+        "streams": streams.iter().map(|(_, _, k)| k.clone()).collect::<Vec<_>>(),
+        "severities": severities,
+        "images_per_stream": order.len(),
+        "batch": args.batch,
+        "seed": args.seed,
+        "seconds": seconds,
+        "methods": by_method,
+    });
+    write_json(&args.out.join("results.json"), &results_json, "--out")?;
+    if let Some(j) = &args.json {
+        write_json(j, &results_json, "--json")?;
+    }
+
+    // results.csv
+    let mut csv = String::from(
+        "method,stream,corruption,severity,images,accuracy,upload_fraction,uploaded,selected,\
+         bytes_up,bytes_down,updates,seconds\n",
+    );
+    for (mi, m) in methods.iter().enumerate() {
+        for ((c, s, key), r) in streams.iter().zip(&results[mi]) {
+            let _ = writeln!(
+                csv,
+                "{},{key},{},{s},{},{:.6},{:.6},{},{},{},{},{},{:.3}",
+                m.key(),
+                c.name(),
+                r.images,
+                r.accuracy(),
+                r.upload_fraction(),
+                r.uploaded,
+                r.selected,
+                r.bytes_up,
+                r.bytes_down,
+                r.updates,
+                r.seconds
+            );
+        }
+    }
+    let csv_path = args.out.join("results.csv");
+    write_atomic(&csv_path, csv.as_bytes()).usage_err(format!("--out {}", csv_path.display()))?;
+
+    // manifest.json
+    let (git, dirty) = git_revision();
+    let checkpoint = |path: &Path, model: &Option<Model>, sha: &Option<String>| match (model, sha) {
+        (Some(m), Some(sha)) => json!({
+            "path": path,
+            "sha256": sha,
+            "name": m.card.name,
+            "architecture": m.card.architecture,
+        }),
+        _ => Value::Null,
+    };
+    let manifest = json!({
+        "command": shell_line(&ctx.argv),
+        "argv": ctx.argv,
+        "date": utc_now(),
+        "git_revision": git,
+        "git_dirty": dirty,
+        "cema_version": env!("CARGO_PKG_VERSION"),
+        "protocol": args.protocol.name(),
+        "methods": methods.iter().map(|m| m.key()).collect::<Vec<_>>(),
+        "corruptions": corruptions.iter().map(|c| c.name()).collect::<Vec<_>>(),
+        "severities": severities,
+        "stream_key": stream_key,
+        "streams": streams.iter().map(|(_, _, k)| k.clone()).collect::<Vec<_>>(),
+        "stream_sources": sources,
+        "limit": args.limit,
+        "images_per_stream": order.len(),
+        "batch": args.batch,
+        "seed": args.seed,
+        "stream_order": "ChaCha8 shuffle of the test set seeded by `seed`, first `images_per_stream`",
+        "corruption_seed": args.corruption_seed,
+        "corrupted": args.corrupted,
+        "data_dir": args.data_dir,
+        "checkpoints": {
+            "edge": checkpoint(&args.edge, &edge, &edge_sha),
+            "foundation": checkpoint(&args.foundation, &foundation, &foundation_sha),
+        },
+        "hyperparameters": settings.to_json(&methods),
+        "random_upload_rates": if methods.contains(&MethodKey::RandomUpload) {
+            Value::Object(random_rates)
+        } else {
+            Value::Null
+        },
+        "online_accuracy": "predictions each method returned for a batch, made before any update that batch triggered",
+        "upload_fraction": "selected / images: uploads for cema, random_upload and foundation; the samples EATA's filters pass; 0 for source, bn_adapt, tent",
+        "seconds": seconds,
+    });
+    write_json(&args.out.join("manifest.json"), &manifest, "--out")?;
+
+    print!(
+        "{}",
+        table(&methods, &streams, &results, &args, order.len())
+    );
+    Ok(())
+}
+
+/// Methods as columns, streams as rows, then the mean and upload-% rows.
+fn table(
+    methods: &[MethodKey],
+    streams: &[(Corruption, u8, String)],
+    results: &[Vec<StreamResult>],
+    args: &Args,
+    images: usize,
+) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "online accuracy (%), {} protocol, {} images per stream, batch {}, seed {}",
+        args.protocol.name(),
+        images,
+        args.batch,
+        args.seed
+    );
+    let width = 13;
+    let mut line = format!("{:<22}", "stream");
+    for m in methods {
+        line += &format!(" {:>width$}", m.key());
+    }
+    let _ = writeln!(t, "{line}");
+    for (si, (_, _, key)) in streams.iter().enumerate() {
+        let mut line = format!("{key:<22}");
+        for rs in results {
+            line += &format!(" {:>width$.2}", rs[si].accuracy() * 100.0);
+        }
+        let _ = writeln!(t, "{line}");
+    }
+    let k = streams.len().max(1) as f64;
+    let mut mean = format!("{:<22}", "mean");
+    let mut up = format!("{:<22}", "upload %");
+    for rs in results {
+        mean += &format!(
+            " {:>width$.2}",
+            rs.iter().map(StreamResult::accuracy).sum::<f64>() / k * 100.0
+        );
+        up += &format!(
+            " {:>width$.1}",
+            rs.iter().map(StreamResult::upload_fraction).sum::<f64>() / k * 100.0
+        );
+    }
+    let _ = writeln!(t, "{mean}");
+    let _ = writeln!(t, "{up}");
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_order_is_a_seeded_permutation() {
+        let a = stream_order(100, 0);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, stream_order(100, 0));
+        assert_ne!(a, stream_order(100, 1));
+        assert_ne!(a, sorted);
+    }
+
+    #[test]
+    fn method_keys_parse_exactly() {
+        for m in MethodKey::ALL {
+            assert_eq!(parse_method(m.key()), Ok(m));
+        }
+        let e = parse_method("tentt").unwrap_err();
+        assert!(e.contains("random_upload") && e.contains("bn_adapt"), "{e}");
+    }
+
+    #[test]
+    fn generated_streams_equal_corrupt_set_on_the_same_indices() {
+        let test = ImageSet {
+            images: (0..6 * 16).map(|i| (i * 7 % 251) as u8).collect(),
+            labels: (0..6).collect(),
+            height: 4,
+            width: 4,
+            channels: 1,
+        };
+        let c = Corruption::GaussianNoise;
+        let whole = cema_corrupt::corrupt_set(&test, c, 3, None, 9).unwrap();
+        let idx = [4, 1, 5];
+        let (s, from) = stream(Path::new("/nonexistent"), &test, &idx, c, 3, 9).unwrap();
+        assert_eq!(from, "generated");
+        assert_eq!(s.images, whole.select(&idx).images);
+        assert_eq!(s.labels, vec![4, 1, 5]);
+    }
+}

@@ -1,0 +1,273 @@
+//! `cema bench` through the real binary on tiny streams: the JSON/CSV/manifest contract,
+//! determinism, and bad input with exit code 2.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cema_model::{cpu, Arch, InputSpec, Model, ModelCard};
+use serde_json::Value;
+
+fn cema(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args(args)
+        .env("CEMA_THREADS", "2")
+        .output()
+        .expect("run cema")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn foundation() -> PathBuf {
+    repo().join("models/foundation.safetensors")
+}
+
+fn have_inputs() -> bool {
+    let ok = Path::new("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists()
+        && foundation().exists();
+    if !ok {
+        eprintln!("note: Fashion-MNIST or models/foundation.safetensors absent, skipping");
+    }
+    ok
+}
+
+/// A tiny ResNet-8 (width 4) edge with the foundation's input spec, its classifier scaled up so
+/// that its predictions are confident enough for CEMA's filters to upload some samples (an
+/// untrained or barely trained model is near uniform: every sample fails `E < E_max`).
+fn tiny_edge(dir: &Path) -> PathBuf {
+    let card = ModelCard {
+        name: "tiny-edge".into(),
+        role: "edge".into(),
+        architecture: Arch::CifarResnet {
+            depth: 8,
+            width: 4,
+            in_channels: 1,
+            num_classes: 10,
+        },
+        input: InputSpec {
+            height: 28,
+            width: 28,
+            channels: 1,
+            mean: vec![0.286],
+            std: vec![0.353],
+        },
+        classes: vec![],
+        dataset: "fashion-mnist".into(),
+        clean_accuracy: None,
+        parameters: None,
+        sha256: None,
+        training: Value::Null,
+        history: None,
+    };
+    let mut model = Model::init(card, &cpu(), 4).unwrap();
+    let store = model.net.store_mut();
+    for name in ["fc.weight", "fc.bias"] {
+        let i = store.index_of(name).unwrap();
+        let v: Vec<f32> = store.values(i).iter().map(|x| x * 20.0).collect();
+        store.set_values(i, v);
+    }
+    let path = dir.join("edge.safetensors");
+    model.save(&path).unwrap();
+    path
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Runs bench on gaussian_noise and fog, 64 images each, into `out`; returns results.json.
+fn bench(edge: &Path, out: &Path, methods: &str) -> Value {
+    let o = cema(&[
+        "bench",
+        "--edge",
+        edge.to_str().unwrap(),
+        "--foundation",
+        foundation().to_str().unwrap(),
+        "--methods",
+        methods,
+        "--corruptions",
+        "gaussian_noise,fog",
+        "--limit",
+        "64",
+        "--batch",
+        "32",
+        "--cloud-batch",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("upload %") && table.contains("mean"),
+        "{table}"
+    );
+    read_json(&out.join("results.json"))
+}
+
+#[test]
+fn bench_writes_results_csv_and_manifest() {
+    if !have_inputs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let edge = tiny_edge(dir.path());
+    let out = dir.path().join("out");
+    let v = bench(&edge, &out, "source,bn_adapt,cema,foundation");
+    let methods = v["methods"].as_object().unwrap();
+    assert_eq!(
+        methods.keys().collect::<Vec<_>>(),
+        ["bn_adapt", "cema", "foundation", "source"]
+    );
+    for (name, m) in methods {
+        for key in ["avg_accuracy", "upload_fraction"] {
+            let x = m[key].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&x), "{name}.{key} = {x}");
+        }
+        for c in ["gaussian_noise", "fog"] {
+            let s = &m["corruptions"][c];
+            for key in ["accuracy", "upload_fraction"] {
+                let x = s[key].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&x), "{name}.{c}.{key} = {x}");
+            }
+            for key in ["uploaded", "bytes_up", "bytes_down", "updates"] {
+                assert!(s[key].is_u64(), "{name}.{c}.{key}: {}", s[key]);
+            }
+            assert!(s["seconds"].as_f64().unwrap() >= 0.0);
+        }
+    }
+    assert_eq!(methods["source"]["upload_fraction"].as_f64(), Some(0.0));
+    assert_eq!(methods["bn_adapt"]["upload_fraction"].as_f64(), Some(0.0));
+    assert_eq!(methods["foundation"]["upload_fraction"].as_f64(), Some(1.0));
+    assert_eq!(
+        methods["foundation"]["corruptions"]["fog"]["bytes_up"].as_u64(),
+        Some(64 * 28 * 28)
+    );
+    let cema = methods["cema"]["upload_fraction"].as_f64().unwrap();
+    assert!(cema > 0.0 && cema <= 1.0, "cema uploads {cema}");
+    assert!(
+        methods["cema"]["updates"].as_u64().unwrap() > 0,
+        "the cloud published norm states"
+    );
+    assert!(methods["cema"]["bytes_down"].as_u64().unwrap() > 0);
+    let g = &methods["cema"]["corruptions"]["gaussian_noise"];
+    assert_eq!(
+        g["bytes_up"].as_u64().unwrap(),
+        g["uploaded"].as_u64().unwrap() * 28 * 28
+    );
+
+    let manifest = read_json(&out.join("manifest.json"));
+    let sha = |p: &Path| cema_model::sha256_file(p).unwrap();
+    assert_eq!(
+        manifest["checkpoints"]["edge"]["sha256"],
+        sha(&edge).as_str()
+    );
+    assert_eq!(
+        manifest["checkpoints"]["foundation"]["sha256"],
+        sha(&foundation()).as_str()
+    );
+    assert_eq!(manifest["seed"], 0);
+    assert_eq!(manifest["protocol"], "episodic");
+    assert_eq!(manifest["stream_key"], "<corruption>");
+    assert!(manifest["git_revision"].as_str().unwrap().len() >= 7);
+    assert!(manifest["command"].as_str().unwrap().contains("bench"));
+    assert!(manifest["date"].as_str().unwrap().ends_with('Z'));
+
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("method,stream,corruption,severity"));
+    assert_eq!(lines.len(), 1 + 4 * 2, "{csv}");
+    assert!(lines.iter().any(|l| l.starts_with("cema,fog,fog,5,64,")));
+}
+
+#[test]
+fn bench_is_deterministic_and_random_upload_follows_cema_rate() {
+    if !have_inputs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let edge = tiny_edge(dir.path());
+    let a = bench(&edge, &dir.path().join("a"), "cema,random_upload");
+    let b = bench(&edge, &dir.path().join("b"), "cema,random_upload");
+    for m in ["cema", "random_upload"] {
+        for c in ["gaussian_noise", "fog"] {
+            for key in ["accuracy", "uploaded", "bytes_down", "updates"] {
+                assert_eq!(
+                    a["methods"][m]["corruptions"][c][key], b["methods"][m]["corruptions"][c][key],
+                    "{m}.{c}.{key}"
+                );
+            }
+            let rate = |m: &str| {
+                a["methods"][m]["corruptions"][c]["uploaded"]
+                    .as_u64()
+                    .unwrap()
+            };
+            // Same rate: the quota rounds down per batch, so at most one sample per batch apart.
+            assert!(
+                rate("cema").abs_diff(rate("random_upload")) <= 2,
+                "{c}: {} vs {}",
+                rate("cema"),
+                rate("random_upload")
+            );
+        }
+    }
+}
+
+#[test]
+fn bench_bad_inputs_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = cema(&["bench", "--methods", "source,tentt"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    for m in [
+        "source",
+        "bn_adapt",
+        "tent",
+        "eata",
+        "cema",
+        "foundation",
+        "random_upload",
+    ] {
+        assert!(e.contains(m), "{e}");
+    }
+    assert!(e.contains("tentt"), "{e}");
+
+    let missing = dir.path().join("nope-edge.safetensors");
+    let o = cema(&[
+        "bench",
+        "--edge",
+        missing.to_str().unwrap(),
+        "--methods",
+        "source",
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nope-edge.safetensors"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = cema(&[
+        "bench",
+        "--foundation",
+        dir.path().join("nope-f.safetensors").to_str().unwrap(),
+        "--methods",
+        "foundation",
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nope-f.safetensors"), "{}", stderr(&o));
+
+    let o = cema(&["bench", "--methods", "random_upload"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--random-rate"), "{}", stderr(&o));
+}
