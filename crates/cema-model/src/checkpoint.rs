@@ -47,7 +47,40 @@ pub struct ModelCard {
     pub history: Option<serde_json::Value>,
 }
 
+/// Fashion-MNIST train-set pixel statistics (pixels scaled to [0, 1]); `tools/train_torch.py` uses
+/// the same constants, so checkpoints from either trainer share one input spec.
+pub const FASHION_MNIST_MEAN: f32 = 0.2860;
+pub const FASHION_MNIST_STD: f32 = 0.3530;
+
 impl ModelCard {
+    /// A card for a new model on Fashion-MNIST (28×28×1, 10 classes); training fills in the rest.
+    pub fn fashion_mnist(
+        name: &str,
+        role: &str,
+        architecture: Arch,
+        classes: Vec<String>,
+    ) -> ModelCard {
+        ModelCard {
+            name: name.into(),
+            role: role.into(),
+            architecture,
+            input: InputSpec {
+                height: 28,
+                width: 28,
+                channels: 1,
+                mean: vec![FASHION_MNIST_MEAN],
+                std: vec![FASHION_MNIST_STD],
+            },
+            classes,
+            dataset: "fashion-mnist".into(),
+            clean_accuracy: None,
+            parameters: None,
+            sha256: None,
+            training: serde_json::Value::Null,
+            history: None,
+        }
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.architecture.validate()?;
         let c = self.input.channels;

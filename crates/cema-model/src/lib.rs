@@ -31,7 +31,10 @@ mod train;
 
 pub use arch::Arch;
 pub use burn::tensor::{Device, Tensor};
-pub use checkpoint::{card_path, sha256_file, sha256_hex, InputSpec, Model, ModelCard};
+pub use checkpoint::{
+    card_path, sha256_file, sha256_hex, InputSpec, Model, ModelCard, FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+};
 pub use error::{ModelError, Result};
 pub use input::to_input;
 pub use losses::{

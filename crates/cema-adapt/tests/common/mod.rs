@@ -2,37 +2,20 @@
 //! Tiny randomly initialised models and a few Fashion-MNIST test images (or deterministic noise
 //! when the dataset package is absent), so model-level tests stay fast.
 
-use cema_model::{cpu, Arch, InputSpec, Model, ModelCard, NamedTensors};
+use cema_model::{cpu, Arch, Model, ModelCard, NamedTensors};
 use rand::{Rng, SeedableRng};
 
 pub const CLASSES: usize = 10;
 pub const IMAGE: usize = 28 * 28;
 
 pub fn card(name: &str, width: usize) -> ModelCard {
-    ModelCard {
-        name: name.into(),
-        role: "edge".into(),
-        architecture: Arch::CifarResnet {
-            depth: 8,
-            width,
-            in_channels: 1,
-            num_classes: CLASSES,
-        },
-        input: InputSpec {
-            height: 28,
-            width: 28,
-            channels: 1,
-            mean: vec![0.2860],
-            std: vec![0.3530],
-        },
-        classes: vec![],
-        dataset: "fashion-mnist".into(),
-        clean_accuracy: None,
-        parameters: None,
-        sha256: None,
-        training: serde_json::Value::Null,
-        history: None,
-    }
+    let arch = Arch::CifarResnet {
+        depth: 8,
+        width,
+        in_channels: 1,
+        num_classes: CLASSES,
+    };
+    ModelCard::fashion_mnist(name, "edge", arch, vec![])
 }
 
 /// ResNet-8 of width 4 (edge/student) — a few thousand parameters.

@@ -3,9 +3,7 @@
 use std::path::PathBuf;
 
 use cema_data::{fashion_mnist, Split};
-use cema_model::{
-    checkpoint_dir, cpu, train, Arch, InputSpec, Model, ModelCard, TrainConfig, TrainEvent,
-};
+use cema_model::{checkpoint_dir, cpu, train, Arch, Model, ModelCard, TrainConfig, TrainEvent};
 use serde_json::json;
 
 use super::{write_json, Context};
@@ -85,32 +83,16 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         )));
     }
     super::ensure_writable_dir(super::parent_dir(&args.out), "--out")?;
-    let card = ModelCard {
-        name: args
-            .out
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "model".into()),
-        role: args.role.clone(),
-        architecture: arch,
-        input: InputSpec {
-            height: 28,
-            width: 28,
-            channels: 1,
-            mean: vec![fashion_mnist_mean()],
-            std: vec![fashion_mnist_std()],
-        },
-        classes: fashion_mnist::CLASSES
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        dataset: "fashion-mnist".into(),
-        clean_accuracy: None,
-        parameters: None,
-        sha256: None,
-        training: serde_json::Value::Null,
-        history: None,
-    };
+    let name = args
+        .out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let classes = fashion_mnist::CLASSES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let card = ModelCard::fashion_mnist(&name, &args.role, arch, classes);
     let device = cpu();
     let mut model = Model::init(card, &device, args.seed).run_err("building the model")?;
     let cfg = TrainConfig {
@@ -208,14 +190,4 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         write_json(path, &v, "--json")?;
     }
     Ok(())
-}
-
-/// Fashion-MNIST train-set pixel statistics (pixels scaled to [0, 1]); the same constants the
-/// PyTorch trainer in tools/ uses, so checkpoints from either side share one input spec.
-fn fashion_mnist_mean() -> f32 {
-    0.2860
-}
-
-fn fashion_mnist_std() -> f32 {
-    0.3530
 }

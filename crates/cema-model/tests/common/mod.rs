@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 
-use cema_model::{Arch, InputSpec, ModelCard};
+use cema_model::{Arch, ModelCard};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -22,25 +22,7 @@ pub fn golden_vec(g: &serde_json::Value, key: &str) -> Vec<f32> {
 }
 
 pub fn fmnist_card(arch: Arch) -> ModelCard {
-    ModelCard {
-        name: "test".into(),
-        role: "edge".into(),
-        architecture: arch,
-        input: InputSpec {
-            height: 28,
-            width: 28,
-            channels: 1,
-            mean: vec![0.2860],
-            std: vec![0.3530],
-        },
-        classes: vec![],
-        dataset: "fashion-mnist".into(),
-        clean_accuracy: None,
-        parameters: None,
-        sha256: None,
-        training: serde_json::Value::Null,
-        history: None,
-    }
+    ModelCard::fashion_mnist("test", "edge", arch, vec![])
 }
 
 /// The first 8 Fashion-MNIST test images and labels, or None (with a note) if the package is absent.
