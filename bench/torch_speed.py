@@ -67,7 +67,7 @@ def main():
 
         entry[f"tbr_step_b{b}"] = measure(args.seconds, b, step)
         for k, v in entry.items():
-            print(f"{path:<40} {k:<14} {v:>9.1} img/s")
+            print(f"{path:<40} {k:<14} {v:>9.1f} img/s")
         results[os.path.basename(path).rsplit(".", 1)[0]] = entry
     out = {"engine": f"pytorch {torch.__version__} eager", "threads": args.threads, "results": results}
     if args.json:
