@@ -1,27 +1,14 @@
 //! `cema bench` through the real binary on tiny streams: the JSON/CSV/manifest contract,
 //! determinism, and bad input with exit code 2.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+use common::{cema, repo, stderr};
 
 use cema_model::{cpu, Arch, InputSpec, Model, ModelCard};
 use serde_json::Value;
-
-fn cema(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cema"))
-        .args(args)
-        .env("CEMA_THREADS", "2")
-        .output()
-        .expect("run cema")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn foundation() -> PathBuf {
     repo().join("models/foundation.safetensors")

@@ -1,24 +1,11 @@
 //! `cema train`, `cema eval` and `cema speed` through the real binary: happy paths on tiny runs and
 //! every bad-input path with its exit code and message.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn cema(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cema"))
-        .args(args)
-        .env("CEMA_THREADS", "2")
-        .output()
-        .expect("run cema")
-}
+use std::path::Path;
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{cema, repo, stderr};
 
 fn have_fmnist() -> bool {
     let ok = Path::new("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").exists();
@@ -192,4 +179,23 @@ fn train_bad_inputs_are_usage_errors() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn speed_bad_inputs_are_usage_errors_naming_the_file() {
+    let o = cema(&[
+        "speed",
+        "--models",
+        "/nonexistent/m.safetensors",
+        "--seconds",
+        "0.1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/m.safetensors"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cema(&["speed", "--seconds", "soon"]);
+    assert_eq!(o.status.code(), Some(2));
 }

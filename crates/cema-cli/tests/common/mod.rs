@@ -1,0 +1,22 @@
+//! Helpers shared by the binary's integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the real `cema` binary with 2 worker threads.
+pub fn cema(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args(args)
+        .env("CEMA_THREADS", "2")
+        .output()
+        .expect("run cema")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
