@@ -1,9 +1,11 @@
 //! The cloud side of CEMA (SPEC §3 "Cloud"), one instance per edge session: adapt the foundation
 //! on uploads, distil it into the student (the cloud's copy of the edge's norm state), publish.
 
+use std::collections::HashMap;
+
 use cema_model::{
-    cema_distill_loss, entropy_margin, self_weighted_entropy, to_input, DistillWeights, Model,
-    ModelError, NormMode, NormState, Sgd, SgdConfig, Trainable,
+    cema_distill_loss, entropy_margin, self_weighted_entropy, tensors, to_input, DistillWeights,
+    Model, ModelError, NamedTensors, NormMode, NormState, Sgd, SgdConfig, Trainable,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -31,6 +33,10 @@ pub struct CloudConfig {
     pub distill: DistillWeights,
     /// Off: the foundation stays as shipped (an ablation; SPEC's method adapts it).
     pub adapt_foundation: bool,
+    /// Replace the foundation's source running statistics with those of the first uploaded
+    /// batch, as the released code does for both models (SPEC §3 "TBR").
+    #[serde(default = "yes")]
+    pub init_foundation_stats: bool,
     /// Seeds the replay sampler (ChaCha8): a session is deterministic given its seed.
     pub seed: u64,
 }
@@ -48,9 +54,14 @@ impl Default for CloudConfig {
             momentum: 0.9,
             distill: DistillWeights::default(),
             adapt_foundation: true,
+            init_foundation_stats: true,
             seed: 0,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,9 +107,9 @@ pub struct CloudAdapter {
     replay: ReplayBuffer,
     foundation_sgd: Sgd,
     student_sgd: Sgd,
-    rng: ChaCha8Rng,
     counters: CloudCounters,
     last_round: RoundReport,
+    foundation_stats_initialised: bool,
 }
 
 impl CloudAdapter {
@@ -136,13 +147,13 @@ impl CloudAdapter {
         Ok(CloudAdapter {
             foundation_sgd: Sgd::new(SgdConfig::momentum(config.foundation_lr, config.momentum)),
             student_sgd: Sgd::new(SgdConfig::momentum(config.student_lr, config.momentum)),
-            rng: ChaCha8Rng::seed_from_u64(config.seed),
             replay: ReplayBuffer::new(image_size, config.replay_capacity),
             e0: entropy_margin(sc),
             image_size,
             pending: Vec::new(),
             counters: CloudCounters::default(),
             last_round: RoundReport::default(),
+            foundation_stats_initialised: false,
             model_id: model_id.into(),
             version,
             foundation,
@@ -177,6 +188,20 @@ impl CloudAdapter {
         &self.last_round
     }
 
+    /// Installs the edge's own norm state into the student (e.g. after the edge took its running
+    /// statistics from its first test batch), keeping the version: the student mirrors the edge.
+    /// Validated all-or-nothing like an edge update.
+    pub fn sync_student(&mut self, state: &NormState) -> Result<(), AdaptError> {
+        if state.model_id != self.model_id {
+            return Err(AdaptError::WrongModel {
+                expected: self.model_id.clone(),
+                found: state.model_id.clone(),
+            });
+        }
+        self.student.apply_norm_state(state)?;
+        Ok(())
+    }
+
     /// Queues `n` uploaded u8 images (NHWC) and appends them to the replay buffer.
     pub fn receive(&mut self, pixels: &[u8], n: usize) -> Result<(), AdaptError> {
         if pixels.len() != n * self.image_size {
@@ -199,6 +224,13 @@ impl CloudAdapter {
     /// there was nothing to learn from.
     pub fn step(&mut self) -> Result<Option<NormState>, AdaptError> {
         let b = self.config.batch;
+        // The replay sampler is seeded per round from (seed, version) rather than carried along,
+        // so a session restored from a snapshot draws exactly what it would have drawn.
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.config
+                .seed
+                .wrapping_add(self.version.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        );
         let mut steps = Vec::new();
         while self.pending() >= b {
             let fresh: Vec<u8> = self.pending.drain(..b * self.image_size).collect();
@@ -210,7 +242,7 @@ impl CloudAdapter {
             let mut batch = fresh;
             let replay = if self.replay.len() >= self.config.replay_min {
                 self.replay
-                    .sample_into(&mut self.rng, self.config.replay_ratio * b, &mut batch)
+                    .sample_into(&mut rng, self.config.replay_ratio * b, &mut batch)
             } else {
                 0
             };
@@ -227,7 +259,7 @@ impl CloudAdapter {
             // alone (step 1 names "the batch" of new samples), so replay never re-adapts it.
             let mut batch = Vec::new();
             let k = self.config.replay_only_factor * b;
-            let replay = self.replay.sample_into(&mut self.rng, k, &mut batch);
+            let replay = self.replay.sample_into(&mut rng, k, &mut batch);
             let distill_loss = self.distill(&batch, replay)?;
             self.counters.replay_only_steps += 1;
             steps.push(StepReport {
@@ -252,6 +284,10 @@ impl CloudAdapter {
     /// Cloud step 1: TBR forward (running statistics move), loss
     /// `mean[E_f · 1/exp(E_f − E0)]` with constant weights, one SGD step on norm affine.
     fn adapt_foundation(&mut self, pixels: &[u8], n: usize) -> Result<f32, AdaptError> {
+        if self.config.init_foundation_stats && !self.foundation_stats_initialised {
+            self.foundation.init_running_stats(pixels, n)?;
+            self.foundation_stats_initialised = true;
+        }
         let x = to_input(
             &self.foundation.card.input,
             pixels,
@@ -294,5 +330,189 @@ impl CloudAdapter {
             .step(self.student.net.store_mut(), out.grads, lr);
         self.counters.distillation_steps += 1;
         Ok(out.loss)
+    }
+}
+
+/// Everything of a [`CloudAdapter`] that is not its frozen weights or its replay buffer: what a
+/// cloud persists after each round so that a restarted process resumes the session exactly.
+/// The replay buffer is left out on purpose: it is the tail of the upload log, which the cloud
+/// keeps anyway, and re-reading it is cheaper than rewriting megabytes per round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudSnapshot {
+    pub meta: SnapshotMeta,
+    /// `student.*`, `foundation.*`, `student_sgd.*`, `foundation_sgd.*` by PyTorch name.
+    pub tensors: NamedTensors,
+    /// Uploaded pixels not yet used in a fresh batch (fewer than B images).
+    pub pending: Vec<u8>,
+}
+
+/// The scalar part of a [`CloudSnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub model_id: String,
+    pub version: u64,
+    pub counters: CloudCounters,
+    pub foundation_stats_initialised: bool,
+}
+
+const SNAPSHOT_FORMAT: &str = "cema-cloud-snapshot/1";
+
+impl CloudSnapshot {
+    /// One safetensors blob (meta as JSON in its header) followed by the pending pixels.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let meta = HashMap::from([
+            ("format".to_string(), SNAPSHOT_FORMAT.to_string()),
+            (
+                "meta".to_string(),
+                serde_json::to_string(&self.meta).expect("meta serialises"),
+            ),
+        ]);
+        let st = tensors::to_safetensors(&self.tensors, Some(meta));
+        let mut out = Vec::with_capacity(8 + st.len() + self.pending.len());
+        out.extend_from_slice(&(st.len() as u64).to_le_bytes());
+        out.extend_from_slice(&st);
+        out.extend_from_slice(&self.pending);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AdaptError> {
+        let bad = |m: String| AdaptError::Snapshot(m);
+        if bytes.len() < 8 {
+            return Err(bad(format!("{} bytes is too short", bytes.len())));
+        }
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        let st = bytes.get(8..8usize.saturating_add(n)).ok_or_else(|| {
+            bad(format!(
+                "declares {n} bytes of tensors, has {}",
+                bytes.len() - 8
+            ))
+        })?;
+        let tensors =
+            tensors::from_safetensors(st, "cloud snapshot").map_err(|e| bad(e.to_string()))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(st).map_err(|e| bad(e.to_string()))?;
+        let header = header.metadata().clone().unwrap_or_default();
+        if header.get("format").map(String::as_str) != Some(SNAPSHOT_FORMAT) {
+            return Err(bad(format!(
+                "format is {:?}, expected {SNAPSHOT_FORMAT}",
+                header.get("format")
+            )));
+        }
+        let meta = header
+            .get("meta")
+            .ok_or_else(|| bad("no meta".into()))
+            .and_then(|m| serde_json::from_str(m).map_err(|e| bad(format!("meta: {e}"))))?;
+        Ok(CloudSnapshot {
+            meta,
+            tensors,
+            pending: bytes[8 + n..].to_vec(),
+        })
+    }
+}
+
+fn prefixed(prefix: &str, t: NamedTensors, out: &mut NamedTensors) {
+    out.extend(t.into_iter().map(|(k, v)| (format!("{prefix}.{k}"), v)));
+}
+
+fn unprefixed(prefix: &str, t: &NamedTensors) -> NamedTensors {
+    let p = format!("{prefix}.");
+    t.iter()
+        .filter_map(|(k, v)| k.strip_prefix(&p).map(|k| (k.to_string(), v.clone())))
+        .collect()
+}
+
+impl CloudAdapter {
+    pub fn snapshot(&self) -> CloudSnapshot {
+        let mut tensors = NamedTensors::new();
+        let student = self.student.norm_state(&self.model_id, self.version);
+        let foundation = self.foundation.norm_state(&self.model_id, self.version);
+        prefixed("student", student.tensors, &mut tensors);
+        prefixed("foundation", foundation.tensors, &mut tensors);
+        prefixed(
+            "student_sgd",
+            self.student_sgd.state(self.student.net.store()),
+            &mut tensors,
+        );
+        prefixed(
+            "foundation_sgd",
+            self.foundation_sgd.state(self.foundation.net.store()),
+            &mut tensors,
+        );
+        CloudSnapshot {
+            meta: SnapshotMeta {
+                model_id: self.model_id.clone(),
+                version: self.version,
+                counters: self.counters.clone(),
+                foundation_stats_initialised: self.foundation_stats_initialised,
+            },
+            tensors,
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Resumes from a snapshot of this session; `replay` is the replay buffer's content, oldest
+    /// first (the last `replay_capacity` samples uploaded up to the snapshot). All-or-nothing:
+    /// on error the adapter is unchanged.
+    pub fn restore(&mut self, snap: &CloudSnapshot, replay: &[u8]) -> Result<(), AdaptError> {
+        if snap.meta.model_id != self.model_id {
+            return Err(AdaptError::WrongModel {
+                expected: self.model_id.clone(),
+                found: snap.meta.model_id.clone(),
+            });
+        }
+        if !snap.pending.len().is_multiple_of(self.image_size)
+            || !replay.len().is_multiple_of(self.image_size)
+        {
+            return Err(AdaptError::Snapshot(format!(
+                "pending ({} B) or replay ({} B) is not whole {}-byte images",
+                snap.pending.len(),
+                replay.len(),
+                self.image_size
+            )));
+        }
+        let mut next = self.clone();
+        let state = |prefix: &str| NormState {
+            model_id: snap.meta.model_id.clone(),
+            version: snap.meta.version,
+            tensors: unprefixed(prefix, &snap.tensors),
+        };
+        next.student.apply_norm_state(&state("student"))?;
+        next.foundation.apply_norm_state(&state("foundation"))?;
+        next.student_sgd
+            .load_state(
+                next.student.net.store(),
+                &unprefixed("student_sgd", &snap.tensors),
+            )
+            .map_err(AdaptError::Snapshot)?;
+        next.foundation_sgd
+            .load_state(
+                next.foundation.net.store(),
+                &unprefixed("foundation_sgd", &snap.tensors),
+            )
+            .map_err(AdaptError::Snapshot)?;
+        next.version = snap.meta.version;
+        next.counters = snap.meta.counters.clone();
+        next.foundation_stats_initialised = snap.meta.foundation_stats_initialised;
+        next.pending = snap.pending.clone();
+        next.replay = ReplayBuffer::new(self.image_size, self.config.replay_capacity);
+        next.replay.push(replay);
+        *self = next;
+        Ok(())
+    }
+
+    /// Bytes of one uploaded image.
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    /// Bytes this session holds besides the frozen weights and its replay buffer: two norm
+    /// states, two sets of momentum buffers and the pending pixels (reported per session).
+    pub fn session_bytes(&self) -> usize {
+        let snap = self.snapshot();
+        snap.tensors
+            .values()
+            .map(|t| t.data.len() * 4)
+            .sum::<usize>()
+            + snap.pending.len()
     }
 }

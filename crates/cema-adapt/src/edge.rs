@@ -20,6 +20,10 @@ pub struct EdgeBatch {
     pub entropies: Vec<f32>,
     /// The `E_max` the batch was judged against.
     pub e_max: f32,
+    /// This batch replaced the source running statistics (its predictions used batch
+    /// statistics): the cloud's student must be given [`EdgeAdapter::norm_state`] before it
+    /// learns from this edge's uploads.
+    pub stats_initialised: bool,
 }
 
 /// The edge's counters (serialisable with the filter state for persistence and reports).
@@ -46,6 +50,9 @@ pub struct EdgeState {
     pub version: u64,
     pub filter: EntropyFilter,
     pub counters: EdgeCounters,
+    /// Whether the running statistics have been taken from a test batch yet.
+    #[serde(default)]
+    pub stats_initialised: bool,
 }
 
 /// One edge device: owns its model and never computes a gradient.
@@ -53,6 +60,7 @@ pub struct EdgeState {
 pub struct EdgeAdapter {
     model: Model,
     state: EdgeState,
+    init_stats: bool,
 }
 
 impl EdgeAdapter {
@@ -72,8 +80,34 @@ impl EdgeAdapter {
                 version,
                 filter: EntropyFilter::new(config, classes),
                 counters: EdgeCounters::default(),
+                stats_initialised: false,
             },
+            init_stats: config.init_stats,
         }
+    }
+
+    /// The norm state the edge predicts with now, under its current version.
+    pub fn norm_state(&self) -> NormState {
+        self.model
+            .norm_state(&self.state.model_id, self.state.version)
+    }
+
+    /// [`norm_state`](Self::norm_state) for sending to the cloud; its bytes count as uplink.
+    pub fn export_norm_state(&mut self) -> NormState {
+        let state = self.norm_state();
+        self.state.counters.bytes_up += state.to_bytes().len() as u64;
+        state
+    }
+
+    /// Step 1's forward. The first batch of a stream may instead replace the running statistics
+    /// with its own (forward only: no gradient on the edge) and predict with them.
+    fn forward(&mut self, pixels: &[u8], n: usize) -> Result<(Vec<f32>, bool), AdaptError> {
+        if self.init_stats && !self.state.stats_initialised && n > 1 {
+            let logits = self.model.init_running_stats(pixels, n)?;
+            self.state.stats_initialised = true;
+            return Ok((logits, true));
+        }
+        Ok((self.model.logits(pixels, n, NormMode::Running)?, false))
     }
 
     pub fn model(&self) -> &Model {
@@ -109,13 +143,14 @@ impl EdgeAdapter {
     }
 
     /// SPEC §3 edge steps 1–4 on `n` u8 images (NHWC): predictions first, from running
-    /// statistics with no gradient and no state change; then the selection.
+    /// statistics with no gradient (see [`EdgeBatch::stats_initialised`] for the first batch);
+    /// then the selection.
     pub fn process(&mut self, pixels: &[u8], n: usize) -> Result<EdgeBatch, AdaptError> {
-        let logits = self.model.logits(pixels, n, NormMode::Running)?;
+        let (logits, init) = self.forward(pixels, n)?;
         let classes = self.model.card.architecture.num_classes();
         let predictions = argmax_rows(&logits, classes);
         let sel = self.state.filter.select(&logits);
-        Ok(self.count(pixels, n, predictions, sel))
+        Ok(self.count(pixels, n, predictions, sel, init))
     }
 
     /// Like [`process`](Self::process), but the upload is a uniformly random subset drawn by
@@ -127,7 +162,7 @@ impl EdgeAdapter {
         n: usize,
         selector: &mut RandomSelector,
     ) -> Result<EdgeBatch, AdaptError> {
-        let logits = self.model.logits(pixels, n, NormMode::Running)?;
+        let (logits, init) = self.forward(pixels, n)?;
         let classes = self.model.card.architecture.num_classes();
         let predictions = argmax_rows(&logits, classes);
         let sel = Selection {
@@ -138,7 +173,7 @@ impl EdgeAdapter {
             too_certain: 0,
             redundant: 0,
         };
-        Ok(self.count(pixels, n, predictions, sel))
+        Ok(self.count(pixels, n, predictions, sel, init))
     }
 
     fn count(
@@ -147,6 +182,7 @@ impl EdgeAdapter {
         n: usize,
         predictions: Vec<u32>,
         sel: Selection,
+        stats_initialised: bool,
     ) -> EdgeBatch {
         let c = &mut self.state.counters;
         c.samples_seen += n as u64;
@@ -161,6 +197,7 @@ impl EdgeAdapter {
             upload: sel.kept,
             entropies: sel.entropies,
             e_max: sel.e_max,
+            stats_initialised,
         }
     }
 

@@ -9,6 +9,8 @@ pub enum AdaptError {
     StaleVersion { current: u64, offered: u64 },
     #[error("foundation and student are incompatible: {0}")]
     Incompatible(String),
+    #[error("cloud snapshot: {0}")]
+    Snapshot(String),
     #[error("{0}")]
     Model(#[from] ModelError),
 }

@@ -21,6 +21,14 @@ pub struct EdgeConfig {
     pub redundancy: bool,
     /// ε; `None` derives it from the class count ([`default_epsilon`]).
     pub epsilon: Option<f32>,
+    /// Replace the source running statistics with the first test batch's (forward only), as
+    /// the released code does (SPEC §3 "TBR"); the cloud's student then starts from that state.
+    #[serde(default = "yes")]
+    pub init_stats: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for EdgeConfig {
@@ -34,6 +42,7 @@ impl Default for EdgeConfig {
             emin_fraction: 0.02,
             redundancy: true,
             epsilon: None,
+            init_stats: true,
         }
     }
 }

@@ -26,7 +26,9 @@ mod filter;
 mod methods;
 mod replay;
 
-pub use cloud::{CloudAdapter, CloudConfig, CloudCounters, RoundReport, StepReport};
+pub use cloud::{
+    CloudAdapter, CloudConfig, CloudCounters, CloudSnapshot, RoundReport, SnapshotMeta, StepReport,
+};
 pub use edge::{gather, EdgeAdapter, EdgeBatch, EdgeCounters, EdgeState, RandomSelector};
 pub use error::AdaptError;
 pub use filter::{default_epsilon, EdgeConfig, EntropyFilter, Selection};

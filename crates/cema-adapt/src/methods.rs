@@ -318,6 +318,10 @@ impl Method for Cema {
             Some(selector) => self.edge.process_random(pixels, n, selector)?,
             None => self.edge.process(pixels, n)?,
         };
+        if batch.stats_initialised {
+            let state = self.edge.export_norm_state();
+            self.cloud.sync_student(&state)?;
+        }
         let uploaded = batch.upload.len();
         if uploaded > 0 {
             self.cloud

@@ -53,8 +53,13 @@ fn edge_predicts_with_running_statistics_and_changes_nothing() {
     let px = images(0, 64);
     let expected = model.clone().predict(&px, 64, NormMode::Running).unwrap();
     let before = model.state_dict();
-    let mut edge = EdgeAdapter::new(model, "tiny", 0, EdgeConfig::default());
+    let cfg = EdgeConfig {
+        init_stats: false,
+        ..EdgeConfig::default()
+    };
+    let mut edge = EdgeAdapter::new(model, "tiny", 0, cfg);
     let b = edge.process(&px, 64).unwrap();
+    assert!(!b.stats_initialised);
     assert_eq!(b.predictions, expected);
     assert_eq!(edge.model().state_dict(), before);
     let c = edge.counters();
@@ -140,4 +145,75 @@ fn edge_state_round_trips_through_serde() {
     assert!(foreign
         .restore(serde_json::from_str(&json).unwrap())
         .is_err());
+}
+
+#[test]
+fn the_first_batch_replaces_the_running_statistics_then_the_edge_is_frozen() {
+    let model = tiny_edge(4);
+    let px = images(0, 64);
+    let batch_mode = model.clone().predict(&px, 64, NormMode::Batch).unwrap();
+    let before = model.state_dict();
+    let mut edge = EdgeAdapter::new(model, "tiny", 0, EdgeConfig::default());
+    let b = edge.process(&px, 64).unwrap();
+    assert!(b.stats_initialised);
+    // Predictions of the first batch come from its own statistics...
+    assert_eq!(b.predictions, batch_mode);
+    // ...which become the running statistics; nothing else moves.
+    assert_only(edge.model(), &before, |k| {
+        matches!(k, Kind::RunningMean | Kind::RunningVar)
+    });
+    let mut m = edge.model().clone();
+    assert_eq!(m.predict(&px, 64, NormMode::Running).unwrap(), batch_mode);
+    // From the second batch on the edge predicts with those statistics and changes nothing.
+    let after_first = edge.model().state_dict();
+    let px2 = images(64, 64);
+    let expected = m.predict(&px2, 64, NormMode::Running).unwrap();
+    let b2 = edge.process(&px2, 64).unwrap();
+    assert!(!b2.stats_initialised);
+    assert_eq!(b2.predictions, expected);
+    assert_eq!(edge.model().state_dict(), after_first);
+    // The exported state is what the cloud's student starts from; it counts as uplink.
+    let up = edge.counters().bytes_up;
+    let state = edge.export_norm_state();
+    assert_eq!(state, edge.model().norm_state("tiny", 0));
+    assert_eq!(edge.counters().bytes_up - up, state.to_bytes().len() as u64);
+}
+
+#[test]
+fn a_restored_cloud_session_continues_exactly_where_the_snapshot_left_off() {
+    let cfg = CloudConfig {
+        batch: 16,
+        replay_min: 32,
+        ..CloudConfig::default()
+    };
+    let mut a = CloudAdapter::new(tiny_foundation(1), tiny_edge(2), "tiny", 0, cfg).unwrap();
+    for r in 0..3 {
+        a.receive(&images(r * 24, 24), 24).unwrap();
+        a.step().unwrap();
+    }
+    let snap = cema_adapt::CloudSnapshot::from_bytes(&a.snapshot().to_bytes()).unwrap();
+    assert_eq!(snap, a.snapshot());
+    assert_eq!(snap.pending.len(), a.pending() * IMAGE);
+    let replay: Vec<u8> = (0..a.replay().len())
+        .flat_map(|i| a.replay().get(i).to_vec())
+        .collect();
+    let mut b = CloudAdapter::new(tiny_foundation(1), tiny_edge(2), "tiny", 0, cfg).unwrap();
+    b.restore(&snap, &replay).unwrap();
+    assert_eq!(b.version(), a.version());
+    assert_eq!(b.counters(), a.counters());
+    for r in 3..5 {
+        a.receive(&images(r * 24, 24), 24).unwrap();
+        b.receive(&images(r * 24, 24), 24).unwrap();
+        assert_eq!(a.step().unwrap(), b.step().unwrap(), "round {r}");
+    }
+    assert_eq!(a.foundation().state_dict(), b.foundation().state_dict());
+    // A snapshot of another lineage, or torn bytes, is refused and changes nothing.
+    let mut other = snap.clone();
+    other.meta.model_id = "other".into();
+    let before = b.snapshot();
+    assert!(b.restore(&other, &replay).is_err());
+    assert!(b.restore(&snap, &replay[..replay.len() - 1]).is_err());
+    assert_eq!(b.snapshot(), before);
+    let bytes = snap.to_bytes();
+    assert!(cema_adapt::CloudSnapshot::from_bytes(&bytes[..100]).is_err());
 }

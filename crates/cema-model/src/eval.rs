@@ -16,6 +16,13 @@ impl Model {
         Ok(tensor_to_vec(self.net.forward(x, mode, false)))
     }
 
+    /// Replaces the running statistics with those of these `n` images (see
+    /// [`crate::ResNet::init_running_stats`]) and returns their batch-statistics logits.
+    pub fn init_running_stats(&mut self, pixels: &[u8], n: usize) -> Result<Vec<f32>> {
+        let x = to_input(&self.card.input, pixels, n, self.net.device())?;
+        Ok(tensor_to_vec(self.net.init_running_stats(x)))
+    }
+
     /// Predicted classes for `n` u8 images.
     pub fn predict(&mut self, pixels: &[u8], n: usize, mode: NormMode) -> Result<Vec<u32>> {
         let logits = self.logits(pixels, n, mode)?;

@@ -121,7 +121,7 @@ impl NormLayer {
         store: &mut Store,
         x: Tensor<4>,
         mode: NormMode,
-        update_stats: bool,
+        update_stats: Option<f32>,
     ) -> Tensor<4> {
         let gamma = store.get1(self.weight);
         let beta = store.get1(self.bias);
@@ -136,8 +136,8 @@ impl NormLayer {
             NormMode::Batch => {
                 let [n, _, h, w] = x.dims();
                 let out = batch_norm_train(x, gamma, beta, BN_EPS);
-                if update_stats {
-                    self.update_running(store, out.mean, out.variance, n * h * w);
+                if let Some(m) = update_stats {
+                    self.update_running(store, out.mean, out.variance, n * h * w, m);
                 }
                 out.output
             }
@@ -156,10 +156,10 @@ impl NormLayer {
                 let d = (mu.clone().detach() - rm) / sigma_run;
                 let xhat = centered / sigma * r + d;
                 let out = xhat * gamma.reshape([1, c, 1, 1]) + beta.reshape([1, c, 1, 1]);
-                if update_stats {
+                if let Some(m) = update_stats {
                     let mu = mu.detach().without_autodiff().reshape([c]);
                     let var = var.detach().without_autodiff().reshape([c]);
-                    self.update_running(store, mu, var, n * h * w);
+                    self.update_running(store, mu, var, n * h * w, m);
                 }
                 out
             }
@@ -173,12 +173,12 @@ impl NormLayer {
         batch_mean: Tensor<1>,
         batch_var: Tensor<1>,
         count: usize,
+        m: f32,
     ) {
         let (rm_i, rv_i) = (
             self.running_mean.expect("batch norm"),
             self.running_var.expect("batch norm"),
         );
-        let m = BN_MOMENTUM;
         let unbias = if count > 1 {
             count as f32 / (count as f32 - 1.0)
         } else {

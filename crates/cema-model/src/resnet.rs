@@ -41,6 +41,8 @@ pub struct ResNet {
     blocks: Vec<Block>,
     fc_weight: usize,
     fc_bias: usize,
+    /// Momentum of running-statistics updates (PyTorch convention); 1.0 replaces them outright.
+    stats_momentum: f32,
 }
 
 struct Builder<'a> {
@@ -179,6 +181,7 @@ impl ResNet {
             blocks,
             fc_weight,
             fc_bias,
+            stats_momentum: crate::norm::BN_MOMENTUM,
         })
     }
 
@@ -217,7 +220,20 @@ impl ResNet {
     ) -> Tensor<4> {
         let y = self.conv(x, c);
         let layer = self.norms[*n].clone();
-        layer.forward(&mut self.store, y, mode, update)
+        let momentum = update.then_some(self.stats_momentum);
+        layer.forward(&mut self.store, y, mode, momentum)
+    }
+
+    /// Replaces every running statistic with this batch's (a batch-statistics forward with
+    /// momentum 1). The released CEMA code starts adaptation this way: source statistics are
+    /// discarded in favour of the first test batch's, which is worth more than any amount of
+    /// affine tuning under a strong shift. Returns the batch-statistics logits.
+    pub fn init_running_stats(&mut self, x: Tensor<4>) -> Tensor<2> {
+        let saved = self.stats_momentum;
+        self.stats_momentum = 1.0;
+        let out = self.forward(x, NormMode::Batch, true);
+        self.stats_momentum = saved;
+        out
     }
 
     /// Logits for an NCHW batch of normalised images.
