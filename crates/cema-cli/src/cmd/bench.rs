@@ -230,7 +230,7 @@ impl StreamResult {
 }
 
 /// The fixed stream order for `seed`: a ChaCha8 shuffle of `0..len`.
-fn stream_order(len: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn stream_order(len: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     order
@@ -239,7 +239,7 @@ fn stream_order(len: usize, seed: u64) -> Vec<usize> {
 /// The test images at `indices` under one corruption: read from `dir` when it holds that
 /// corruption, else generated image by image with the image's index in the test set, which gives
 /// the same bytes as `cema corrupt --seed seed` (and `corrupt_set`) without corrupting the rest.
-fn stream(
+pub(crate) fn stream(
     dir: &Path,
     test: &ImageSet,
     indices: &[usize],

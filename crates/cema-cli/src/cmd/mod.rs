@@ -18,7 +18,10 @@ use std::path::Path;
 use crate::exit::{CliError, ResultExt};
 
 pub mod bench;
+pub mod cloud;
 pub mod corrupt;
+pub mod demo;
+pub mod edge;
 pub mod eval;
 pub mod speed;
 pub mod train;
@@ -61,7 +64,10 @@ macro_rules! commands {
 
 commands! {
     Bench(bench::Args),
+    Cloud(cloud::Args),
     Corrupt(corrupt::Args),
+    Demo(demo::Args),
+    Edge(edge::Args),
     Eval(eval::Args),
     Speed(speed::Args),
     Train(train::Args),

@@ -1,0 +1,195 @@
+//! `cema cloud`: the cloud service (docs/protocol.md). Prints one JSON line
+//! `{"listening": "HOST:PORT"}` on stdout once it accepts connections (so scripts and `cema demo`
+//! can use port 0), logs on stderr, stops cleanly on SIGINT/SIGTERM.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use cema_adapt::CloudConfig;
+use cema_cloud::{Cloud, CloudOptions};
+
+use crate::exit::{CliError, ResultExt};
+
+use super::Context;
+
+/// Runs the cloud service: per-device CEMA sessions over HTTP, durable in --data-dir.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0: any free port, printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: SocketAddr,
+    /// Folder of the session store (cloud.redb); sessions resume from it after a restart.
+    #[arg(long, default_value = "runs/cloud")]
+    pub data_dir: PathBuf,
+    /// The edge model whose norm states this cloud serves (its card name is the model id).
+    #[arg(long, default_value = "models/edge.safetensors")]
+    pub edge: PathBuf,
+    /// The foundation model.
+    #[arg(long, default_value = "models/foundation.safetensors")]
+    pub foundation: PathBuf,
+    /// A registered device as ID:TOKEN (repeatable).
+    #[arg(long = "device", value_name = "ID:TOKEN")]
+    pub devices: Vec<String>,
+    /// A file of registered devices, one `ID TOKEN` per line (# comments).
+    #[arg(long)]
+    pub devices_file: Option<PathBuf>,
+    /// Worker threads running adaptation rounds.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Hard limit on a request body, bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_body: usize,
+    /// Uploads one session may have queued before the cloud answers 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queued: usize,
+    /// CEMA's cloud batch B.
+    #[arg(long, default_value_t = 32)]
+    pub cloud_batch: usize,
+    /// The student's (distillation) learning rate.
+    #[arg(long, default_value_t = 0.0025)]
+    pub student_lr: f64,
+    /// The foundation's learning rate.
+    #[arg(long, default_value_t = 0.00025)]
+    pub foundation_lr: f64,
+    /// Seed of every session's replay sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fault injection: every round takes this many extra milliseconds (a slow cloud).
+    #[arg(long, default_value_t = 0)]
+    pub slow_ms: u64,
+}
+
+fn parse_devices(args: &Args) -> Result<HashMap<String, String>, CliError> {
+    let mut devices = HashMap::new();
+    let mut add = |id: &str, token: &str, what: &str| -> Result<(), CliError> {
+        if id.is_empty() || token.is_empty() || id.contains('/') {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "{what}: a device needs a non-empty id without '/' and a non-empty token"
+            )));
+        }
+        devices.insert(id.to_string(), token.to_string());
+        Ok(())
+    };
+    for d in &args.devices {
+        let (id, token) = d
+            .split_once(':')
+            .ok_or_else(|| CliError::usage(anyhow::anyhow!("--device {d}: expected ID:TOKEN")))?;
+        add(id, token, &format!("--device {d}"))?;
+    }
+    if let Some(path) = &args.devices_file {
+        let text = std::fs::read_to_string(path)
+            .usage_err(format!("--devices-file {}", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut it = line.split_whitespace();
+            let (Some(id), Some(token), None) = (it.next(), it.next(), it.next()) else {
+                return Err(CliError::usage(anyhow::anyhow!(
+                    "--devices-file {}:{}: expected `ID TOKEN`",
+                    path.display(),
+                    i + 1
+                )));
+            };
+            add(
+                id,
+                token,
+                &format!("--devices-file {}:{}", path.display(), i + 1),
+            )?;
+        }
+    }
+    if devices.is_empty() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "no devices registered: give --device ID:TOKEN or --devices-file"
+        )));
+    }
+    Ok(devices)
+}
+
+fn check_file(path: &Path, flag: &str) -> Result<(), CliError> {
+    if !path.is_file() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "{flag} {}: no such file",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+pub fn run(args: Args, _ctx: &Context) -> Result<(), CliError> {
+    let devices = parse_devices(&args)?;
+    check_file(&args.edge, "--edge")?;
+    check_file(&args.foundation, "--foundation")?;
+    if args.cloud_batch == 0 || args.workers == 0 {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--cloud-batch and --workers must be positive"
+        )));
+    }
+    let options = CloudOptions {
+        devices,
+        config: CloudConfig {
+            batch: args.cloud_batch,
+            student_lr: args.student_lr,
+            foundation_lr: args.foundation_lr,
+            seed: args.seed,
+            ..CloudConfig::default()
+        },
+        workers: args.workers,
+        max_body: args.max_body,
+        max_queued: args.max_queued,
+        round_delay: std::time::Duration::from_millis(args.slow_ms),
+        ..CloudOptions::new(
+            args.edge.clone(),
+            args.foundation.clone(),
+            args.data_dir.clone(),
+        )
+    };
+    let cloud = Cloud::open(options).context("starting the cloud")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .usage_err(format!("--listen {}", args.listen))?;
+        let addr = listener.local_addr().context("local address")?;
+        tracing::info!(%addr, model = cloud.model_id, "cloud listening");
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "listening": addr.to_string() })
+        )
+        .and_then(|()| out.flush())
+        .context("stdout")?;
+        drop(out);
+        cema_cloud::http::serve(listener, cloud, shutdown_signal())
+            .await
+            .context("serving")?;
+        tracing::info!("cloud stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,333 @@
+//! `cema demo`: one cloud and N edges as separate OS processes on loopback, a live view, and a
+//! final table. Children are this same binary (`cema cloud`, `cema edge`); they are stopped
+//! (SIGTERM, then SIGKILL) whatever happens, so the demo leaves nothing running.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use cema_corrupt::Corruption;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::exit::CliError;
+
+use super::{write_json, Context};
+
+/// One cloud and N edges on loopback, each edge on its own Fashion-MNIST-C stream: live view
+/// and final table (the README's first command).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Number of edge devices.
+    #[arg(long, default_value_t = 3)]
+    pub edges: usize,
+    /// Corruption of each edge's stream, comma-separated, used in turn.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gaussian_noise,fog,contrast"
+    )]
+    pub corruptions: Vec<Corruption>,
+    #[arg(long, default_value_t = 5)]
+    pub severity: u8,
+    /// Images per edge stream.
+    #[arg(long, default_value_t = 2000)]
+    pub limit: usize,
+    /// Milliseconds between an edge's batches.
+    #[arg(long, default_value_t = 0)]
+    pub pace_ms: u64,
+    /// Each edge's uplink budget, kilobits per second (default: unlimited).
+    #[arg(long)]
+    pub uplink_kbps: Option<f64>,
+    /// Cloud worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    #[arg(long, default_value = "models/edge.safetensors")]
+    pub edge: PathBuf,
+    #[arg(long, default_value = "models/foundation.safetensors")]
+    pub foundation: PathBuf,
+    /// Folder with the Fashion-MNIST .gz files.
+    #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The cloud's session store (default: a temporary folder, removed afterwards).
+    #[arg(long)]
+    pub cloud_data: Option<PathBuf>,
+    /// Write `{edges: [...]}` here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Kills the child on drop: a demo that fails half-way leaves no process behind.
+struct Reaper(Vec<Child>);
+
+impl Reaper {
+    fn terminate(&mut self) {
+        for c in &mut self.0 {
+            if let Ok(None) = c.try_wait() {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(c.id().to_string())
+                    .status();
+            }
+        }
+        let t = Instant::now();
+        for c in &mut self.0 {
+            while t.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn pct(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_f64)
+        .map_or("–".into(), |x| format!("{:.1}%", 100.0 * x))
+}
+
+fn num(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
+    if args.edges == 0 || args.corruptions.is_empty() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--edges and --corruptions must not be empty"
+        )));
+    }
+    for (p, flag) in [(&args.edge, "--edge"), (&args.foundation, "--foundation")] {
+        if !p.is_file() {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "{flag} {}: no such file",
+                p.display()
+            )));
+        }
+    }
+    let exe = std::env::current_exe().context("locating the cema binary")?;
+    let tmp = tempfile::tempdir().context("temporary folder")?;
+    let cloud_data = args
+        .cloud_data
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("cloud"));
+    let devices: Vec<(String, String, Corruption)> = (0..args.edges)
+        .map(|i| {
+            (
+                format!("edge-{}", i + 1),
+                format!("token-{}-{}", i + 1, std::process::id()),
+                args.corruptions[i % args.corruptions.len()],
+            )
+        })
+        .collect();
+
+    let mut reaper = Reaper(Vec::new());
+    let mut cloud = Command::new(&exe);
+    cloud
+        .arg("-q")
+        .args(["cloud", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&cloud_data)
+        .arg("--edge")
+        .arg(&args.edge)
+        .arg("--foundation")
+        .arg(&args.foundation)
+        .args(["--workers", &args.workers.to_string()]);
+    for (d, t, _) in &devices {
+        cloud.args(["--device", &format!("{d}:{t}")]);
+    }
+    let mut child = cloud
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting `cema cloud`")?;
+    let stdout = child.stdout.take().expect("piped");
+    reaper.0.push(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("reading the cloud's address")?;
+    let addr = serde_json::from_str::<Value>(&line)
+        .ok()
+        .and_then(|v| v["listening"].as_str().map(String::from))
+        .ok_or_else(|| anyhow::anyhow!("the cloud did not start (said {line:?})"))?;
+    let url = format!("http://{addr}");
+
+    let states: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(vec![Value::Null; devices.len()]));
+    let mut readers = Vec::new();
+    for (i, (d, t, c)) in devices.iter().enumerate() {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("-q")
+            .args(["edge", "--cloud", &url, "--device", d, "--token", t])
+            .args([
+                "--corruption",
+                c.name(),
+                "--severity",
+                &args.severity.to_string(),
+            ])
+            .args([
+                "--limit",
+                &args.limit.to_string(),
+                "--pace-ms",
+                &args.pace_ms.to_string(),
+            ])
+            .arg("--edge")
+            .arg(&args.edge)
+            .args(["--compare-source", "--status-lines"]);
+        if let Some(k) = args.uplink_kbps {
+            cmd.args(["--uplink-kbps", &k.to_string()]);
+        }
+        if let Some(dir) = &args.data_dir {
+            cmd.arg("--data-dir").arg(dir);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting `cema edge` {d}"))?;
+        let out = child.stdout.take().expect("piped");
+        reaper.0.push(child);
+        let states = states.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    states.lock().expect("states lock")[i] = v;
+                }
+            }
+        }));
+    }
+
+    let multi = MultiProgress::with_draw_target(if ctx.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let style = ProgressStyle::with_template("{prefix:<28} {bar:20} {pos:>5}/{len} {msg}")
+        .expect("template");
+    let bars: Vec<ProgressBar> = devices
+        .iter()
+        .map(|(d, _, c)| {
+            let b = multi.add(ProgressBar::new(args.limit as u64));
+            b.set_style(style.clone());
+            b.set_prefix(format!("{d} {}", c.name()));
+            b
+        })
+        .collect();
+    let started = Instant::now();
+    loop {
+        {
+            let s = states.lock().expect("states lock");
+            for (b, v) in bars.iter().zip(s.iter()) {
+                if v.is_null() {
+                    continue;
+                }
+                b.set_position(num(v, "images"));
+                b.set_message(format!(
+                    "acc {} (source {}) · up {} · v{} · {} KB↑ {} KB↓",
+                    pct(v, "accuracy"),
+                    pct(v, "source_accuracy"),
+                    pct(v, "upload_fraction"),
+                    num(v, "norm_version"),
+                    num(v, "bytes_up") / 1024,
+                    num(v, "bytes_down") / 1024,
+                ));
+            }
+        }
+        let edges_done = reaper.0[1..]
+            .iter_mut()
+            .all(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if edges_done {
+            break;
+        }
+        if let Ok(Some(status)) = reaper.0[0].try_wait() {
+            return Err(CliError::failed(anyhow::anyhow!(
+                "the cloud exited early ({status})"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    for b in &bars {
+        b.finish();
+    }
+    let edge_status: Vec<_> = reaper.0[1..]
+        .iter_mut()
+        .map(|c| c.wait().map(|s| s.success()).unwrap_or(false))
+        .collect();
+    reaper.terminate();
+
+    let states = states.lock().expect("states lock").clone();
+    let edges: Vec<Value> = states
+        .iter()
+        .zip(&devices)
+        .map(|(v, (d, _, c))| {
+            json!({
+                "device": d,
+                "corruption": c.name(),
+                "images": num(v, "images"),
+                "accuracy": v.get("accuracy").cloned().unwrap_or(Value::Null),
+                "source_accuracy": v.get("source_accuracy").cloned().unwrap_or(Value::Null),
+                "upload_fraction": v.get("upload_fraction").cloned().unwrap_or(Value::Null),
+                "bytes_up": num(v, "bytes_up"),
+                "bytes_down": num(v, "bytes_down"),
+                "norm_version": num(v, "norm_version"),
+                "dropped": num(v, "dropped"),
+                "updates_rejected": num(v, "updates_rejected"),
+            })
+        })
+        .collect();
+    println!(
+        "\n{:<8} {:<18} {:>7} {:>9} {:>9} {:>8} {:>8} {:>10} {:>10}",
+        "device",
+        "corruption",
+        "images",
+        "accuracy",
+        "source",
+        "upload",
+        "version",
+        "KB up",
+        "KB down"
+    );
+    for e in &edges {
+        println!(
+            "{:<8} {:<18} {:>7} {:>9} {:>9} {:>8} {:>8} {:>10.1} {:>10.1}",
+            e["device"].as_str().unwrap_or(""),
+            e["corruption"].as_str().unwrap_or(""),
+            num(e, "images"),
+            pct(e, "accuracy"),
+            pct(e, "source_accuracy"),
+            pct(e, "upload_fraction"),
+            num(e, "norm_version"),
+            num(e, "bytes_up") as f64 / 1024.0,
+            num(e, "bytes_down") as f64 / 1024.0,
+        );
+    }
+    println!("{:.0} s, cloud at {url}", started.elapsed().as_secs_f64());
+    if let Some(path) = &args.json {
+        write_json(
+            path,
+            &json!({ "edges": edges, "seconds": started.elapsed().as_secs_f64() }),
+            "--json",
+        )?;
+    }
+    if edge_status.iter().any(|ok| !ok) {
+        return Err(CliError::failed(anyhow::anyhow!(
+            "an edge process failed (see its message above)"
+        )));
+    }
+    drop(tmp);
+    Ok(())
+}

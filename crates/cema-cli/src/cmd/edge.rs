@@ -1,0 +1,177 @@
+//! `cema edge`: one edge device against a cloud, over a Fashion-MNIST-C stream (the same
+//! stream `cema bench` builds for that corruption, severity and seed).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cema_adapt::EdgeConfig;
+use cema_corrupt::Corruption;
+use cema_data::fashion_mnist::{self, Split};
+use cema_edge::{run_stream, EdgeOptions, EdgeReport};
+use cema_model::{cpu, Model};
+use serde_json::json;
+
+use crate::exit::{CliError, ResultExt};
+
+use super::bench::{stream, stream_order};
+use super::{write_json, Context};
+
+/// Runs an edge device: forward-only inference over a corrupted stream, uploads to and updates
+/// from a cloud.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The cloud's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7878")]
+    pub cloud: String,
+    /// This device's id (registered at the cloud).
+    #[arg(long)]
+    pub device: String,
+    /// This device's token.
+    #[arg(long, env = "CEMA_DEVICE_TOKEN")]
+    pub token: String,
+    /// The edge checkpoint.
+    #[arg(long, default_value = "models/edge.safetensors")]
+    pub edge: PathBuf,
+    /// The stream's corruption.
+    #[arg(long, default_value = "gaussian_noise")]
+    pub corruption: Corruption,
+    #[arg(long, default_value_t = 5)]
+    pub severity: u8,
+    /// Images of the stream (the first N of the seed's shuffled test set).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed of the stream order (as `cema bench --seed`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Seed of the corruptions (as `cema bench --corruption-seed`).
+    #[arg(long, default_value_t = 0)]
+    pub corruption_seed: u64,
+    /// Folder in the CIFAR-10-C layout to read the corruption from, if it holds it.
+    #[arg(long, default_value = "data/fashion-mnist-c")]
+    pub corrupted: PathBuf,
+    /// Folder with the Fashion-MNIST .gz files.
+    #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Uplink budget, kilobits per second (default: unlimited).
+    #[arg(long)]
+    pub uplink_kbps: Option<f64>,
+    /// Uplink queue bound, samples; past it the oldest queued samples are dropped and counted.
+    #[arg(long, default_value_t = 4096)]
+    pub max_queued: usize,
+    /// Wait for the cloud's round after every batch (reproduces `cema bench` exactly).
+    #[arg(long)]
+    pub sync: bool,
+    /// Also run the unadapted model, to report Source's accuracy on the same images.
+    #[arg(long)]
+    pub compare_source: bool,
+    /// Milliseconds to sleep between batches (a camera's frame interval).
+    #[arg(long, default_value_t = 0)]
+    pub pace_ms: u64,
+    /// Print one JSON status line per batch on stdout.
+    #[arg(long)]
+    pub status_lines: bool,
+    /// The edge's selection switches (as `cema bench --cema-preset`).
+    #[arg(long, default_value = "paper")]
+    pub preset: String,
+    /// Write the final report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+pub fn report_json(r: &EdgeReport, corruption: &str) -> serde_json::Value {
+    json!({
+        "device": r.device,
+        "corruption": corruption,
+        "images": r.images,
+        "accuracy": r.accuracy(),
+        "source_accuracy": r.source_accuracy(),
+        "upload_fraction": r.upload_fraction(),
+        "selected": r.selected,
+        "uploaded": r.uploaded,
+        "dropped": r.dropped,
+        "refused": r.refused,
+        "bytes_up": r.bytes_up,
+        "bytes_down": r.bytes_down,
+        "norm_version": r.norm_version,
+        "updates_applied": r.updates_applied,
+        "updates_rejected": r.updates_rejected,
+        "seconds": r.seconds,
+    })
+}
+
+pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
+    let selection = match args.preset.as_str() {
+        "paper" => EdgeConfig::default(),
+        "released" => EdgeConfig::released(),
+        p => {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "--preset {p}: expected paper or released"
+            )))
+        }
+    };
+    if !(1..=5).contains(&args.severity) {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--severity {}: expected 1..5",
+            args.severity
+        )));
+    }
+    let model =
+        Model::load(&args.edge, &cpu()).usage_err(format!("--edge {}", args.edge.display()))?;
+    let test =
+        fashion_mnist::load(args.data_dir.as_deref(), Split::Test).usage_err("--data-dir")?;
+    let mut order = stream_order(test.len(), args.seed);
+    order.truncate(args.limit.unwrap_or(usize::MAX));
+    let (set, _) = stream(
+        &args.corrupted,
+        &test,
+        &order,
+        args.corruption,
+        args.severity,
+        args.corruption_seed,
+    )?;
+    let options = EdgeOptions {
+        batch: args.batch,
+        selection,
+        uplink_kbps: args.uplink_kbps,
+        max_queued_samples: args.max_queued,
+        sync: args.sync,
+        compare_source: args.compare_source,
+        pace: (args.pace_ms > 0).then(|| Duration::from_millis(args.pace_ms)),
+        ..EdgeOptions::new(&args.cloud, &args.device, &args.token)
+    };
+    let name = args.corruption.name();
+    let status = args.status_lines;
+    let report = run_stream(model, &set, &options, |r| {
+        if status {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", report_json(r, name));
+            let _ = out.flush();
+        }
+    })
+    .map_err(|e| CliError::failed(anyhow::anyhow!(e)))?;
+    let value = report_json(&report, name);
+    if status {
+        let mut done = value.clone();
+        done["done"] = json!(true);
+        println!("{done}");
+    }
+    if let Some(path) = &args.json {
+        write_json(path, &value, "--json")?;
+    }
+    if !status && !ctx.quiet {
+        eprintln!(
+            "{}: {} images, accuracy {:.2}%, uploaded {:.1}%, version {}, {} B up, {} B down",
+            report.device,
+            report.images,
+            100.0 * report.accuracy(),
+            100.0 * report.upload_fraction(),
+            report.norm_version,
+            report.bytes_up,
+            report.bytes_down
+        );
+    }
+    Ok(())
+}

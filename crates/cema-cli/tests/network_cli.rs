@@ -1,0 +1,308 @@
+//! `cema cloud` and `cema edge` as real processes on loopback with the shipped models: the
+//! network reproduces the in-process benchmark, survives a SIGKILLed cloud, a missing cloud and
+//! a slow one.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn models() -> (String, String) {
+    let r = repo();
+    (
+        r.join("models/edge.safetensors").display().to_string(),
+        r.join("models/foundation.safetensors")
+            .display()
+            .to_string(),
+    )
+}
+
+/// A `cema cloud` child, killed on drop.
+struct CloudProc {
+    child: Child,
+    addr: String,
+}
+
+impl CloudProc {
+    fn start(data: &Path, listen: &str, extra: &[&str]) -> CloudProc {
+        let (edge, foundation) = models();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cema"))
+            .args([
+                "-q",
+                "cloud",
+                "--listen",
+                listen,
+                "--edge",
+                &edge,
+                "--foundation",
+                &foundation,
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--device", "dev-a:tok-a", "--device", "dev-b:tok-b"])
+            .args(extra)
+            .env("CEMA_THREADS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("cloud said {line:?}"));
+        CloudProc {
+            child,
+            addr: v["listening"].as_str().unwrap().to_string(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn sessions(&self) -> Vec<Value> {
+        let body = ureq::get(&format!("{}/v1/sessions", self.url()))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for CloudProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn edge_cmd(url: &str, device: &str, token: &str, corruption: &str, limit: usize) -> Command {
+    let (edge, _) = models();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cema"));
+    c.args([
+        "-q", "edge", "--cloud", url, "--device", device, "--token", token,
+    ])
+    .args([
+        "--edge",
+        &edge,
+        "--corruption",
+        corruption,
+        "--limit",
+        &limit.to_string(),
+    ])
+    .env("CEMA_THREADS", "1");
+    c
+}
+
+fn run_json(mut cmd: Command, json: &Path) -> Value {
+    let out = cmd.arg("--json").arg(json).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
+#[test]
+fn two_synchronous_edges_over_the_network_reproduce_the_in_process_benchmark() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"), "127.0.0.1:0", &[]);
+    let limit = 384;
+    let edges: Vec<_> = [("dev-a", "tok-a", "fog"), ("dev-b", "tok-b", "contrast")]
+        .iter()
+        .map(|(d, t, c)| {
+            let json = dir.path().join(format!("{d}.json"));
+            let mut cmd = edge_cmd(&cloud.url(), d, t, c, limit);
+            cmd.arg("--sync").arg("--json").arg(&json);
+            (cmd.spawn().unwrap(), json, *c)
+        })
+        .collect();
+    let (edge, foundation) = models();
+    let bench = dir.path().join("bench");
+    let out = cema(&[
+        "-q",
+        "bench",
+        "--methods",
+        "cema",
+        "--corruptions",
+        "fog,contrast",
+        "--limit",
+        &limit.to_string(),
+        "--edge",
+        &edge,
+        "--foundation",
+        &foundation,
+        "--out",
+        bench.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b: Value =
+        serde_json::from_str(&std::fs::read_to_string(bench.join("results.json")).unwrap())
+            .unwrap();
+    for (mut child, json, c) in edges {
+        assert!(child.wait().unwrap().success());
+        let e: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        let m = &b["methods"]["cema"]["corruptions"][c];
+        assert_eq!(e["images"], limit, "{c}");
+        assert_eq!(
+            e["accuracy"], m["accuracy"],
+            "{c}: network {e} vs bench {m}"
+        );
+        assert_eq!(e["uploaded"], m["uploaded"], "{c}");
+        assert_eq!(e["norm_version"], m["updates"], "{c}");
+    }
+}
+
+#[test]
+fn a_sigkilled_cloud_restarts_and_resumes_while_the_edge_keeps_predicting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cloud");
+    let cloud = CloudProc::start(&data, "127.0.0.1:0", &[]);
+    let addr = cloud.addr.clone();
+    let json = dir.path().join("edge.json");
+    let mut cmd = edge_cmd(&cloud.url(), "dev-a", "tok-a", "gaussian_noise", 1280);
+    cmd.args(["--pace-ms", "100", "--json"]).arg(&json);
+    let mut edge = cmd.spawn().unwrap();
+    // Let the session publish something, then kill the cloud without warning.
+    let t = Instant::now();
+    let before = loop {
+        let s = cloud.sessions();
+        if let Some(v) = s
+            .first()
+            .and_then(|s| s["version"].as_u64())
+            .filter(|&v| v >= 1)
+        {
+            break v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no version published"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    cloud.sigkill();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The edge is still running on its last good state.
+    assert!(
+        edge.try_wait().unwrap().is_none(),
+        "the edge stopped with the cloud"
+    );
+    let cloud = CloudProc::start(&data, &addr, &[]);
+    let resumed = cloud.sessions()[0]["version"].as_u64().unwrap();
+    assert!(resumed >= before, "version regressed: {resumed} < {before}");
+    assert!(edge.wait().unwrap().success());
+    let e: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(e["images"], 1280);
+    // Every sample the cloud acknowledged is learned from exactly once (an upload counts as
+    // queued until its round is committed).
+    let t = Instant::now();
+    let s = loop {
+        let s = cloud.sessions()[0].clone();
+        if s["queued"] == 0 || t.elapsed() > Duration::from_secs(120) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(s["queued"], 0, "{s}");
+    assert_eq!(s["samples"], e["uploaded"], "cloud {s} vs edge {e}");
+    assert!(e["norm_version"].as_u64().unwrap() >= before);
+    assert_eq!(e["updates_rejected"], 0);
+}
+
+#[test]
+fn an_edge_without_a_cloud_keeps_predicting_and_counts_what_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = edge_cmd(
+        &format!("http://127.0.0.1:{port}"),
+        "dev-a",
+        "tok-a",
+        "fog",
+        640,
+    );
+    cmd.args(["--max-queued", "64"]);
+    let e = run_json(cmd, &dir.path().join("edge.json"));
+    assert_eq!(e["images"], 640);
+    assert_eq!(e["uploaded"], 0);
+    assert_eq!(e["norm_version"], 0);
+    let (selected, dropped) = (
+        e["selected"].as_u64().unwrap(),
+        e["dropped"].as_u64().unwrap(),
+    );
+    assert!(selected > 64 && dropped >= selected - 64 - 64, "{e}");
+    assert!(e["accuracy"].as_f64().unwrap() > 0.3, "{e}");
+}
+
+#[test]
+fn a_slow_cloud_pushes_back_and_the_edge_drops_by_its_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(
+        &dir.path().join("cloud"),
+        "127.0.0.1:0",
+        &["--slow-ms", "400", "--max-queued", "2"],
+    );
+    let mut cmd = edge_cmd(&cloud.url(), "dev-a", "tok-a", "gaussian_noise", 1280);
+    cmd.args(["--max-queued", "48"]);
+    let e = run_json(cmd, &dir.path().join("edge.json"));
+    assert_eq!(e["images"], 1280);
+    assert!(e["dropped"].as_u64().unwrap() > 0, "{e}");
+    let metrics = ureq::get(&format!("{}/metrics", cloud.url()))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("cema_cloud_rejected_total{code=\"overloaded\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn cloud_and_edge_usage_errors_exit_2_naming_the_flag() {
+    let (edge, foundation) = models();
+    let o = cema(&["cloud", "--edge", &edge, "--foundation", &foundation]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--device"), "{}", stderr(&o));
+    let o = cema(&["cloud", "--device", "nocolon"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--device nocolon"), "{}", stderr(&o));
+    let o = cema(&[
+        "cloud",
+        "--device",
+        "a:b",
+        "--edge",
+        "/nonexistent.safetensors",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--edge"), "{}", stderr(&o));
+    let o = cema(&[
+        "edge",
+        "--device",
+        "a",
+        "--token",
+        "b",
+        "--corruption",
+        "nope",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = cema(&["edge", "--device", "a", "--token", "b", "--severity", "9"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--severity"), "{}", stderr(&o));
+}

@@ -1,0 +1,616 @@
+//! The cloud's sessions and workers, independent of HTTP: one [`Cloud`] holds the frozen models
+//! once, a [`Session`] per edge device, a durable store, and a pool of worker threads that run
+//! adaptation rounds off the request path.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use cema_adapt::{CloudAdapter, CloudConfig, CloudSnapshot};
+use cema_model::{cpu, Model, NormState};
+use cema_wire::{decode_upload, Dtype, SessionInfo, UploadAck, WireError, PROTOCOL_VERSION};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::store::{RedbStore, SessionRecord, SessionStore};
+
+/// Everything `cema cloud` is configured with.
+#[derive(Debug, Clone)]
+pub struct CloudOptions {
+    pub edge_model: PathBuf,
+    pub foundation: PathBuf,
+    pub data_dir: PathBuf,
+    /// Registered devices: id → token.
+    pub devices: HashMap<String, String>,
+    pub config: CloudConfig,
+    /// Worker threads running adaptation rounds.
+    pub workers: usize,
+    /// Hard limit on any request body, bytes.
+    pub max_body: usize,
+    /// Acknowledged-but-unprocessed uploads one session may hold before uploads get 429.
+    pub max_queued: usize,
+    /// Fault injection: extra time every round takes (a slow or overloaded cloud), for tests
+    /// and demos of backpressure.
+    pub round_delay: std::time::Duration,
+}
+
+impl CloudOptions {
+    pub fn new(edge_model: PathBuf, foundation: PathBuf, data_dir: PathBuf) -> Self {
+        CloudOptions {
+            edge_model,
+            foundation,
+            data_dir,
+            devices: HashMap::new(),
+            config: CloudConfig::default(),
+            workers: 1,
+            max_body: 8 << 20,
+            max_queued: 64,
+            round_delay: std::time::Duration::ZERO,
+        }
+    }
+}
+
+/// Why a request was refused: an HTTP status, a stable code and a message naming the fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    pub expected_seq: Option<u64>,
+    pub retry_after_s: Option<u64>,
+}
+
+impl Refusal {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            code,
+            message: message.into(),
+            expected_seq: None,
+            retry_after_s: None,
+        }
+    }
+    pub fn unauthorized() -> Self {
+        Refusal::new(401, "unauthorized", "unknown device or bad token")
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Refusal::new(400, "bad_request", message)
+    }
+    pub fn too_large(size: usize, limit: usize) -> Self {
+        Refusal::new(
+            413,
+            "too_large",
+            format!("body of {size} bytes exceeds the limit of {limit}"),
+        )
+    }
+    fn internal(message: impl Into<String>) -> Self {
+        Refusal::new(500, "internal", message)
+    }
+}
+
+impl From<WireError> for Refusal {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::TooLarge { size, limit } => {
+                Refusal::too_large(size as usize, limit as usize)
+            }
+            e => Refusal::bad_request(e.to_string()),
+        }
+    }
+}
+
+/// A published norm state.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub version: u64,
+    pub bytes: Arc<Vec<u8>>,
+}
+
+/// What the status page shows of a session.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SessionView {
+    pub device: String,
+    pub version: u64,
+    pub next_seq: u64,
+    pub uploads: u64,
+    pub samples: u64,
+    pub rounds: u64,
+    pub queued: usize,
+    pub replay: usize,
+    pub last_foundation_loss: Option<f32>,
+    pub last_distill_loss: Option<f32>,
+    /// Bytes of per-session state besides the frozen weights and the replay buffer.
+    pub session_bytes: usize,
+    /// Bytes of u8 pixels in the replay buffer.
+    pub replay_bytes: usize,
+    pub last_upload_unix_s: Option<u64>,
+}
+
+#[derive(Clone)]
+struct Queued {
+    seq: u64,
+    pixels: Vec<u8>,
+}
+
+/// One edge device's session.
+pub struct Session {
+    pub device: String,
+    adapter: Mutex<CloudAdapter>,
+    /// Next expected sequence number; held across the durable write so uploads of one device
+    /// are appended strictly in order.
+    next_seq: Mutex<u64>,
+    queue: Mutex<VecDeque<Queued>>,
+    scheduled: AtomicBool,
+    published: watch::Sender<Published>,
+    applied: watch::Sender<Option<u64>>,
+    view: Mutex<SessionView>,
+}
+
+impl Session {
+    pub fn subscribe(&self) -> watch::Receiver<Published> {
+        self.published.subscribe()
+    }
+
+    pub fn latest(&self) -> Published {
+        self.published.borrow().clone()
+    }
+
+    /// Resolves once the round of upload `seq` has run (and, if it published, after the new
+    /// version is visible to subscribers).
+    pub async fn wait_applied(&self, seq: u64) {
+        let mut rx = self.applied.subscribe();
+        // The sender lives as long as the session, which outlives this borrow.
+        let _ = rx.wait_for(|a| a.is_some_and(|a| a >= seq)).await;
+    }
+
+    fn queued(&self) -> usize {
+        self.queue.lock().expect("queue lock").len()
+    }
+}
+
+/// The cloud service.
+pub struct Cloud {
+    pub model_id: String,
+    edge: Model,
+    foundation: Model,
+    image: (usize, usize, usize),
+    options: CloudOptions,
+    sessions: RwLock<HashMap<String, Arc<Session>>>,
+    store: Arc<dyn SessionStore>,
+    work: Mutex<Sender<Arc<Session>>>,
+    pub metrics: Metrics,
+    started: Instant,
+}
+
+impl Cloud {
+    /// Loads the models, opens the store in `data_dir`, resumes every persisted session and
+    /// starts the workers.
+    pub fn open(options: CloudOptions) -> anyhow::Result<Arc<Cloud>> {
+        let device = cpu();
+        let edge = Model::load(&options.edge_model, &device)
+            .with_context(|| format!("edge model {}", options.edge_model.display()))?;
+        let foundation = Model::load(&options.foundation, &device)
+            .with_context(|| format!("foundation {}", options.foundation.display()))?;
+        let store: Arc<dyn SessionStore> =
+            Arc::new(RedbStore::open(&options.data_dir.join("cloud.redb"))?);
+        let (tx, rx) = channel();
+        let i = &edge.card.input;
+        let cloud = Arc::new(Cloud {
+            model_id: edge.card.name.clone(),
+            image: (i.height, i.width, i.channels),
+            edge,
+            foundation,
+            options,
+            sessions: RwLock::new(HashMap::new()),
+            store,
+            work: Mutex::new(tx),
+            metrics: Metrics::default(),
+            started: Instant::now(),
+        });
+        cloud.resume_sessions()?;
+        let rx = Arc::new(Mutex::new(rx));
+        for w in 0..cloud.options.workers.max(1) {
+            let (c, rx) = (Arc::downgrade(&cloud), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("cema-worker-{w}"))
+                .spawn(move || worker(c, rx))?;
+        }
+        Ok(cloud)
+    }
+
+    pub fn options(&self) -> &CloudOptions {
+        &self.options
+    }
+
+    pub fn uptime_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn image_size(&self) -> usize {
+        self.image.0 * self.image.1 * self.image.2
+    }
+
+    fn new_adapter(&self, version: u64) -> anyhow::Result<CloudAdapter> {
+        Ok(CloudAdapter::new(
+            self.foundation.clone(),
+            self.edge.clone(),
+            self.model_id.clone(),
+            version,
+            self.options.config,
+        )?)
+    }
+
+    fn resume_sessions(&self) -> anyhow::Result<()> {
+        for (device, record) in self.store.sessions()? {
+            let bytes = self
+                .store
+                .snapshot(&device)?
+                .with_context(|| format!("session `{device}` has no snapshot"))?;
+            let snap = CloudSnapshot::from_bytes(&bytes)?;
+            let mut adapter = self.new_adapter(0)?;
+            let replay = self.store.replay_tail(
+                &device,
+                record.applied_seq,
+                self.image_size(),
+                self.options.config.replay_capacity,
+            )?;
+            adapter.restore(&snap, &replay)?;
+            let pending = self.store.uploads_after(&device, record.applied_seq)?;
+            tracing::info!(
+                device,
+                version = adapter.version(),
+                requeued = pending.len(),
+                "resumed session"
+            );
+            let session = self.make_session(&device, adapter, &record);
+            {
+                let mut q = session.queue.lock().expect("queue lock");
+                for (seq, pixels) in pending {
+                    q.push_back(Queued { seq, pixels });
+                }
+            }
+            self.metrics.queued.inc_by(session.queued() as i64);
+            self.schedule(&session);
+            self.sessions
+                .write()
+                .expect("sessions lock")
+                .insert(device, session);
+        }
+        self.metrics
+            .sessions
+            .set(self.sessions.read().expect("sessions lock").len() as i64);
+        Ok(())
+    }
+
+    fn make_session(
+        &self,
+        device: &str,
+        adapter: CloudAdapter,
+        record: &SessionRecord,
+    ) -> Arc<Session> {
+        let version = adapter.version();
+        let state = adapter.student().norm_state(&self.model_id, version);
+        let view = SessionView {
+            device: device.to_string(),
+            version,
+            next_seq: record.next_seq,
+            samples: adapter.counters().samples_received,
+            rounds: adapter.counters().rounds,
+            replay: adapter.replay().len(),
+            session_bytes: adapter.session_bytes(),
+            replay_bytes: adapter.replay().len() * adapter.image_size(),
+            ..SessionView::default()
+        };
+        Arc::new(Session {
+            device: device.to_string(),
+            adapter: Mutex::new(adapter),
+            next_seq: Mutex::new(record.next_seq),
+            queue: Mutex::new(VecDeque::new()),
+            scheduled: AtomicBool::new(false),
+            published: watch::Sender::new(Published {
+                version,
+                bytes: Arc::new(state.to_bytes()),
+            }),
+            applied: watch::Sender::new(record.applied_seq),
+            view: Mutex::new(view),
+        })
+    }
+
+    /// Checks a device's bearer token.
+    pub fn authorize(&self, device: &str, token: Option<&str>) -> Result<(), Refusal> {
+        match (self.options.devices.get(device), token) {
+            (Some(expected), Some(t)) if constant_time_eq(expected.as_bytes(), t.as_bytes()) => {
+                Ok(())
+            }
+            _ => Err(Refusal::unauthorized()),
+        }
+    }
+
+    pub fn session(&self, device: &str) -> Result<Arc<Session>, Refusal> {
+        self.sessions
+            .read()
+            .expect("sessions lock")
+            .get(device)
+            .cloned()
+            .ok_or_else(|| {
+                Refusal::new(
+                    404,
+                    "no_session",
+                    format!(
+                        "device `{device}` has no session: PUT /v1/devices/{device}/session first"
+                    ),
+                )
+            })
+    }
+
+    /// Creates the session on first contact (the student starts from the edge's norm state),
+    /// or resumes the existing one unchanged. Blocking (a durable write).
+    pub fn open_session(&self, device: &str, state_bytes: &[u8]) -> Result<SessionInfo, Refusal> {
+        let state = NormState::from_bytes(state_bytes, "session body")
+            .map_err(|e| Refusal::bad_request(e.to_string()))?;
+        if state.model_id != self.model_id {
+            return Err(Refusal::new(
+                404,
+                "unknown_model",
+                format!(
+                    "model `{}` is not served here (this cloud serves `{}`)",
+                    state.model_id, self.model_id
+                ),
+            ));
+        }
+        let mut sessions = self.sessions.write().expect("sessions lock");
+        if let Some(s) = sessions.get(device) {
+            let (version, next_seq) = (s.latest().version, *s.next_seq.lock().expect("seq lock"));
+            return Ok(SessionInfo {
+                protocol: PROTOCOL_VERSION,
+                device: device.into(),
+                model_id: self.model_id.clone(),
+                version,
+                next_seq,
+                created: false,
+            });
+        }
+        // The lineage continues from the edge's version, so nothing published here is stale to it.
+        let mut adapter = self
+            .new_adapter(state.version)
+            .map_err(|e| Refusal::internal(e.to_string()))?;
+        adapter
+            .sync_student(&state)
+            .map_err(|e| Refusal::bad_request(format!("norm state: {e}")))?;
+        let record = SessionRecord {
+            model_id: self.model_id.clone(),
+            next_seq: 0,
+            applied_seq: None,
+        };
+        self.store
+            .create(device, &record, &adapter.snapshot().to_bytes())
+            .map_err(|e| Refusal::internal(e.to_string()))?;
+        let session = self.make_session(device, adapter, &record);
+        sessions.insert(device.to_string(), session);
+        self.metrics.sessions.set(sessions.len() as i64);
+        tracing::info!(device, "created session");
+        Ok(SessionInfo {
+            protocol: PROTOCOL_VERSION,
+            device: device.into(),
+            model_id: self.model_id.clone(),
+            version: state.version,
+            next_seq: 0,
+            created: true,
+        })
+    }
+
+    /// Validates, durably appends and queues an upload. Blocking (a durable write). Nothing
+    /// changes unless it returns `Ok`.
+    pub fn upload(&self, device: &str, body: &[u8]) -> Result<(UploadAck, Arc<Session>), Refusal> {
+        let up = decode_upload(body, self.options.max_body)?;
+        let h = &up.header;
+        if h.model_id != self.model_id {
+            return Err(Refusal::new(
+                404,
+                "unknown_model",
+                format!(
+                    "model `{}` is not served here (this cloud serves `{}`)",
+                    h.model_id, self.model_id
+                ),
+            ));
+        }
+        if h.dtype != Dtype::U8 {
+            return Err(Refusal::bad_request(format!(
+                "dtype {:?}: uploads carry raw u8 pixels",
+                h.dtype
+            )));
+        }
+        let geometry = (h.height as usize, h.width as usize, h.channels as usize);
+        if geometry != self.image {
+            return Err(Refusal::bad_request(format!(
+                "images are {}×{}×{}, model `{}` takes {}×{}×{}",
+                geometry.0,
+                geometry.1,
+                geometry.2,
+                self.model_id,
+                self.image.0,
+                self.image.1,
+                self.image.2
+            )));
+        }
+        let session = self.session(device)?;
+        let mut next = session.next_seq.lock().expect("seq lock");
+        if h.seq != *next {
+            let what = if h.seq < *next {
+                "already received"
+            } else {
+                "out of order"
+            };
+            return Err(Refusal {
+                expected_seq: Some(*next),
+                ..Refusal::new(
+                    409,
+                    "bad_sequence",
+                    format!("upload {} is {what}: the next expected is {}", h.seq, *next),
+                )
+            });
+        }
+        let queued = session.queued();
+        if queued >= self.options.max_queued {
+            return Err(Refusal {
+                retry_after_s: Some(1),
+                ..Refusal::new(
+                    429,
+                    "overloaded",
+                    format!("{queued} uploads of this device are waiting to be learned from"),
+                )
+            });
+        }
+        self.store
+            .append_upload(device, h.seq, &up.pixels)
+            .map_err(|e| Refusal::internal(e.to_string()))?;
+        *next = h.seq + 1;
+        let n = h.n as u64;
+        session.queue.lock().expect("queue lock").push_back(Queued {
+            seq: h.seq,
+            pixels: up.pixels,
+        });
+        drop(next);
+        {
+            let mut v = session.view.lock().expect("view lock");
+            v.uploads += 1;
+            v.next_seq = h.seq + 1;
+            v.last_upload_unix_s = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs());
+        }
+        self.metrics.uploads.inc();
+        self.metrics.samples.inc_by(n);
+        self.metrics.upload_bytes.inc_by(body.len() as u64);
+        self.metrics.queued.inc();
+        self.schedule(&session);
+        Ok((
+            UploadAck {
+                seq: h.seq,
+                next_seq: h.seq + 1,
+                queued: (queued + 1) as u64,
+                version: None,
+            },
+            session,
+        ))
+    }
+
+    fn schedule(&self, session: &Arc<Session>) {
+        if session.queued() > 0 && !session.scheduled.swap(true, Ordering::AcqRel) {
+            // The receiver lives in the workers, which live as long as the cloud.
+            let _ = self.work.lock().expect("work lock").send(session.clone());
+        }
+    }
+
+    /// One round: the oldest queued upload of `session` is received and learned from; the
+    /// snapshot is committed durably before the new version is published.
+    fn run_round(&self, session: &Session) {
+        // Peeked, not popped: the upload counts as queued until its round is committed. Only one
+        // worker holds a session at a time (the `scheduled` flag), so the front cannot change.
+        let Some(item) = session.queue.lock().expect("queue lock").front().cloned() else {
+            return;
+        };
+        let t = Instant::now();
+        if !self.options.round_delay.is_zero() {
+            std::thread::sleep(self.options.round_delay);
+        }
+        let mut adapter = session.adapter.lock().expect("adapter lock");
+        let n = item.pixels.len() / self.image_size();
+        let result = adapter
+            .receive(&item.pixels, n)
+            .and_then(|()| adapter.step());
+        let published = match result {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::error!(device = session.device, seq = item.seq, "round failed: {e}");
+                None
+            }
+        };
+        let snapshot = adapter.snapshot().to_bytes();
+        let committed = self.store.commit_round(
+            &session.device,
+            item.seq,
+            &snapshot,
+            self.image_size(),
+            self.options.config.replay_capacity,
+        );
+        session.queue.lock().expect("queue lock").pop_front();
+        self.metrics.queued.dec();
+        if let Err(e) = committed {
+            // Not committed: nothing is published; the upload stays in the log and the durable
+            // state is learned forward from it again after a restart.
+            tracing::error!(device = session.device, "commit failed: {e}");
+            return;
+        }
+        {
+            let mut v = session.view.lock().expect("view lock");
+            let c = adapter.counters();
+            v.samples = c.samples_received;
+            v.rounds = c.rounds;
+            v.version = adapter.version();
+            v.replay = adapter.replay().len();
+            v.replay_bytes = adapter.replay().len() * adapter.image_size();
+            v.session_bytes = snapshot.len() - adapter.pending() * adapter.image_size();
+            v.queued = session.queued();
+            if let Some(step) = adapter.last_round().steps.last() {
+                v.last_distill_loss = Some(step.distill_loss);
+                if step.foundation_loss.is_some() {
+                    v.last_foundation_loss = step.foundation_loss;
+                }
+            }
+        }
+        drop(adapter);
+        self.metrics.rounds.inc();
+        self.metrics
+            .round_seconds
+            .observe(t.elapsed().as_secs_f64());
+        if let Some(state) = published {
+            session.published.send_replace(Published {
+                version: state.version,
+                bytes: Arc::new(state.to_bytes()),
+            });
+            self.metrics.published.inc();
+        }
+        session.applied.send_replace(Some(item.seq));
+    }
+
+    pub fn sessions_view(&self) -> Vec<SessionView> {
+        let sessions = self.sessions.read().expect("sessions lock");
+        let mut out: Vec<SessionView> = sessions
+            .values()
+            .map(|s| {
+                let mut v = s.view.lock().expect("view lock").clone();
+                v.queued = s.queued();
+                v
+            })
+            .collect();
+        out.sort_by(|a, b| a.device.cmp(&b.device));
+        out
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.read().expect("sessions lock").len()
+    }
+}
+
+fn worker(cloud: std::sync::Weak<Cloud>, rx: Arc<Mutex<Receiver<Arc<Session>>>>) {
+    loop {
+        let next = rx.lock().expect("work queue lock").recv();
+        let Ok(session) = next else { return };
+        let Some(cloud) = cloud.upgrade() else { return };
+        cloud.run_round(&session);
+        // One round per turn, then to the back of the line: sessions share workers fairly.
+        session.scheduled.store(false, Ordering::Release);
+        cloud.schedule(&session);
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,515 @@
+//! The cloud over real loopback sockets, on tiny models: sessions, uploads, pushed updates,
+//! every kind of bad request, restarts, backpressure.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cema_adapt::CloudConfig;
+use cema_cloud::{Cloud, CloudOptions, SessionView};
+use cema_edge::{ClientError, CloudClient};
+use cema_model::{cpu, Arch, Model, ModelCard, NormState};
+use cema_wire::{encode_upload, Dtype, FrameDecoder, UploadHeader};
+use tokio::sync::oneshot;
+
+const IMAGE: usize = 28 * 28;
+const MODEL_ID: &str = "tiny-edge";
+
+fn card(name: &str, width: usize) -> ModelCard {
+    let arch = Arch::CifarResnet {
+        depth: 8,
+        width,
+        in_channels: 1,
+        num_classes: 10,
+    };
+    ModelCard::fashion_mnist(name, "edge", arch, vec![])
+}
+
+/// Writes a tiny edge and foundation into `dir` (once).
+fn models(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (e, f) = (
+        dir.join("edge.safetensors"),
+        dir.join("foundation.safetensors"),
+    );
+    if !e.exists() {
+        Model::init(card(MODEL_ID, 4), &cpu(), 1)
+            .unwrap()
+            .save(&e)
+            .unwrap();
+        Model::init(card("tiny-foundation", 8), &cpu(), 2)
+            .unwrap()
+            .save(&f)
+            .unwrap();
+    }
+    (e, f)
+}
+
+fn edge_state(version: u64) -> NormState {
+    let m = Model::load(&models_dir().join("edge.safetensors"), &cpu()).unwrap();
+    m.norm_state(MODEL_ID, version)
+}
+
+fn models_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("cema-cloud-test-models-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    models(&d);
+    d
+}
+
+struct TestCloud {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestCloud {
+    fn start(data: &Path, tweak: impl FnOnce(&mut CloudOptions)) -> TestCloud {
+        let dir = models_dir();
+        let mut opts = CloudOptions::new(
+            dir.join("edge.safetensors"),
+            dir.join("foundation.safetensors"),
+            data.to_path_buf(),
+        );
+        opts.devices = [("dev-a", "tok-a"), ("dev-b", "tok-b")]
+            .iter()
+            .map(|(d, t)| (d.to_string(), t.to_string()))
+            .collect();
+        opts.config = CloudConfig {
+            batch: 16,
+            replay_min: 32,
+            ..CloudConfig::default()
+        };
+        opts.max_body = 64 << 10;
+        tweak(&mut opts);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let cloud: Arc<Cloud> = Cloud::open(opts).unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(l.local_addr().unwrap()).unwrap();
+                cema_cloud::http::serve(l, cloud, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        TestCloud {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn client(&self, device: &str, token: &str) -> CloudClient {
+        CloudClient::new(&self.url(), device, token, Duration::from_secs(10))
+    }
+
+    fn sessions(&self) -> Vec<SessionViewLite> {
+        let body = ureq::get(&format!("{}/v1/sessions", self.url()))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Stops serving and waits until the process-level state (the store) is released.
+    fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+impl Drop for TestCloud {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The fields of [`SessionView`] the tests compare (it is only `Serialize`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+struct SessionViewLite {
+    device: String,
+    version: u64,
+    next_seq: u64,
+    uploads: u64,
+    samples: u64,
+    rounds: u64,
+    queued: usize,
+    replay: usize,
+}
+
+#[allow(dead_code)]
+fn _view_has_these_fields(v: SessionView) -> (String, u64, u64, u64, u64, u64, usize, usize) {
+    (
+        v.device, v.version, v.next_seq, v.uploads, v.samples, v.rounds, v.queued, v.replay,
+    )
+}
+
+fn images(offset: usize, n: usize) -> Vec<u8> {
+    (0..n * IMAGE)
+        .map(|i| ((i * 31 + offset * 17) % 251) as u8)
+        .collect()
+}
+
+fn upload(seq: u64, n: usize) -> Vec<u8> {
+    encode_upload(
+        &UploadHeader {
+            seq,
+            norm_version: 0,
+            model_id: MODEL_ID.into(),
+            n: n as u32,
+            height: 28,
+            width: 28,
+            channels: 1,
+            dtype: Dtype::U8,
+        },
+        &images(seq as usize, n),
+    )
+}
+
+fn refused_code(r: Result<impl std::fmt::Debug, ClientError>) -> (u16, String, Option<u64>) {
+    match r {
+        Err(ClientError::Refused { status, error, .. }) => (status, error.code, error.expected_seq),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_session_learns_from_uploads_and_pushes_versions_on_the_stream() {
+    let data = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(data.path(), |_| {});
+    let c = cloud.client("dev-a", "tok-a");
+    let info = c.open_session(&edge_state(0).to_bytes()).unwrap();
+    assert!(info.created);
+    assert_eq!(
+        (info.version, info.next_seq, info.model_id.as_str()),
+        (0, 0, MODEL_ID)
+    );
+    // Opening again resumes.
+    assert!(!c.open_session(&edge_state(0).to_bytes()).unwrap().created);
+
+    let mut stream = c.updates(0).unwrap();
+    let ack = c.upload(&upload(0, 16), true).unwrap();
+    assert_eq!((ack.seq, ack.next_seq, ack.version), (0, 1, Some(1)));
+    // An empty upload is a round too (replay is still cold here: nothing to publish).
+    let ack = c.upload(&upload(1, 0), true).unwrap();
+    assert_eq!(ack.version, Some(1));
+
+    let mut dec = FrameDecoder::new(1 << 20);
+    let mut buf = [0u8; 4096];
+    let state = loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended");
+        dec.push(&buf[..n]);
+        if let Some(f) = dec.next_frame().unwrap() {
+            if !f.is_empty() {
+                break NormState::from_bytes(&f, "frame").unwrap();
+            }
+        }
+    };
+    assert_eq!((state.model_id.as_str(), state.version), (MODEL_ID, 1));
+    let latest = NormState::from_bytes(&c.latest_state().unwrap(), "state").unwrap();
+    assert_eq!(latest, state);
+    let s = &cloud.sessions()[0];
+    assert_eq!((s.version, s.next_seq, s.uploads, s.samples), (1, 2, 2, 16));
+
+    let health: serde_json::Value = serde_json::from_str(
+        &ureq::get(&format!("{}/health", cloud.url()))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(health["status"], "ok");
+    let metrics = ureq::get(&format!("{}/metrics", cloud.url()))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(metrics.contains("cema_cloud_uploads_total 2"), "{metrics}");
+    assert!(
+        metrics.contains("cema_cloud_published_total 1"),
+        "{metrics}"
+    );
+    let page = ureq::get(&cloud.url())
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert!(page.contains("<td>dev-a</td>"), "{page}");
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(data.path(), |_| {});
+    let c = cloud.client("dev-a", "tok-a");
+    c.open_session(&edge_state(0).to_bytes()).unwrap();
+    c.upload(&upload(0, 16), true).unwrap();
+    let before = cloud.sessions();
+
+    // Unknown device, wrong token: the same 401.
+    for (d, t) in [("dev-x", "tok-a"), ("dev-a", "wrong")] {
+        let bad = cloud.client(d, t);
+        assert_eq!(refused_code(bad.upload(&upload(1, 1), false)).0, 401);
+        assert_eq!(
+            refused_code(bad.open_session(&edge_state(0).to_bytes())).1,
+            "unauthorized"
+        );
+        assert_eq!(refused_code(bad.latest_state()).0, 401);
+    }
+    // A registered device without a session.
+    let b = cloud.client("dev-b", "tok-b");
+    assert_eq!(refused_code(b.upload(&upload(0, 1), false)).1, "no_session");
+    assert_eq!(refused_code(b.updates(0).map(|_| ())).1, "no_session");
+    // Unknown model, in the session body and in an upload.
+    let mut other = edge_state(0);
+    other.model_id = "resnet-999".into();
+    assert_eq!(
+        refused_code(b.open_session(&other.to_bytes())).1,
+        "unknown_model"
+    );
+    let mut h = UploadHeader {
+        seq: 1,
+        norm_version: 0,
+        model_id: "resnet-999".into(),
+        n: 1,
+        height: 28,
+        width: 28,
+        channels: 1,
+        dtype: Dtype::U8,
+    };
+    assert_eq!(
+        refused_code(c.upload(&encode_upload(&h, &images(0, 1)), false)).1,
+        "unknown_model"
+    );
+    // Wrong geometry; floats instead of u8.
+    h.model_id = MODEL_ID.into();
+    h.height = 32;
+    h.width = 32;
+    let (status, code, _) = refused_code(c.upload(&encode_upload(&h, &vec![0u8; 32 * 32]), false));
+    assert_eq!((status, code.as_str()), (400, "bad_request"));
+    h.height = 28;
+    h.width = 28;
+    h.dtype = Dtype::F32;
+    assert_eq!(
+        refused_code(c.upload(&encode_upload(&h, &vec![0u8; 4 * IMAGE]), false)).0,
+        400
+    );
+    // Truncated body, garbage, oversize body (the hard limit is 64 KiB here).
+    let good = upload(1, 2);
+    assert_eq!(
+        refused_code(c.upload(&good[..good.len() - 5], false)).0,
+        400
+    );
+    assert_eq!(
+        refused_code(c.upload(b"GET / HTTP/1.1 garbage", false)).0,
+        400
+    );
+    assert_eq!(
+        refused_code(c.upload(&upload(1, 100), false)).1,
+        "too_large"
+    );
+    // Replayed and out-of-order sequence numbers name the expected one.
+    assert_eq!(
+        refused_code(c.upload(&upload(0, 1), false)),
+        (409, "bad_sequence".into(), Some(1))
+    );
+    assert_eq!(
+        refused_code(c.upload(&upload(5, 1), false)),
+        (409, "bad_sequence".into(), Some(1))
+    );
+    // Session states with NaN, a missing tensor or a wrong shape.
+    let mut nan = edge_state(0);
+    nan.tensors.values_mut().next().unwrap().data[0] = f32::NAN;
+    let mut missing = edge_state(0);
+    let first = missing.tensors.keys().next().unwrap().clone();
+    missing.tensors.remove(&first);
+    let mut shape = edge_state(0);
+    let t = shape.tensors.values_mut().next().unwrap();
+    t.data.push(1.0);
+    t.shape[0] += 1;
+    for bad in [nan, missing, shape] {
+        assert_eq!(
+            refused_code(b.open_session(&bad.to_bytes())).1,
+            "bad_request"
+        );
+    }
+    assert_eq!(
+        refused_code(b.open_session(b"not safetensors")).1,
+        "bad_request"
+    );
+    // Raw garbage on the socket: the server answers 400 or closes, and keeps serving.
+    let mut s = TcpStream::connect(cloud.addr).unwrap();
+    s.write_all(b"\x00\x01\x02garbage\r\n\r\n").unwrap();
+    let mut sink = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_end(&mut sink);
+    assert!(
+        sink.is_empty() || sink.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&sink)
+    );
+
+    assert_eq!(
+        cloud.sessions(),
+        before,
+        "a refused request changed a session"
+    );
+    // And the session still works.
+    assert_eq!(c.upload(&upload(1, 16), true).unwrap().seq, 1);
+}
+
+#[test]
+fn a_connection_dropped_mid_upload_changes_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(data.path(), |_| {});
+    let c = cloud.client("dev-a", "tok-a");
+    c.open_session(&edge_state(0).to_bytes()).unwrap();
+    let before = cloud.sessions();
+    let body = upload(0, 16);
+    let mut s = TcpStream::connect(cloud.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/devices/dev-a/uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-a\r\n\
+         Content-Type: application/x-cema-upload\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(&body[..body.len() / 2]).unwrap();
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(cloud.sessions(), before);
+    // The same sequence number goes through afterwards.
+    assert_eq!(c.upload(&body, true).unwrap().seq, 0);
+}
+
+#[test]
+fn a_restarted_cloud_resumes_every_session_exactly() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let state = edge_state(0).to_bytes();
+    // One cloud restarted after 4 uploads, one never restarted: the same 6 uploads must give
+    // the same versions and bytes.
+    let cloud = TestCloud::start(d1.path(), |_| {});
+    let c = cloud.client("dev-a", "tok-a");
+    c.open_session(&state).unwrap();
+    for seq in 0..4 {
+        c.upload(&upload(seq, 24), true).unwrap();
+    }
+    let before = cloud.sessions();
+    let v_before = NormState::from_bytes(&c.latest_state().unwrap(), "s").unwrap();
+    cloud.stop();
+
+    let cloud = TestCloud::start(d1.path(), |_| {});
+    let c = cloud.client("dev-a", "tok-a");
+    let info = c.open_session(&state).unwrap();
+    assert!(!info.created);
+    assert_eq!((info.version, info.next_seq), (v_before.version, 4));
+    let after = NormState::from_bytes(&c.latest_state().unwrap(), "s").unwrap();
+    assert_eq!(after, v_before, "the published state survived the restart");
+    let s = &cloud.sessions()[0];
+    assert_eq!(
+        (s.samples, s.rounds, s.replay),
+        (before[0].samples, before[0].rounds, before[0].replay)
+    );
+    for seq in 4..6 {
+        c.upload(&upload(seq, 24), true).unwrap();
+    }
+    let resumed = c.latest_state().unwrap();
+
+    let straight = TestCloud::start(d2.path(), |_| {});
+    let c2 = straight.client("dev-a", "tok-a");
+    c2.open_session(&state).unwrap();
+    for seq in 0..6 {
+        c2.upload(&upload(seq, 24), true).unwrap();
+    }
+    let (a, b) = (
+        NormState::from_bytes(&c2.latest_state().unwrap(), "straight").unwrap(),
+        NormState::from_bytes(&resumed, "resumed").unwrap(),
+    );
+    assert_eq!(a.version, b.version);
+    let diff: Vec<String> = a
+        .tensors
+        .iter()
+        .filter(|(k, t)| t.data != b.tensors[*k].data)
+        .map(|(k, t)| {
+            let d = t
+                .data
+                .iter()
+                .zip(&b.tensors[k].data)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            format!("{k}: {d:e}")
+        })
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "resumed and uninterrupted sessions differ: {diff:?}"
+    );
+}
+
+#[test]
+fn a_slow_cloud_answers_429_with_a_retry_hint_and_loses_nothing_acknowledged() {
+    let data = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(data.path(), |o| {
+        o.max_queued = 2;
+        o.round_delay = Duration::from_millis(300);
+    });
+    let c = cloud.client("dev-a", "tok-a");
+    c.open_session(&edge_state(0).to_bytes()).unwrap();
+    let (mut acked, mut overloaded) = (0u64, 0);
+    let mut seq = 0;
+    while seq < 6 {
+        match c.upload(&upload(seq, 8), false) {
+            Ok(_) => {
+                acked += 8;
+                seq += 1;
+            }
+            Err(ClientError::Refused {
+                status: 429,
+                retry_after_s,
+                ..
+            }) => {
+                assert_eq!(retry_after_s, Some(1));
+                overloaded += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        overloaded > 0,
+        "a queue bound of 2 with 300 ms rounds must push back"
+    );
+    let t = Instant::now();
+    while cloud.sessions()[0].samples < acked && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = &cloud.sessions()[0];
+    assert_eq!((s.samples, s.next_seq, s.queued), (acked, 6, 0));
+}

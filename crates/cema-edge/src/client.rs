@@ -1,0 +1,161 @@
+//! A blocking client of protocol v1 (docs/protocol.md), with ureq: the edge's uplink and
+//! downlink threads each own one, so no async runtime is needed on the device.
+
+use std::io::Read;
+use std::time::Duration;
+
+use cema_wire::{ApiError, SessionInfo, UploadAck, NORM_STATE_CONTENT_TYPE, UPLOAD_CONTENT_TYPE};
+
+/// Why a call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The cloud answered with an error body.
+    #[error("cloud refused ({status} {}): {}", .error.code, .error.message)]
+    Refused {
+        status: u16,
+        error: ApiError,
+        retry_after_s: Option<u64>,
+    },
+    /// No usable answer: connection refused or dropped, timeout, unreadable body.
+    #[error("network: {0}")]
+    Network(String),
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Refused { error, .. } => Some(&error.code),
+            ClientError::Network(_) => None,
+        }
+    }
+}
+
+fn net(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Network(e.to_string())
+}
+
+/// One device's view of one cloud.
+#[derive(Clone)]
+pub struct CloudClient {
+    agent: ureq::Agent,
+    base: String,
+    device: String,
+    token: String,
+}
+
+/// Largest norm state or answer body read (the update stream has its own frame limit).
+const MAX_ANSWER: u64 = 64 << 20;
+
+impl CloudClient {
+    /// `base` like `http://127.0.0.1:7878`. `read_timeout` bounds every read, including the
+    /// update stream's (which carries a heartbeat every 5 s).
+    pub fn new(base: &str, device: &str, token: &str, read_timeout: Duration) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(3)))
+            .timeout_per_read(Some(read_timeout))
+            .timeout_per_write(Some(read_timeout))
+            .build()
+            .new_agent();
+        CloudClient {
+            agent,
+            base: base.trim_end_matches('/').to_string(),
+            device: device.to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    fn url(&self, what: &str) -> String {
+        format!("{}/v1/devices/{}/{what}", self.base, self.device)
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    fn finish(resp: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, ClientError> {
+        let status = resp.status().as_u16();
+        let retry_after_s = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = resp
+            .into_body()
+            .with_config()
+            .limit(MAX_ANSWER)
+            .read_to_vec()
+            .map_err(net)?;
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let error = serde_json::from_slice::<ApiError>(&body).unwrap_or_else(|_| ApiError {
+            code: format!("http_{status}"),
+            message: String::from_utf8_lossy(&body).chars().take(200).collect(),
+            expected_seq: None,
+        });
+        Err(ClientError::Refused {
+            status,
+            error,
+            retry_after_s,
+        })
+    }
+
+    /// `PUT session` with the edge's norm state.
+    pub fn open_session(&self, state: &[u8]) -> Result<SessionInfo, ClientError> {
+        let resp = self
+            .agent
+            .put(&self.url("session"))
+            .header("authorization", &self.auth())
+            .header("content-type", NORM_STATE_CONTENT_TYPE)
+            .send(state)
+            .map_err(net)?;
+        serde_json::from_slice(&Self::finish(resp)?).map_err(net)
+    }
+
+    /// `POST uploads`; with `wait` the answer comes after the round ran.
+    pub fn upload(&self, body: &[u8], wait: bool) -> Result<UploadAck, ClientError> {
+        let url = if wait {
+            format!("{}?wait=true", self.url("uploads"))
+        } else {
+            self.url("uploads")
+        };
+        let resp = self
+            .agent
+            .post(&url)
+            .header("authorization", &self.auth())
+            .header("content-type", UPLOAD_CONTENT_TYPE)
+            .send(body)
+            .map_err(net)?;
+        serde_json::from_slice(&Self::finish(resp)?).map_err(net)
+    }
+
+    /// `GET state`: the latest published norm state's bytes.
+    pub fn latest_state(&self) -> Result<Vec<u8>, ClientError> {
+        let resp = self
+            .agent
+            .get(&self.url("state"))
+            .header("authorization", &self.auth())
+            .call()
+            .map_err(net)?;
+        Self::finish(resp)
+    }
+
+    /// `GET updates?after=V`: the open stream, to read frames from.
+    pub fn updates(&self, after: u64) -> Result<impl Read, ClientError> {
+        let resp = self
+            .agent
+            .get(&format!("{}?after={after}", self.url("updates")))
+            .header("authorization", &self.auth())
+            .call()
+            .map_err(net)?;
+        if !resp.status().is_success() {
+            return Err(Self::finish(resp).expect_err("error status"));
+        }
+        Ok(resp.into_body().into_reader())
+    }
+}

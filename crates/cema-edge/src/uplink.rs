@@ -1,0 +1,360 @@
+//! The background uplink: a bounded queue of uploads sent in order under a byte budget.
+//!
+//! Drop policy: when queued samples would exceed the bound, the *oldest* queued samples are
+//! dropped (their upload still goes out, empty, so the cloud's rounds keep pace with the edge's
+//! batches). Under drift the freshest samples are the ones worth learning from. Every dropped
+//! sample is counted. Inference never waits on this thread.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cema_wire::{encode_upload, Dtype, UploadHeader};
+
+use crate::client::{ClientError, CloudClient};
+
+/// One batch's upload, before it has a sequence number.
+struct Item {
+    pixels: Vec<u8>,
+    n: usize,
+    norm_version: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UplinkCounters {
+    /// Samples acknowledged by the cloud.
+    pub acked_samples: u64,
+    pub acked_uploads: u64,
+    /// Samples dropped by the queue bound (the stated policy), never sent.
+    pub dropped_samples: u64,
+    /// Samples the cloud refused for good (bad request, too large): logged, not retried.
+    pub refused_samples: u64,
+    /// Upload bodies acknowledged, bytes (header + pixels).
+    pub bytes_up: u64,
+    /// Session (re)openings, bytes (the edge's norm state).
+    pub session_bytes_up: u64,
+    pub retries: u64,
+    pub sessions_opened: u64,
+    /// The cloud's published version at the last session opening.
+    pub session_version: u64,
+}
+
+struct Shared {
+    queue: VecDeque<Item>,
+    queued_samples: usize,
+    /// The norm state to open (or reopen) the session with; `None` until the edge has one.
+    session_state: Option<Vec<u8>>,
+    session_open: bool,
+    counters: UplinkCounters,
+}
+
+/// Geometry and identity stamped on every upload.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    pub model_id: String,
+    pub height: u16,
+    pub width: u16,
+    pub channels: u8,
+    /// Queue bound, samples.
+    pub max_queued_samples: usize,
+    /// Uplink budget in kilobits per second (`None`: unlimited).
+    pub kbps: Option<f64>,
+}
+
+pub struct Uplink {
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    max_queued: usize,
+}
+
+impl Uplink {
+    pub fn start(client: CloudClient, config: UplinkConfig) -> Uplink {
+        let shared = Arc::new((
+            Mutex::new(Shared {
+                queue: VecDeque::new(),
+                queued_samples: 0,
+                session_state: None,
+                session_open: false,
+                counters: UplinkCounters::default(),
+            }),
+            Condvar::new(),
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let max_queued = config.max_queued_samples;
+        let (s, st) = (shared.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("cema-uplink".into())
+            .spawn(move || run(client, config, s, st))
+            .expect("spawn uplink thread");
+        Uplink {
+            shared,
+            stop,
+            thread: Some(thread),
+            max_queued,
+        }
+    }
+
+    /// Sets the norm state the session is opened with (and reopened with, should the cloud
+    /// lose it).
+    pub fn set_session_state(&self, state: Vec<u8>) {
+        let (m, cv) = &*self.shared;
+        m.lock().expect("uplink lock").session_state = Some(state);
+        cv.notify_all();
+    }
+
+    /// Replaces the session state without waking the thread (it is only needed on a reopen).
+    pub fn set_session_state_quiet(&self, state: Vec<u8>) {
+        self.shared.0.lock().expect("uplink lock").session_state = Some(state);
+    }
+
+    /// Queues one batch's selected samples (possibly none). Never blocks on the network.
+    pub fn push(&self, pixels: Vec<u8>, n: usize, norm_version: u64) {
+        let (m, cv) = &*self.shared;
+        let mut s = m.lock().expect("uplink lock");
+        s.queue.push_back(Item {
+            pixels,
+            n,
+            norm_version,
+        });
+        s.queued_samples += n;
+        // Drop the oldest queued samples past the bound. The head may be in flight and the
+        // newest is what was just pushed: neither is emptied.
+        let mut i = 1;
+        while s.queued_samples > self.max_queued && i + 1 < s.queue.len() {
+            let dropped = s.queue[i].n;
+            if dropped > 0 {
+                s.queue[i].pixels.clear();
+                s.queue[i].n = 0;
+                s.queued_samples -= dropped;
+                s.counters.dropped_samples += dropped as u64;
+            }
+            i += 1;
+        }
+        cv.notify_all();
+    }
+
+    pub fn counters(&self) -> UplinkCounters {
+        self.shared.0.lock().expect("uplink lock").counters.clone()
+    }
+
+    /// Uploads not yet acknowledged.
+    pub fn backlog(&self) -> usize {
+        self.shared.0.lock().expect("uplink lock").queue.len()
+    }
+
+    /// Waits up to `deadline` for the queue to drain, then stops the thread.
+    pub fn finish(mut self, deadline: Duration) -> UplinkCounters {
+        let t = Instant::now();
+        while self.backlog() > 0 && t.elapsed() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop.store(true, Ordering::Release);
+        self.shared.1.notify_all();
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+        self.counters()
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.shared.1.notify_all();
+    }
+}
+
+/// Token bucket over bytes, at most one second of burst.
+struct Budget {
+    bytes_per_s: Option<f64>,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Budget {
+    fn wait_for(&mut self, bytes: usize, stop: &AtomicBool) {
+        let Some(rate) = self.bytes_per_s else { return };
+        loop {
+            let now = Instant::now();
+            self.tokens =
+                (self.tokens + rate * (now - self.last).as_secs_f64()).min(rate.max(bytes as f64));
+            self.last = now;
+            if self.tokens >= bytes as f64 || stop.load(Ordering::Acquire) {
+                self.tokens -= bytes as f64;
+                return;
+            }
+            let need = (bytes as f64 - self.tokens) / rate;
+            std::thread::sleep(Duration::from_secs_f64(need.min(0.05)));
+        }
+    }
+}
+
+fn run(
+    client: CloudClient,
+    config: UplinkConfig,
+    shared: Arc<(Mutex<Shared>, Condvar)>,
+    stop: Arc<AtomicBool>,
+) {
+    let (m, cv) = &*shared;
+    let mut next_seq = 0u64;
+    let mut backoff = Backoff::default();
+    let mut budget = Budget {
+        bytes_per_s: config.kbps.map(|k| k * 1000.0 / 8.0),
+        tokens: 0.0,
+        last: Instant::now(),
+    };
+    while !stop.load(Ordering::Acquire) {
+        // Open the session first: uploads before it would be refused.
+        let session = {
+            let s = m.lock().expect("uplink lock");
+            if s.session_open {
+                None
+            } else if let Some(state) = &s.session_state {
+                Some(state.clone())
+            } else {
+                let _ = cv.wait_timeout(s, Duration::from_millis(100));
+                continue;
+            }
+        };
+        if let Some(state) = session {
+            match client.open_session(&state) {
+                Ok(info) => {
+                    next_seq = info.next_seq;
+                    let mut s = m.lock().expect("uplink lock");
+                    s.session_open = true;
+                    s.counters.sessions_opened += 1;
+                    s.counters.session_bytes_up += state.len() as u64;
+                    s.counters.session_version = info.version;
+                    backoff.reset();
+                    tracing::info!(
+                        device = client.device(),
+                        next_seq,
+                        version = info.version,
+                        created = info.created,
+                        "session open"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(device = client.device(), "opening the session: {e}");
+                    backoff.sleep(&stop);
+                }
+            }
+            continue;
+        }
+        let (body, n) = {
+            let mut s = m.lock().expect("uplink lock");
+            let Some(item) = s.queue.front() else {
+                let _ = cv.wait_timeout(s, Duration::from_millis(100));
+                continue;
+            };
+            let header = UploadHeader {
+                seq: next_seq,
+                norm_version: item.norm_version,
+                model_id: config.model_id.clone(),
+                n: item.n as u32,
+                height: config.height,
+                width: config.width,
+                channels: config.channels,
+                dtype: Dtype::U8,
+            };
+            let body = encode_upload(&header, &item.pixels);
+            let n = item.n;
+            s.counters.retries += u64::from(backoff.failures > 0);
+            drop(s);
+            (body, n)
+        };
+        budget.wait_for(body.len(), &stop);
+        let outcome = client.upload(&body, false);
+        let mut s = m.lock().expect("uplink lock");
+        match outcome {
+            Ok(ack) => {
+                next_seq = ack.next_seq;
+                complete(&mut s, n, body.len(), true);
+                backoff.reset();
+            }
+            Err(ClientError::Refused {
+                status,
+                error,
+                retry_after_s,
+            }) => match (status, error.code.as_str()) {
+                (409, "bad_sequence") => {
+                    let expected = error.expected_seq.unwrap_or(next_seq);
+                    if expected > next_seq {
+                        // The cloud has this upload already: its acknowledgement was lost.
+                        complete(&mut s, n, body.len(), true);
+                    }
+                    next_seq = expected;
+                }
+                (429, _) => {
+                    drop(s);
+                    let wait = Duration::from_secs(retry_after_s.unwrap_or(1).clamp(1, 30));
+                    sleep_unless(wait, &stop);
+                }
+                (404, "no_session") | (401, _) => {
+                    // The cloud lost the session (e.g. a fresh data dir): reopen it.
+                    tracing::warn!(
+                        device = client.device(),
+                        "{}: reopening the session",
+                        error.message
+                    );
+                    s.session_open = false;
+                    drop(s);
+                    backoff.sleep(&stop);
+                }
+                _ => {
+                    tracing::error!(
+                        device = client.device(),
+                        "upload refused for good: {}",
+                        error.message
+                    );
+                    complete(&mut s, n, 0, false);
+                }
+            },
+            Err(e @ ClientError::Network(_)) => {
+                drop(s);
+                tracing::debug!(device = client.device(), "upload: {e}");
+                backoff.sleep(&stop);
+            }
+        }
+    }
+}
+
+fn complete(s: &mut Shared, n: usize, bytes: usize, acked: bool) {
+    if let Some(item) = s.queue.pop_front() {
+        s.queued_samples -= item.n;
+    }
+    if acked {
+        s.counters.acked_samples += n as u64;
+        s.counters.acked_uploads += 1;
+        s.counters.bytes_up += bytes as u64;
+    } else {
+        s.counters.refused_samples += n as u64;
+    }
+}
+
+fn sleep_unless(d: Duration, stop: &AtomicBool) {
+    let t = Instant::now();
+    while t.elapsed() < d && !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(20).min(d));
+    }
+}
+
+/// Exponential backoff, 50 ms doubling to 2 s.
+#[derive(Default)]
+pub(crate) struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+    pub(crate) fn sleep(&mut self, stop: &AtomicBool) {
+        let ms = (50u64 << self.failures.min(6)).min(2000);
+        self.failures += 1;
+        sleep_unless(Duration::from_millis(ms), stop);
+    }
+}

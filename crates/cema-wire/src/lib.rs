@@ -1,0 +1,422 @@
+//! cema's wire protocol, version 1 (documented in `docs/protocol.md`, described as OpenAPI in
+//! `docs/openapi.yaml`).
+//!
+//! Two binary encodings travel over HTTP, everything else is JSON:
+//! - **Upload** (edge → cloud, `POST /v1/devices/{device}/uploads`): a fixed little-endian
+//!   header, then the selected samples as raw u8 pixels (NHWC). Raw bytes, not floats: a
+//!   28×28 image is 784 bytes, a quarter of its f32 form, and the cloud normalises it itself.
+//! - **Update stream** (cloud → edge, `GET /v1/devices/{device}/updates`): a long-lived
+//!   response body of length-prefixed frames, each a norm state as safetensors bytes (model
+//!   id and version in its header). An empty frame is a heartbeat.
+//!
+//! The decoders are written by hand because the format is a dozen fixed fields; every length
+//! is checked against the body and a hard limit before anything is allocated.
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version; the upload magic carries it, `/health` and session bodies report it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// First 8 bytes of every upload body.
+pub const UPLOAD_MAGIC: &[u8; 8] = b"CEMAUP01";
+
+/// Content type of upload bodies.
+pub const UPLOAD_CONTENT_TYPE: &str = "application/x-cema-upload";
+
+/// Content type of the update stream.
+pub const UPDATES_CONTENT_TYPE: &str = "application/x-cema-updates";
+
+/// Content type of a single norm state (the session request body).
+pub const NORM_STATE_CONTENT_TYPE: &str = "application/x-cema-norm-state";
+
+/// Longest model id accepted, in bytes.
+pub const MAX_MODEL_ID: usize = 256;
+
+/// Pixel element types. Only u8 is accepted by the v1 cloud; the field exists so that a
+/// client sending floats gets a clear "wrong dtype" instead of a size mismatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Dtype {
+    U8 = 0,
+    F32 = 1,
+}
+
+impl Dtype {
+    fn from_u8(b: u8) -> Option<Dtype> {
+        match b {
+            0 => Some(Dtype::U8),
+            1 => Some(Dtype::F32),
+            _ => None,
+        }
+    }
+    pub fn bytes(self) -> usize {
+        match self {
+            Dtype::U8 => 1,
+            Dtype::F32 => 4,
+        }
+    }
+}
+
+/// The fixed fields of an upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadHeader {
+    /// Per-device sequence number: 0, 1, 2, … with no gaps. One upload is one cloud round,
+    /// so an edge sends one per batch even when it selected nothing (`n = 0`).
+    pub seq: u64,
+    /// The norm-state version the edge predicted with.
+    pub norm_version: u64,
+    pub model_id: String,
+    pub n: u32,
+    pub height: u16,
+    pub width: u16,
+    pub channels: u8,
+    pub dtype: Dtype,
+}
+
+impl UploadHeader {
+    /// Bytes of pixel payload the header announces.
+    pub fn payload_len(&self) -> u64 {
+        self.n as u64
+            * self.height as u64
+            * self.width as u64
+            * self.channels as u64
+            * self.dtype.bytes() as u64
+    }
+}
+
+/// A decoded upload: header and pixels (u8, NHWC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub header: UploadHeader,
+    pub pixels: Vec<u8>,
+}
+
+/// Why bytes were not a valid message. Each names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("body is {0} bytes, shorter than the upload header")]
+    Truncated(usize),
+    #[error("bad magic {0:?}: not a cema v1 upload (expected \"CEMAUP01\")")]
+    BadMagic(Vec<u8>),
+    #[error("model id is {0} bytes (at most {MAX_MODEL_ID}) or not UTF-8")]
+    BadModelId(usize),
+    #[error("unknown dtype code {0}")]
+    BadDtype(u8),
+    #[error("header announces {announced} bytes of pixels, body carries {actual}")]
+    LengthMismatch { announced: u64, actual: u64 },
+    #[error("message of {size} bytes exceeds the limit of {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("image geometry {0}×{1}×{2} has a zero dimension")]
+    EmptyGeometry(u16, u16, u8),
+}
+
+/// Serialises an upload (the edge side).
+pub fn encode_upload(header: &UploadHeader, pixels: &[u8]) -> Vec<u8> {
+    let id = header.model_id.as_bytes();
+    let mut out = Vec::with_capacity(8 + 8 + 8 + 2 + id.len() + 10 + pixels.len());
+    out.extend_from_slice(UPLOAD_MAGIC);
+    out.extend_from_slice(&header.seq.to_le_bytes());
+    out.extend_from_slice(&header.norm_version.to_le_bytes());
+    out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    out.extend_from_slice(id);
+    out.extend_from_slice(&header.n.to_le_bytes());
+    out.extend_from_slice(&header.height.to_le_bytes());
+    out.extend_from_slice(&header.width.to_le_bytes());
+    out.push(header.channels);
+    out.push(header.dtype as u8);
+    out.extend_from_slice(pixels);
+    out
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
+        let end = end.ok_or(WireError::Truncated(self.buf.len()))?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+}
+
+/// Parses an upload body of at most `limit` bytes. The payload length must equal what the
+/// header announces; nothing is allocated before that is known to hold.
+pub fn decode_upload(body: &[u8], limit: usize) -> Result<Upload, WireError> {
+    if body.len() > limit {
+        return Err(WireError::TooLarge {
+            size: body.len() as u64,
+            limit: limit as u64,
+        });
+    }
+    let mut r = Reader { buf: body, pos: 0 };
+    let magic = r.take(8)?;
+    if magic != UPLOAD_MAGIC {
+        return Err(WireError::BadMagic(magic.to_vec()));
+    }
+    let seq = r.u64()?;
+    let norm_version = r.u64()?;
+    let id_len = r.u16()? as usize;
+    if id_len > MAX_MODEL_ID {
+        return Err(WireError::BadModelId(id_len));
+    }
+    let model_id = std::str::from_utf8(r.take(id_len)?)
+        .map_err(|_| WireError::BadModelId(id_len))?
+        .to_string();
+    let n = r.u32()?;
+    let height = r.u16()?;
+    let width = r.u16()?;
+    let channels = r.u8()?;
+    let code = r.u8()?;
+    let dtype = Dtype::from_u8(code).ok_or(WireError::BadDtype(code))?;
+    if height == 0 || width == 0 || channels == 0 {
+        return Err(WireError::EmptyGeometry(height, width, channels));
+    }
+    let header = UploadHeader {
+        seq,
+        norm_version,
+        model_id,
+        n,
+        height,
+        width,
+        channels,
+        dtype,
+    };
+    let actual = (body.len() - r.pos) as u64;
+    if header.payload_len() != actual {
+        return Err(WireError::LengthMismatch {
+            announced: header.payload_len(),
+            actual,
+        });
+    }
+    Ok(Upload {
+        header,
+        pixels: body[r.pos..].to_vec(),
+    })
+}
+
+/// One frame of the update stream: u32 little-endian length, then the payload.
+pub fn encode_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Incremental decoder of the update stream: feed it whatever the socket delivered, take
+/// complete frames out. A frame longer than the limit is an error (the stream is then
+/// unusable and the client reconnects).
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl FrameDecoder {
+    pub fn new(limit: usize) -> Self {
+        FrameDecoder {
+            buf: Vec::new(),
+            limit,
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame (empty for a heartbeat), `Ok(None)` when more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(self.buf[..4].try_into().expect("4")) as usize;
+        if len > self.limit {
+            return Err(WireError::TooLarge {
+                size: len as u64,
+                limit: self.limit as u64,
+            });
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame = self.buf[4..4 + len].to_vec();
+        self.buf.drain(..4 + len);
+        Ok(Some(frame))
+    }
+
+    /// Bytes received but not yet part of a complete frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// `PUT /v1/devices/{device}/session` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub protocol: u32,
+    pub device: String,
+    pub model_id: String,
+    /// The latest published norm-state version (0: none yet).
+    pub version: u64,
+    /// The sequence number the cloud expects next from this device.
+    pub next_seq: u64,
+    /// Whether this call created the session (false: an existing one was resumed).
+    pub created: bool,
+}
+
+/// `POST /v1/devices/{device}/uploads` answer (202: durably queued).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadAck {
+    pub seq: u64,
+    pub next_seq: u64,
+    /// Uploads queued for this session and not yet learned from.
+    pub queued: u64,
+    /// With `?wait=true`: the latest published norm-state version once this upload's round ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// Every error answer's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable machine-readable code, e.g. `unauthorized`, `unknown_model`, `bad_sequence`.
+    pub code: String,
+    pub message: String,
+    /// For `bad_sequence`: the sequence number the cloud expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_seq: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(n: u32) -> UploadHeader {
+        UploadHeader {
+            seq: 7,
+            norm_version: 3,
+            model_id: "edge-r8".into(),
+            n,
+            height: 28,
+            width: 28,
+            channels: 1,
+            dtype: Dtype::U8,
+        }
+    }
+
+    #[test]
+    fn upload_round_trips() {
+        let pixels: Vec<u8> = (0..2 * 784).map(|i| i as u8).collect();
+        let bytes = encode_upload(&header(2), &pixels);
+        let up = decode_upload(&bytes, 1 << 20).unwrap();
+        assert_eq!(up.header, header(2));
+        assert_eq!(up.pixels, pixels);
+        let empty = decode_upload(&encode_upload(&header(0), &[]), 1 << 20).unwrap();
+        assert_eq!(empty.header.n, 0);
+    }
+
+    #[test]
+    fn bad_uploads_name_the_fault() {
+        let pixels = vec![0u8; 784];
+        let good = encode_upload(&header(1), &pixels);
+        assert!(matches!(
+            decode_upload(&good, 100),
+            Err(WireError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_upload(&good[..good.len() - 1], 1 << 20),
+            Err(WireError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            decode_upload(&good[..20], 1 << 20),
+            Err(WireError::Truncated(20))
+        ));
+        let mut magic = good.clone();
+        magic[0] = b'X';
+        assert!(matches!(
+            decode_upload(&magic, 1 << 20),
+            Err(WireError::BadMagic(_))
+        ));
+        let f32s = encode_upload(
+            &UploadHeader {
+                dtype: Dtype::F32,
+                ..header(1)
+            },
+            &pixels,
+        );
+        // A float upload with u8-sized payload: the announced size (4×) does not match.
+        assert!(matches!(
+            decode_upload(&f32s, 1 << 20),
+            Err(WireError::LengthMismatch { .. })
+        ));
+        let mut dtype = good.clone();
+        let at = 8 + 8 + 8 + 2 + 7 + 4 + 2 + 2 + 1;
+        dtype[at] = 9;
+        assert_eq!(decode_upload(&dtype, 1 << 20), Err(WireError::BadDtype(9)));
+    }
+
+    #[test]
+    fn frames_decode_across_arbitrary_splits() {
+        let mut stream = encode_frame(b"hello");
+        stream.extend(encode_frame(b""));
+        stream.extend(encode_frame(&[1u8; 300]));
+        for split in 0..stream.len() {
+            let mut d = FrameDecoder::new(1000);
+            d.push(&stream[..split]);
+            let mut got = Vec::new();
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push(f);
+            }
+            d.push(&stream[split..]);
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push(f);
+            }
+            assert_eq!(got, vec![b"hello".to_vec(), vec![], vec![1u8; 300]]);
+            assert_eq!(d.buffered(), 0);
+        }
+        let mut d = FrameDecoder::new(10);
+        d.push(&encode_frame(&[0u8; 11]));
+        assert!(d.next_frame().is_err());
+    }
+
+    proptest! {
+        // Garbage never panics and never decodes into a payload the header does not announce.
+        #[test]
+        fn decode_upload_never_panics(body in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            if let Ok(up) = decode_upload(&body, 1 << 16) {
+                prop_assert_eq!(up.header.payload_len(), up.pixels.len() as u64);
+            }
+        }
+
+        #[test]
+        fn corrupted_magic_prefix_is_handled(tail in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut body = UPLOAD_MAGIC.to_vec();
+            body.extend(tail);
+            let _ = decode_upload(&body, 1 << 16);
+        }
+
+        #[test]
+        fn frame_decoder_never_panics(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..20)) {
+            let mut d = FrameDecoder::new(1 << 12);
+            for c in chunks {
+                d.push(&c);
+                while let Ok(Some(_)) = d.next_frame() {}
+            }
+        }
+    }
+}
