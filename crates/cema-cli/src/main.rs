@@ -14,6 +14,7 @@ use clap::Parser;
 
 mod cmd;
 mod exit;
+mod plots;
 mod ui;
 
 /// Cloud-edge test-time adaptation: datasets, corruptions, training, evaluation, benchmarks.

@@ -164,7 +164,7 @@ pub struct Args {
     /// Folder with the Fashion-MNIST .gz files.
     #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
     data_dir: Option<PathBuf>,
-    /// Output folder: results.json, results.csv, manifest.json.
+    /// Output folder: results.json, results.csv, manifest.json and the SVG figures.
     #[arg(long, default_value = "runs/bench")]
     out: PathBuf,
     /// Also write results.json's content here.
@@ -204,6 +204,8 @@ struct StreamResult {
     bytes_down: u64,
     updates: u64,
     seconds: f64,
+    /// Correct predictions per batch, in stream order (the continual plot's curve).
+    batch_correct: Vec<u32>,
 }
 
 impl StreamResult {
@@ -225,6 +227,7 @@ impl StreamResult {
             "seconds": self.seconds,
             "images": self.images,
             "severity": severity,
+            "batch_correct": self.batch_correct,
         })
     }
 }
@@ -408,12 +411,14 @@ fn run_stream(
             method.name(),
             out.predictions.len()
         );
-        r.correct += out
+        let correct = out
             .predictions
             .iter()
             .zip(&set.labels[start..start + n])
             .filter(|(p, l)| p == l)
             .count();
+        r.correct += correct;
+        r.batch_correct.push(correct as u32);
         r.uploaded += out.uploaded;
         r.selected += out.selected;
         r.bytes_up += out.bytes_up;
@@ -728,10 +733,16 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     });
     write_json(&args.out.join("manifest.json"), &manifest, "--out")?;
 
+    let figures = crate::plots::write_all(&results_json, &args.out).run_err("plots")?;
     print!(
         "{}",
         table(&methods, &streams, &results, &args, order.len())
     );
+    if !ctx.quiet {
+        for f in figures {
+            eprintln!("wrote {}", f.display());
+        }
+    }
     Ok(())
 }
 

@@ -23,6 +23,7 @@ pub mod corrupt;
 pub mod demo;
 pub mod edge;
 pub mod eval;
+pub mod plot;
 pub mod speed;
 pub mod train;
 
@@ -69,6 +70,7 @@ commands! {
     Demo(demo::Args),
     Edge(edge::Args),
     Eval(eval::Args),
+    Plot(plot::Args),
     Speed(speed::Args),
     Train(train::Args),
 }
