@@ -209,7 +209,11 @@ fn random_upload_uploads_at_its_rate_through_the_cema_wiring() {
     assert_eq!(e.uploaded as usize, uploaded);
     assert_eq!(e.bytes_up, bytes_up);
     // Pixels, plus the norm state sent once after the first batch set the running statistics.
-    let state = r.edge().model().norm_state(r.edge().model_id(), 0).to_bytes();
+    let state = r
+        .edge()
+        .model()
+        .norm_state(r.edge().model_id(), 0)
+        .to_bytes();
     assert_eq!(bytes_up, (uploaded * IMAGE + state.len()) as u64);
     assert_eq!(e.dropped_too_uncertain + e.dropped_redundant, 0);
     assert_eq!(r.cloud().counters().samples_received as usize, uploaded);

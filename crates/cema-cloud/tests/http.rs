@@ -86,7 +86,19 @@ impl TestCloud {
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let cloud: Arc<Cloud> = Cloud::open(opts).unwrap();
+            // A worker thread of the previous cloud on the same folder may still be finishing
+            // its last round (holding the store) for a moment after that cloud stopped.
+            let t = Instant::now();
+            let cloud: Arc<Cloud> = loop {
+                match Cloud::open(opts.clone()) {
+                    Ok(c) => break c,
+                    Err(e) if t.elapsed() < Duration::from_secs(10) => {
+                        eprintln!("retrying: {e:#}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => panic!("{e:#}"),
+                }
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
