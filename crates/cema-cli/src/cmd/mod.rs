@@ -23,6 +23,7 @@ pub mod corrupt;
 pub mod demo;
 pub mod edge;
 pub mod eval;
+pub mod load;
 pub mod plot;
 pub mod speed;
 pub mod train;
@@ -70,6 +71,7 @@ commands! {
     Demo(demo::Args),
     Edge(edge::Args),
     Eval(eval::Args),
+    Load(load::Args),
     Plot(plot::Args),
     Speed(speed::Args),
     Train(train::Args),

@@ -1,0 +1,284 @@
+//! `cema load`: many synthetic edges against one `cema cloud` child for a bounded time. Each
+//! device uploads B real test images per interval (one full cloud batch, so upload `k` yields
+//! version `k + 1`) and holds its update stream; reported: acknowledged upload throughput, 429s,
+//! update delivery latency (upload acknowledged → that version arrives on the device's stream),
+//! the cloud's resident memory before and after.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use cema_data::fashion_mnist::{self, Split};
+use cema_edge::{ClientError, CloudClient};
+use cema_model::{cpu, Model};
+use cema_wire::{encode_upload, Dtype, FrameDecoder, UploadHeader};
+use serde_json::json;
+
+use crate::exit::{CliError, ResultExt};
+
+use super::{write_json, Context};
+
+/// Load test: N synthetic edges uploading to one cloud for a bounded time (loopback only).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 50)]
+    pub edges: usize,
+    /// How long the edges upload, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u64,
+    /// Each edge uploads one cloud batch this often, milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub interval_ms: u64,
+    /// Cloud worker threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long, default_value = "models/edge.safetensors")]
+    pub edge: PathBuf,
+    #[arg(long, default_value = "models/foundation.safetensors")]
+    pub foundation: PathBuf,
+    #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Write the report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    Some(sorted[i])
+}
+
+#[derive(Default)]
+struct Tally {
+    acked: u64,
+    overloaded: u64,
+    errors: u64,
+    /// (device, version) → when the upload that yields it was acknowledged.
+    acked_at: HashMap<(usize, u64), Instant>,
+    latencies_ms: Vec<f64>,
+}
+
+pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
+    if args.edges == 0 || args.seconds == 0 {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--edges and --seconds must be positive"
+        )));
+    }
+    let model =
+        Model::load(&args.edge, &cpu()).usage_err(format!("--edge {}", args.edge.display()))?;
+    if !args.foundation.is_file() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--foundation {}: no such file",
+            args.foundation.display()
+        )));
+    }
+    let test =
+        fashion_mnist::load(args.data_dir.as_deref(), Split::Test).usage_err("--data-dir")?;
+    let state = model.norm_state(&model.card.name, 0).to_bytes();
+    let batch = 32usize; // the cloud's default B: one upload, one round, one version
+    let per = test.image_size();
+    let i = &model.card.input;
+    let (h, w, c) = (i.height as u16, i.width as u16, i.channels as u8);
+    let model_id = model.card.name.clone();
+
+    let tmp = tempfile::tempdir().context("temporary folder")?;
+    let exe = std::env::current_exe().context("locating the cema binary")?;
+    let devices: Vec<(String, String)> = (0..args.edges)
+        .map(|k| (format!("load-{k}"), format!("tok-{k}")))
+        .collect();
+    let dev_file = tmp.path().join("devices.txt");
+    let listing: String = devices.iter().map(|(d, t)| format!("{d} {t}\n")).collect();
+    std::fs::write(&dev_file, listing).context("devices file")?;
+    let mut child = Command::new(&exe)
+        .args([
+            "-q",
+            "cloud",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            &args.workers.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path().join("cloud"))
+        .arg("--devices-file")
+        .arg(&dev_file)
+        .arg("--edge")
+        .arg(&args.edge)
+        .arg("--foundation")
+        .arg(&args.foundation)
+        .args(["--max-queued", "8"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting `cema cloud`")?;
+    let pid = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .context("reading the cloud's address")?;
+    let addr = serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .and_then(|v| v["listening"].as_str().map(String::from));
+    let Some(addr) = addr else {
+        let _ = child.kill();
+        return Err(CliError::failed(anyhow::anyhow!(
+            "the cloud did not start ({line:?})"
+        )));
+    };
+    let url = format!("http://{addr}");
+    let rss_idle = rss_kib(pid);
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let mut threads = Vec::new();
+    for (k, (d, t)) in devices.iter().enumerate() {
+        let client = CloudClient::new(&url, d, t, Duration::from_secs(15));
+        if let Err(e) = client.open_session(&state) {
+            let _ = child.kill();
+            return Err(CliError::failed(anyhow::anyhow!("{d}: {e}")));
+        }
+        // Downlink: time each version's arrival.
+        let (c2, tally2, stop2) = (client.clone(), tally.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            let Ok(mut s) = c2.updates(0) else { return };
+            let mut dec = FrameDecoder::new(1 << 24);
+            let mut buf = vec![0u8; 1 << 16];
+            while !stop2.load(Ordering::Acquire) {
+                let n = match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                dec.push(&buf[..n]);
+                while let Ok(Some(f)) = dec.next_frame() {
+                    if f.is_empty() {
+                        continue;
+                    }
+                    let Ok(st) = cema_model::NormState::from_bytes(&f, "frame") else {
+                        continue;
+                    };
+                    let now = Instant::now();
+                    let mut t = tally2.lock().expect("tally");
+                    if let Some(at) = t.acked_at.remove(&(k, st.version)) {
+                        t.latencies_ms.push((now - at).as_secs_f64() * 1e3);
+                    }
+                }
+            }
+        }));
+        // Uplink: one cloud batch of real images per interval, in sequence.
+        let (tally3, stop3) = (tally.clone(), stop.clone());
+        let (images, mid) = (test.images.clone(), model_id.clone());
+        let (secs, interval) = (args.seconds, Duration::from_millis(args.interval_ms));
+        threads.push(std::thread::spawn(move || {
+            let mut seq = 0u64;
+            // Spread the devices over the interval.
+            std::thread::sleep(interval.mul_f64(k as f64 / 50.0).min(interval));
+            while t0.elapsed() < Duration::from_secs(secs) && !stop3.load(Ordering::Acquire) {
+                let start = ((seq as usize * batch + k * 977) % (10_000 - batch)) * per;
+                let header = UploadHeader {
+                    seq,
+                    norm_version: 0,
+                    model_id: mid.clone(),
+                    n: batch as u32,
+                    height: h,
+                    width: w,
+                    channels: c,
+                    dtype: Dtype::U8,
+                };
+                let body = encode_upload(&header, &images[start..start + batch * per]);
+                let sent = Instant::now();
+                match client.upload(&body, false) {
+                    Ok(_) => {
+                        let mut t = tally3.lock().expect("tally");
+                        t.acked += 1;
+                        t.acked_at.insert((k, seq + 1), Instant::now());
+                        seq += 1;
+                    }
+                    Err(ClientError::Refused { status: 429, .. }) => {
+                        tally3.lock().expect("tally").overloaded += 1;
+                    }
+                    Err(_) => tally3.lock().expect("tally").errors += 1,
+                }
+                std::thread::sleep(interval.saturating_sub(sent.elapsed()));
+            }
+        }));
+    }
+    if !ctx.quiet {
+        eprintln!(
+            "{} edges uploading to {url} for {} s …",
+            args.edges, args.seconds
+        );
+    }
+    std::thread::sleep(Duration::from_secs(args.seconds));
+    // Let versions for the last acknowledged uploads arrive, then stop.
+    std::thread::sleep(Duration::from_secs(5));
+    let rss_end = rss_kib(pid);
+    stop.store(true, Ordering::Release);
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    for th in threads {
+        let _ = th.join();
+    }
+
+    let t = tally.lock().expect("tally");
+    let mut lat = t.latencies_ms.clone();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let elapsed = args.seconds as f64;
+    let report = json!({
+        "edges": args.edges,
+        "seconds": args.seconds,
+        "interval_ms": args.interval_ms,
+        "workers": args.workers,
+        "samples_per_upload": batch,
+        "uploads_acked": t.acked,
+        "uploads_per_s": t.acked as f64 / elapsed,
+        "samples_per_s": (t.acked as usize * batch) as f64 / elapsed,
+        "overloaded_429": t.overloaded,
+        "errors": t.errors,
+        "versions_delivered": lat.len(),
+        "update_latency_ms_p50": percentile(&lat, 0.5),
+        "update_latency_ms_p99": percentile(&lat, 0.99),
+        "cloud_rss_kib_idle": rss_idle,
+        "cloud_rss_kib_end": rss_end,
+        "cloud_rss_kib_per_session": match (rss_idle, rss_end) {
+            (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / args.edges as f64),
+            _ => None,
+        },
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).context("report")?
+    );
+    if let Some(p) = &args.json {
+        write_json(p, &report, "--json")?;
+    }
+    Ok(())
+}
