@@ -302,6 +302,11 @@ fn cloud_and_edge_usage_errors_exit_2_naming_the_flag() {
         "nope",
     ]);
     assert_eq!(o.status.code(), Some(2));
+    let o = cema(&["load", "--edges", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--edges"), "{}", stderr(&o));
+    let o = cema(&["demo", "--edge", "/nonexistent.safetensors"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let o = cema(&["edge", "--device", "a", "--token", "b", "--severity", "9"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--severity"), "{}", stderr(&o));
