@@ -7,15 +7,7 @@
 #              CEMA_SEVERITIES (default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/setup.sh
-cargo build --release --locked -p cema-cli
-cema=target/release/cema
-mkdir -p runs
-if [ ! -f models/edge.safetensors ]; then
-  echo "models/edge.safetensors missing: training it (the command in models/README.md)"
-  $cema train --out models/edge.safetensors --epochs 8 --batch 128 --lr 0.1 --seed 0 --resume --json runs/train-edge.json
-fi
-[ -f models/foundation.safetensors ] || { echo "models/foundation.safetensors missing: see models/README.md" >&2; exit 2; }
+. scripts/prepare.sh
 [ -f data/fashion-mnist-c/labels.npy ] || $cema corrupt --out data/fashion-mnist-c --json runs/corrupt.json
 limit=${CEMA_EVAL_LIMIT:-2000}
 sev=${CEMA_SEVERITIES:-5}

@@ -9,15 +9,7 @@
 #              one 2-core cloud keeps up with for 3 edges), CEMA_DEMO_CORRUPTIONS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/setup.sh
-cargo build --release --locked -p cema-cli
-cema=target/release/cema
-mkdir -p runs
-if [ ! -f models/edge.safetensors ]; then
-  echo "models/edge.safetensors missing: training it (the command in models/README.md)"
-  $cema train --out models/edge.safetensors --epochs 8 --batch 128 --lr 0.1 --seed 0 --resume --json runs/train-edge.json
-fi
-[ -f models/foundation.safetensors ] || { echo "models/foundation.safetensors missing: see models/README.md" >&2; exit 2; }
+. scripts/prepare.sh
 $cema demo --edges "${CEMA_DEMO_EDGES:-3}" --limit "${CEMA_DEMO_LIMIT:-2000}" \
   --pace-ms "${CEMA_DEMO_PACE_MS:-1200}" --workers 2 \
   --corruptions "${CEMA_DEMO_CORRUPTIONS:-gaussian_noise,fog,contrast}" --json runs/demo.json

@@ -202,6 +202,19 @@ impl CloudAdapter {
         Ok(())
     }
 
+    /// Installs the edge's running statistics into the student, keeping its γ and β (an edge
+    /// that tracks its own statistics sends them with its uploads).
+    pub fn sync_student_stats(&mut self, state: &NormState) -> Result<(), AdaptError> {
+        if state.model_id != self.model_id {
+            return Err(AdaptError::WrongModel {
+                expected: self.model_id.clone(),
+                found: state.model_id.clone(),
+            });
+        }
+        self.student.apply_norm_stats(state)?;
+        Ok(())
+    }
+
     /// Queues `n` uploaded u8 images (NHWC) and appends them to the replay buffer.
     pub fn receive(&mut self, pixels: &[u8], n: usize) -> Result<(), AdaptError> {
         if pixels.len() != n * self.image_size {

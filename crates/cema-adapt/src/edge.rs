@@ -61,6 +61,7 @@ pub struct EdgeAdapter {
     model: Model,
     state: EdgeState,
     init_stats: bool,
+    track_stats: Option<f32>,
 }
 
 impl EdgeAdapter {
@@ -83,6 +84,7 @@ impl EdgeAdapter {
                 stats_initialised: false,
             },
             init_stats: config.init_stats,
+            track_stats: config.track_stats,
         }
     }
 
@@ -107,11 +109,19 @@ impl EdgeAdapter {
             self.state.stats_initialised = true;
             return Ok((logits, true));
         }
+        if let (Some(m), true) = (self.track_stats, n > 1) {
+            return Ok((self.model.logits_tracking(pixels, n, m)?, false));
+        }
         Ok((self.model.logits(pixels, n, NormMode::Running)?, false))
     }
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// Whether this edge keeps its own running statistics (`EdgeConfig::track_stats`).
+    pub fn tracks_stats(&self) -> bool {
+        self.track_stats.is_some()
     }
 
     pub fn state(&self) -> &EdgeState {
@@ -231,7 +241,11 @@ impl EdgeAdapter {
                 offered: update.version,
             });
         }
-        self.model.apply_norm_state(update)?;
+        if self.track_stats.is_some() {
+            self.model.apply_norm_affine(update)?;
+        } else {
+            self.model.apply_norm_state(update)?;
+        }
         Ok(())
     }
 }

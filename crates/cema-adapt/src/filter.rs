@@ -25,6 +25,15 @@ pub struct EdgeConfig {
     /// the released code does (SPEC §3 "TBR"); the cloud's student then starts from that state.
     #[serde(default = "yes")]
     pub init_stats: bool,
+    /// Forward-only statistics tracking: after predicting a batch from the running statistics,
+    /// the edge moves them toward the batch's with this momentum, and cloud updates then install
+    /// only γ and β. `None`: the statistics change only when the cloud sends new ones.
+    #[serde(default)]
+    pub track_stats: Option<f32>,
+    /// With `track_stats`: the edge's running statistics travel up with its uploads and the
+    /// cloud's student normalises with them, so it learns γ, β for the statistics the edge uses.
+    #[serde(default)]
+    pub share_stats: bool,
 }
 
 fn yes() -> bool {
@@ -43,6 +52,8 @@ impl Default for EdgeConfig {
             redundancy: true,
             epsilon: None,
             init_stats: true,
+            track_stats: None,
+            share_stats: false,
         }
     }
 }

@@ -275,6 +275,7 @@ pub struct Cema {
     cloud: CloudAdapter,
     /// Replaces the entropy filters by uniformly random selection ([`RandomUpload`]).
     random: Option<RandomSelector>,
+    share_stats: bool,
 }
 
 impl Cema {
@@ -292,6 +293,7 @@ impl Cema {
             edge: EdgeAdapter::new(edge_model, id, 0, edge),
             cloud,
             random: None,
+            share_stats: edge.track_stats.is_some() && edge.share_stats,
         })
     }
 
@@ -323,6 +325,10 @@ impl Method for Cema {
             self.cloud.sync_student(&state)?;
         }
         let uploaded = batch.upload.len();
+        if uploaded > 0 && self.share_stats {
+            let state = self.edge.norm_state();
+            self.cloud.sync_student_stats(&state)?;
+        }
         if uploaded > 0 {
             self.cloud
                 .receive(&gather(pixels, n, &batch.upload), uploaded)?;

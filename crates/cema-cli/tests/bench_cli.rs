@@ -280,3 +280,48 @@ fn bench_bad_inputs_are_usage_errors() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--random-rate"), "{}", stderr(&o));
 }
+
+#[test]
+fn plot_redraws_the_figures_of_a_results_file_and_refuses_anything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = repo().join("docs/results/continual-s5-l1000.json");
+    let out = dir.path().join("figs");
+    let o = cema(&[
+        "plot",
+        "--results",
+        results.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for fig in [
+        "accuracy_per_corruption.svg",
+        "accuracy_vs_upload.svg",
+        "online_accuracy.svg",
+    ] {
+        let svg = std::fs::read_to_string(out.join(fig)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("eata"), "{fig}");
+    }
+
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, b"\x00not json").unwrap();
+    let other = dir.path().join("other.json");
+    std::fs::write(&other, br#"{"accuracy": 0.5}"#).unwrap();
+    let missing = dir.path().join("missing.json");
+    for (file, says) in [
+        (&garbage, "garbage.json"),
+        (&other, "not a cema bench results.json"),
+        (&missing, "missing.json"),
+    ] {
+        let o = cema(&[
+            "plot",
+            "--results",
+            file.to_str().unwrap(),
+            "--out",
+            dir.path().join("x").to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    }
+    assert!(!dir.path().join("x").exists(), "nothing written on refusal");
+}

@@ -178,6 +178,28 @@ fn html_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The preamble of every device request that carries a body: authorise, read the body within
+/// the size limit, then run `work` on a blocking thread (it touches the store and may fsync).
+async fn device_call<T, F>(
+    cloud: &Arc<Cloud>,
+    device: String,
+    headers: &HeaderMap,
+    body: Body,
+    what: &str,
+    work: F,
+) -> Result<T, Refusal>
+where
+    T: Send + 'static,
+    F: FnOnce(&Cloud, &str, &[u8]) -> Result<T, Refusal> + Send + 'static,
+{
+    cloud.authorize(&device, bearer(headers))?;
+    let bytes = read_body(cloud, headers, body).await?;
+    let c = cloud.clone();
+    tokio::task::spawn_blocking(move || work(&c, &device, &bytes))
+        .await
+        .map_err(|e| Refusal::bad_request(format!("{what} task: {e}")))?
+}
+
 async fn open_session(
     State(app): State<App>,
     Path(device): Path<String>,
@@ -185,19 +207,13 @@ async fn open_session(
     body: Body,
 ) -> Response {
     let cloud = app.cloud.clone();
-    if let Err(r) = cloud.authorize(&device, bearer(&headers)) {
-        return refuse(&cloud, r);
-    }
-    let bytes = match read_body(&cloud, &headers, body).await {
-        Ok(b) => b,
-        Err(r) => return refuse(&cloud, r),
-    };
-    let c = cloud.clone();
-    let result = tokio::task::spawn_blocking(move || c.open_session(&device, &bytes)).await;
+    let result = device_call(&cloud, device, &headers, body, "session", |c, d, b| {
+        c.open_session(d, b)
+    })
+    .await;
     match result {
-        Ok(Ok(info)) => Json(info).into_response(),
-        Ok(Err(r)) => refuse(&cloud, r),
-        Err(e) => refuse(&cloud, Refusal::bad_request(format!("session task: {e}"))),
+        Ok(info) => Json(info).into_response(),
+        Err(r) => refuse(&cloud, r),
     }
 }
 
@@ -215,19 +231,13 @@ async fn upload(
     body: Body,
 ) -> Response {
     let cloud = app.cloud.clone();
-    if let Err(r) = cloud.authorize(&device, bearer(&headers)) {
-        return refuse(&cloud, r);
-    }
-    let bytes = match read_body(&cloud, &headers, body).await {
-        Ok(b) => b,
-        Err(r) => return refuse(&cloud, r),
-    };
-    let c = cloud.clone();
-    let result = tokio::task::spawn_blocking(move || c.upload(&device, &bytes)).await;
+    let result = device_call(&cloud, device, &headers, body, "upload", |c, d, b| {
+        c.upload(d, b)
+    })
+    .await;
     let (mut ack, session) = match result {
-        Ok(Ok(x)) => x,
-        Ok(Err(r)) => return refuse(&cloud, r),
-        Err(e) => return refuse(&cloud, Refusal::bad_request(format!("upload task: {e}"))),
+        Ok(x) => x,
+        Err(r) => return refuse(&cloud, r),
     };
     if q.wait {
         session.wait_applied(ack.seq).await;

@@ -23,6 +23,13 @@ impl Model {
         Ok(tensor_to_vec(self.net.init_running_stats(x)))
     }
 
+    /// Logits from the running statistics, after which they track these `n` images with
+    /// `momentum` (see [`crate::ResNet::forward_tracking`]).
+    pub fn logits_tracking(&mut self, pixels: &[u8], n: usize, momentum: f32) -> Result<Vec<f32>> {
+        let x = to_input(&self.card.input, pixels, n, self.net.device())?;
+        Ok(tensor_to_vec(self.net.forward_tracking(x, momentum)))
+    }
+
     /// Predicted classes for `n` u8 images.
     pub fn predict(&mut self, pixels: &[u8], n: usize, mode: NormMode) -> Result<Vec<u32>> {
         let logits = self.logits(pixels, n, mode)?;

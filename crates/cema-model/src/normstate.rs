@@ -90,6 +90,37 @@ impl Model {
     /// Installs a norm state, all or nothing: every norm tensor of this model must be present with
     /// its shape and finite values, and no other tensor may be. On error the model is unchanged.
     pub fn apply_norm_state(&mut self, state: &NormState) -> Result<()> {
+        self.check_norm_names(state)?;
+        let source = format!("norm state {}@v{}", state.model_id, state.version);
+        load_into(&mut self.net, &state.tensors, &source, true)
+    }
+
+    /// Every tensor of `state` has this model's shape and only finite values.
+    fn check_norm_values(&self, state: &NormState, source: &str) -> Result<()> {
+        let s = self.net.store();
+        for (name, t) in &state.tensors {
+            let i = s.index_of(name).expect("names checked");
+            if t.shape != s.shape(i) {
+                return Err(ModelError::ShapeMismatch {
+                    source_name: source.into(),
+                    name: name.clone(),
+                    expected: s.shape(i).to_vec(),
+                    found: t.shape.clone(),
+                });
+            }
+            if let Some(index) = crate::tensors::first_non_finite(t) {
+                return Err(ModelError::NonFinite {
+                    source_name: source.into(),
+                    name: name.clone(),
+                    index,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Exactly this model's norm tensors, no more, no fewer.
+    fn check_norm_names(&self, state: &NormState) -> Result<()> {
         let source = format!("norm state {}@v{}", state.model_id, state.version);
         let s = self.net.store();
         for i in 0..s.len() {
@@ -110,7 +141,33 @@ impl Model {
                 });
             }
         }
-        load_into(&mut self.net, &state.tensors, &source, true)
+        Ok(())
+    }
+
+    /// [`apply_norm_state`](Self::apply_norm_state) that keeps this model's own running
+    /// statistics: the state is validated in full (a bad update is rejected as a whole), but only
+    /// its γ and β are installed.
+    pub fn apply_norm_affine(&mut self, state: &NormState) -> Result<()> {
+        self.apply_norm_part(state, Kind::is_norm_affine)
+    }
+
+    /// Installs only the running statistics of `state` (γ and β stay), validated in full.
+    pub fn apply_norm_stats(&mut self, state: &NormState) -> Result<()> {
+        self.apply_norm_part(state, Kind::is_buffer)
+    }
+
+    fn apply_norm_part(&mut self, state: &NormState, part: fn(Kind) -> bool) -> Result<()> {
+        self.check_norm_names(state)?;
+        let source = format!("norm state {}@v{}", state.model_id, state.version);
+        self.check_norm_values(state, &source)?;
+        let s = self.net.store();
+        let chosen: NamedTensors = state
+            .tensors
+            .iter()
+            .filter(|(name, _)| s.index_of(name).is_some_and(|i| part(s.kind(i))))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        load_into(&mut self.net, &chosen, &source, true)
     }
 
     /// Names of the norm affine parameters (what gradients flow into during adaptation).

@@ -236,6 +236,17 @@ impl ResNet {
         out
     }
 
+    /// Running-statistics logits, then the running statistics move toward this batch's with
+    /// `momentum` (the TBR forward value, no gradient): a forward-only way for an edge to follow
+    /// a drifting input distribution without ever predicting from batch statistics.
+    pub fn forward_tracking(&mut self, x: Tensor<4>, momentum: f32) -> Tensor<2> {
+        let saved = self.stats_momentum;
+        self.stats_momentum = momentum;
+        let out = self.forward(x, NormMode::Tbr, true);
+        self.stats_momentum = saved;
+        out
+    }
+
     /// Logits for an NCHW batch of normalised images.
     ///
     /// `update_stats` lets `Batch`/`Tbr` mode move the running statistics (ignored for `Running`).

@@ -236,6 +236,87 @@ fn norm_state_round_trips_and_rejects_bad_updates_without_changing_the_model() {
 }
 
 #[test]
+fn partial_norm_updates_install_only_their_half_and_validate_the_whole_state() {
+    let mut m = small_from_pth();
+    let original = m.state_dict();
+    let mut moved = m.norm_state("edge", 1);
+    moved.tensors.get_mut("bn1.bias").unwrap().data[0] = 0.5;
+    moved.tensors.get_mut("bn1.running_mean").unwrap().data[0] = 7.0;
+
+    // A NaN in the half that would not be installed still rejects the update.
+    let mut nan = moved.clone();
+    nan.tensors.get_mut("bn1.running_var").unwrap().data[0] = f32::NAN;
+    assert!(matches!(
+        m.apply_norm_affine(&nan),
+        Err(ModelError::NonFinite { .. })
+    ));
+    let mut nan = moved.clone();
+    nan.tensors.get_mut("bn1.weight").unwrap().data[0] = f32::INFINITY;
+    assert!(matches!(
+        m.apply_norm_stats(&nan),
+        Err(ModelError::NonFinite { .. })
+    ));
+    let mut shape = moved.clone();
+    shape.tensors.get_mut("bn1.running_mean").unwrap().shape = vec![1, 4];
+    assert!(matches!(
+        m.apply_norm_affine(&shape),
+        Err(ModelError::ShapeMismatch { .. })
+    ));
+    let mut missing = moved.clone();
+    missing.tensors.remove("bn1.running_var");
+    assert!(m.apply_norm_affine(&missing).is_err());
+    assert_eq!(m.state_dict(), original, "rejected updates change nothing");
+
+    m.apply_norm_affine(&moved).unwrap();
+    let after = m.state_dict();
+    assert_eq!(after["bn1.bias"].data[0], 0.5);
+    assert_eq!(after["bn1.running_mean"], original["bn1.running_mean"]);
+
+    let mut m = small_from_pth();
+    m.apply_norm_stats(&moved).unwrap();
+    let after = m.state_dict();
+    assert_eq!(after["bn1.running_mean"].data[0], 7.0);
+    assert_eq!(after["bn1.bias"], original["bn1.bias"]);
+}
+
+#[test]
+fn tracking_forward_predicts_from_running_statistics_then_moves_them_toward_the_batch() {
+    let Some((px, _)) = first_test_images(16) else {
+        return;
+    };
+    let mut m = small_from_pth();
+    let running = m.logits(&px, 16, NormMode::Running).unwrap();
+    let before = m.state_dict();
+    let tracked = m.logits_tracking(&px, 16, 0.25).unwrap();
+    assert!(
+        max_abs_diff(&running, &tracked) < 1e-4,
+        "the prediction must use the statistics from before the batch"
+    );
+    let mut reference = small_from_pth();
+    let x = cema_model::to_input(&reference.card.input, &px, 16, &cpu()).unwrap();
+    reference.net.forward(x, NormMode::Tbr, true);
+    let after = m.state_dict();
+    for (name, t) in &after {
+        if name.ends_with("running_mean") || name.ends_with("running_var") {
+            let (old, new) = (&before[name].data, &t.data);
+            assert!(old != new, "{name} did not move");
+            // Momentum 0.25 moves 2.5× as far as the default 0.1 from the same starting point.
+            let by_default = &reference.state_dict()[name].data;
+            for i in 0..old.len() {
+                let expect = old[i] + 2.5 * (by_default[i] - old[i]);
+                assert!(
+                    (new[i] - expect).abs() <= 1e-3 * (1.0 + expect.abs()),
+                    "{name}[{i}]: {} vs {expect}",
+                    new[i]
+                );
+            }
+        } else {
+            assert_eq!(before[name], *t, "{name} must not change");
+        }
+    }
+}
+
+#[test]
 fn checkpoint_errors_name_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = small_from_pth();

@@ -188,6 +188,14 @@ pub struct Args {
     /// CEMA's edge selection switches.
     #[arg(long, value_enum, default_value = "paper")]
     cema_preset: Preset,
+    /// CEMA's edge follows its own input statistics forward-only with this momentum (see
+    /// `EdgeConfig::track_stats`); also used by random_upload.
+    #[arg(long)]
+    cema_track_stats: Option<f32>,
+    /// With --cema-track-stats: the edge's statistics travel with its uploads and the student
+    /// normalises with them.
+    #[arg(long)]
+    cema_share_stats: bool,
     /// random_upload's rate for every stream, instead of CEMA's measured rate on that stream.
     #[arg(long)]
     random_rate: Option<f64>,
@@ -307,9 +315,13 @@ impl Settings {
         Settings {
             tent: grad(args.tent_lr),
             eata: grad(args.eata_lr),
-            edge: match args.cema_preset {
-                Preset::Paper => EdgeConfig::default(),
-                Preset::Released => EdgeConfig::released(),
+            edge: EdgeConfig {
+                track_stats: args.cema_track_stats,
+                share_stats: args.cema_share_stats,
+                ..match args.cema_preset {
+                    Preset::Paper => EdgeConfig::default(),
+                    Preset::Released => EdgeConfig::released(),
+                }
             },
             cloud,
             random_seed: args.seed ^ 0x5EED_0F0A_1D00,

@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::exit::CliError;
 
+use super::children::{spawn_cloud, Reaper};
 use super::{write_json, Context};
 
 /// One cloud and N edges on loopback, each edge on its own Fashion-MNIST-C stream: live view
@@ -60,39 +61,6 @@ pub struct Args {
     pub json: Option<PathBuf>,
 }
 
-/// Kills the child on drop: a demo that fails half-way leaves no process behind.
-struct Reaper(Vec<Child>);
-
-impl Reaper {
-    fn terminate(&mut self) {
-        for c in &mut self.0 {
-            if let Ok(None) = c.try_wait() {
-                let _ = Command::new("kill")
-                    .arg("-TERM")
-                    .arg(c.id().to_string())
-                    .status();
-            }
-        }
-        let t = Instant::now();
-        for c in &mut self.0 {
-            while t.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        self.terminate();
-    }
-}
-
 fn pct(v: &Value, key: &str) -> String {
     v.get(key)
         .and_then(Value::as_f64)
@@ -133,36 +101,15 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         })
         .collect();
 
-    let mut reaper = Reaper(Vec::new());
-    let mut cloud = Command::new(&exe);
-    cloud
-        .arg("-q")
-        .args(["cloud", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&cloud_data)
-        .arg("--edge")
-        .arg(&args.edge)
-        .arg("--foundation")
-        .arg(&args.foundation)
-        .args(["--workers", &args.workers.to_string()]);
+    let mut reaper = Reaper::default();
+    let mut cloud_args: Vec<std::ffi::OsString> = vec!["--data-dir".into(), cloud_data.into()];
+    cloud_args.extend(["--edge".into(), args.edge.clone().into()]);
+    cloud_args.extend(["--foundation".into(), args.foundation.clone().into()]);
+    cloud_args.extend(["--workers".into(), args.workers.to_string().into()]);
     for (d, t, _) in &devices {
-        cloud.args(["--device", &format!("{d}:{t}")]);
+        cloud_args.extend(["--device".into(), format!("{d}:{t}").into()]);
     }
-    let mut child = cloud
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting `cema cloud`")?;
-    let stdout = child.stdout.take().expect("piped");
-    reaper.0.push(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .context("reading the cloud's address")?;
-    let addr = serde_json::from_str::<Value>(&line)
-        .ok()
-        .and_then(|v| v["listening"].as_str().map(String::from))
-        .ok_or_else(|| anyhow::anyhow!("the cloud did not start (said {line:?})"))?;
-    let url = format!("http://{addr}");
+    let (url, _) = spawn_cloud(exe.as_os_str(), cloud_args, &mut reaper)?;
 
     let states: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(vec![Value::Null; devices.len()]));
     let mut readers = Vec::new();
@@ -267,7 +214,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         .iter_mut()
         .map(|c| c.wait().map(|s| s.success()).unwrap_or(false))
         .collect();
-    reaper.terminate();
+    reaper.terminate(Duration::from_secs(5));
 
     let states = states.lock().expect("states lock").clone();
     let edges: Vec<Value> = states

@@ -5,9 +5,8 @@
 //! the cloud's resident memory before and after.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use serde_json::json;
 
 use crate::exit::{CliError, ResultExt};
 
+use super::children::{spawn_cloud, Reaper};
 use super::{write_json, Context};
 
 /// Load test: N synthetic edges uploading to one cloud for a bounded time (loopback only).
@@ -107,42 +107,16 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let dev_file = tmp.path().join("devices.txt");
     let listing: String = devices.iter().map(|(d, t)| format!("{d} {t}\n")).collect();
     std::fs::write(&dev_file, listing).context("devices file")?;
-    let mut child = Command::new(&exe)
-        .args([
-            "-q",
-            "cloud",
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            &args.workers.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(tmp.path().join("cloud"))
-        .arg("--devices-file")
-        .arg(&dev_file)
-        .arg("--edge")
-        .arg(&args.edge)
-        .arg("--foundation")
-        .arg(&args.foundation)
-        .args(["--max-queued", "8"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting `cema cloud`")?;
-    let pid = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .context("reading the cloud's address")?;
-    let addr = serde_json::from_str::<serde_json::Value>(&line)
-        .ok()
-        .and_then(|v| v["listening"].as_str().map(String::from));
-    let Some(addr) = addr else {
-        let _ = child.kill();
-        return Err(CliError::failed(anyhow::anyhow!(
-            "the cloud did not start ({line:?})"
-        )));
-    };
-    let url = format!("http://{addr}");
+    let mut reaper = Reaper::default();
+    let mut cloud_args: Vec<std::ffi::OsString> =
+        vec!["--workers".into(), args.workers.to_string().into()];
+    cloud_args.extend(["--data-dir".into(), tmp.path().join("cloud").into()]);
+    cloud_args.extend(["--devices-file".into(), dev_file.into()]);
+    cloud_args.extend(["--edge".into(), args.edge.clone().into()]);
+    cloud_args.extend(["--foundation".into(), args.foundation.clone().into()]);
+    cloud_args.extend(["--max-queued".into(), "8".into()]);
+    let (url, pid) =
+        spawn_cloud(exe.as_os_str(), cloud_args, &mut reaper).map_err(CliError::failed)?;
     let rss_idle = rss_kib(pid);
 
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -152,7 +126,6 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     for (k, (d, t)) in devices.iter().enumerate() {
         let client = CloudClient::new(&url, d, t, Duration::from_secs(15));
         if let Err(e) = client.open_session(&state) {
-            let _ = child.kill();
             return Err(CliError::failed(anyhow::anyhow!("{d}: {e}")));
         }
         // Downlink: time each version's arrival.
@@ -231,19 +204,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     std::thread::sleep(Duration::from_secs(5));
     let rss_end = rss_kib(pid);
     stop.store(true, Ordering::Release);
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    reaper.terminate(Duration::from_secs(10));
     for th in threads {
         let _ = th.join();
     }

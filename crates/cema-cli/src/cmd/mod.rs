@@ -18,6 +18,7 @@ use std::path::Path;
 use crate::exit::{CliError, ResultExt};
 
 pub mod bench;
+mod children;
 pub mod cloud;
 pub mod corrupt;
 pub mod demo;
