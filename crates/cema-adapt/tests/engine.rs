@@ -77,6 +77,59 @@ fn edge_predicts_with_running_statistics_and_changes_nothing() {
 }
 
 #[test]
+fn a_tracking_edge_moves_only_its_statistics_and_takes_only_affine_from_the_cloud() {
+    let mut model = tiny_edge(3);
+    sharpen(&mut model, 20.0);
+    let px = images(0, 64);
+    let expected = model.clone().predict(&px, 64, NormMode::Running).unwrap();
+    let before = model.state_dict();
+    let cfg = EdgeConfig {
+        init_stats: false,
+        track_stats: Some(0.1),
+        ..EdgeConfig::default()
+    };
+    let mut edge = EdgeAdapter::new(model, "tiny", 0, cfg);
+    let b = edge.process(&px, 64).unwrap();
+    assert_eq!(
+        b.predictions, expected,
+        "predictions come from the statistics before the batch"
+    );
+    assert_only(edge.model(), &before, |k| k.is_buffer());
+    assert!(kind_changed(edge.model(), &before, Kind::RunningMean));
+    assert!(kind_changed(edge.model(), &before, Kind::RunningVar));
+
+    let mut cloud = CloudAdapter::new(
+        tiny_foundation(1),
+        tiny_edge(3),
+        "tiny",
+        0,
+        CloudConfig {
+            batch: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    cloud.sync_student_stats(&edge.norm_state()).unwrap();
+    assert_eq!(
+        cloud.student().state_dict()["bn1.running_mean"],
+        edge.model().state_dict()["bn1.running_mean"],
+        "shared statistics reach the student"
+    );
+    cloud.receive(&images(0, 8), 8).unwrap();
+    let update = cloud.step().unwrap().unwrap();
+    let mine = edge.model().state_dict();
+    edge.apply_update(&update).unwrap();
+    let after = edge.model().state_dict();
+    for (name, t) in &after {
+        if name.ends_with("running_mean") || name.ends_with("running_var") {
+            assert_eq!(*t, mine[name], "{name}: the edge keeps its own statistics");
+        } else if update.tensors.contains_key(name) {
+            assert_eq!(*t, update.tensors[name], "{name}: affine from the cloud");
+        }
+    }
+}
+
+#[test]
 fn apply_update_rejects_wrong_model_stale_version_and_nan_keeping_the_old_state() {
     let mut edge = EdgeAdapter::new(tiny_edge(3), "tiny", 2, EdgeConfig::default());
     let mut cloud = CloudAdapter::new(
