@@ -20,7 +20,8 @@ pub struct MethodBatch {
     /// Samples the method's selection criteria kept: the uploads for CEMA and random upload,
     /// every sample for the foundation, the samples EATA's filters pass into its loss, 0 for
     /// methods that select nothing (Source, BN-adapt, Tent).
-    pub selected: usize,
+    /// Indices into the batch of those samples.
+    pub selected: Vec<usize>,
     /// Uplink bytes (u8 pixels of the uploaded samples, headers aside).
     pub bytes_up: u64,
     /// Downlink bytes (serialised norm states received; predictions are not counted).
@@ -35,7 +36,7 @@ impl MethodBatch {
         MethodBatch {
             predictions,
             uploaded: 0,
-            selected: 0,
+            selected: Vec::new(),
             bytes_up: 0,
             bytes_down: 0,
             updated,
@@ -120,7 +121,7 @@ impl Method for Foundation {
     fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
         Ok(MethodBatch {
             uploaded: n,
-            selected: n,
+            selected: (0..n).collect(),
             bytes_up: pixels.len() as u64,
             ..MethodBatch::local(self.model.predict(pixels, n, NormMode::Running)?, false)
         })
@@ -251,14 +252,15 @@ impl Method for Eata {
                 weighted_entropy(l, &w)
             });
         let predictions = argmax(&host_logits(out.logits), &self.model);
-        let kept = selection.map_or(0, |s| s.kept.len());
-        if kept > 0 {
+        let kept = selection.map_or_else(Vec::new, |s| s.kept);
+        if !kept.is_empty() {
             self.sgd
                 .step(self.model.net.store_mut(), out.grads, self.config.lr);
         }
+        let updated = !kept.is_empty();
         Ok(MethodBatch {
             selected: kept,
-            ..MethodBatch::local(predictions, kept > 0)
+            ..MethodBatch::local(predictions, updated)
         })
     }
     fn model(&self) -> &Model {
@@ -326,7 +328,8 @@ impl Method for Cema {
         }
         let uploaded = batch.upload.len();
         if uploaded > 0 && self.share_stats {
-            let state = self.edge.norm_state();
+            // Counted as uplink in full (γ and β too): an upper bound on what sharing costs.
+            let state = self.edge.export_norm_state();
             self.cloud.sync_student_stats(&state)?;
         }
         if uploaded > 0 {
@@ -342,7 +345,7 @@ impl Method for Cema {
         Ok(MethodBatch {
             predictions: batch.predictions,
             uploaded,
-            selected: uploaded,
+            selected: batch.upload,
             bytes_up: after.bytes_up - before.bytes_up,
             bytes_down: after.bytes_down - before.bytes_down,
             updated,

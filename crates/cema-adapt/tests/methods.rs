@@ -142,7 +142,7 @@ fn foundation_predicts_with_running_statistics_and_uploads_everything() {
     assert_eq!(f.name(), "foundation");
     let out = f.process(&images(0, 32), 32).unwrap();
     assert_eq!(out.uploaded, 32);
-    assert_eq!(out.selected, 32);
+    assert_eq!(out.selected, (0..32).collect::<Vec<_>>());
     assert_eq!(out.bytes_up, (32 * IMAGE) as u64);
     assert_eq!(out.bytes_down, 0);
     assert!(!out.updated);
@@ -200,7 +200,7 @@ fn random_upload_uploads_at_its_rate_through_the_cema_wiring() {
         let out = r.process(&images(b * 32, 32), 32).unwrap();
         assert_eq!(out.predictions.len(), 32);
         assert_eq!(out.uploaded, 8, "0.25 · 32");
-        assert_eq!(out.selected, out.uploaded);
+        assert_eq!(out.selected.len(), out.uploaded);
         uploaded += out.uploaded;
         updates += out.updated as u64;
         bytes_up += out.bytes_up;

@@ -132,6 +132,12 @@ fn bench_writes_results_csv_and_manifest() {
     assert_eq!(methods["source"]["upload_fraction"].as_f64(), Some(0.0));
     assert_eq!(methods["bn_adapt"]["upload_fraction"].as_f64(), Some(0.0));
     assert_eq!(methods["foundation"]["upload_fraction"].as_f64(), Some(1.0));
+    // The foundation selects everything: its accuracy on what it selected is its accuracy.
+    let f = &methods["foundation"]["corruptions"]["fog"];
+    assert_eq!(f["selected_accuracy"], f["accuracy"]);
+    assert!(methods["source"]["selected_accuracy"].is_null());
+    let sel = methods["cema"]["selected_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&sel), "{sel}");
     assert_eq!(
         methods["foundation"]["corruptions"]["fog"]["bytes_up"].as_u64(),
         Some(64 * 28 * 28)
@@ -279,6 +285,15 @@ fn bench_bad_inputs_are_usage_errors() {
     let o = cema(&["bench", "--methods", "random_upload"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--random-rate"), "{}", stderr(&o));
+
+    for bad in ["0", "1.5", "NaN"] {
+        let o = cema(&["bench", "--methods", "cema", "--cema-track-stats", bad]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--cema-track-stats"), "{}", stderr(&o));
+    }
+    let o = cema(&["bench", "--methods", "cema", "--cema-share-stats"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--cema-track-stats"), "{}", stderr(&o));
 }
 
 #[test]

@@ -310,4 +310,15 @@ fn cloud_and_edge_usage_errors_exit_2_naming_the_flag() {
     let o = cema(&["edge", "--device", "a", "--token", "b", "--severity", "9"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--severity"), "{}", stderr(&o));
+    let o = cema(&[
+        "edge",
+        "--device",
+        "a",
+        "--token",
+        "b",
+        "--track-stats",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--track-stats"), "{}", stderr(&o));
 }

@@ -192,7 +192,7 @@ pub struct Args {
     /// `EdgeConfig::track_stats`); also used by random_upload.
     #[arg(long)]
     cema_track_stats: Option<f32>,
-    /// With --cema-track-stats: the edge's statistics travel with its uploads and the student
+    /// With --cema-track-stats (in-process only for now): the edge's statistics travel with its uploads and the student
     /// normalises with them.
     #[arg(long)]
     cema_share_stats: bool,
@@ -208,6 +208,8 @@ struct StreamResult {
     correct: usize,
     uploaded: usize,
     selected: usize,
+    /// Selected samples the method itself predicted correctly.
+    selected_correct: usize,
     bytes_up: u64,
     bytes_down: u64,
     updates: u64,
@@ -223,12 +225,18 @@ impl StreamResult {
     fn upload_fraction(&self) -> f64 {
         self.selected as f64 / self.images.max(1) as f64
     }
+    /// The method's own accuracy on the samples it selected (none selected: `None`): how much
+    /// of what it uploads it already gets right, i.e. how little a teacher can correct there.
+    fn selected_accuracy(&self) -> Option<f64> {
+        (self.selected > 0).then(|| self.selected_correct as f64 / self.selected as f64)
+    }
     fn to_json(&self, severity: u8) -> Value {
         json!({
             "accuracy": self.accuracy(),
             "upload_fraction": self.upload_fraction(),
             "uploaded": self.uploaded,
             "selected": self.selected,
+            "selected_accuracy": self.selected_accuracy(),
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "updates": self.updates,
@@ -423,16 +431,22 @@ fn run_stream(
             method.name(),
             out.predictions.len()
         );
+        let labels = &set.labels[start..start + n];
         let correct = out
             .predictions
             .iter()
-            .zip(&set.labels[start..start + n])
+            .zip(labels)
             .filter(|(p, l)| p == l)
+            .count();
+        r.selected_correct += out
+            .selected
+            .iter()
+            .filter(|&&i| out.predictions[i] == labels[i])
             .count();
         r.correct += correct;
         r.batch_correct.push(correct as u32);
         r.uploaded += out.uploaded;
-        r.selected += out.selected;
+        r.selected += out.selected.len();
         r.bytes_up += out.bytes_up;
         r.bytes_down += out.bytes_down;
         r.updates += u64::from(out.updated);
@@ -474,6 +488,12 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     }
     if args.limit == Some(0) {
         return Err(CliError::usage(anyhow::anyhow!("--limit must be positive")));
+    }
+    super::check_momentum(args.cema_track_stats, "--cema-track-stats")?;
+    if args.cema_share_stats && args.cema_track_stats.is_none() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--cema-share-stats shares the statistics that --cema-track-stats tracks: add it"
+        )));
     }
     if let Some(r) = args.random_rate {
         if !(0.0..=1.0).contains(&r) {
@@ -633,6 +653,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         for ((_, s, key), r) in streams.iter().zip(rs) {
             per.insert(key.clone(), r.to_json(*s));
         }
+        let selected: usize = rs.iter().map(|r| r.selected).sum();
+        let selected_correct: usize = rs.iter().map(|r| r.selected_correct).sum();
+        let selected_accuracy = (selected > 0).then(|| selected_correct as f64 / selected as f64);
         by_method.insert(
             m.key().to_string(),
             json!({
@@ -640,6 +663,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
                 "upload_fraction": rs.iter().map(StreamResult::upload_fraction).sum::<f64>() / k,
                 "uploaded": rs.iter().map(|r| r.uploaded).sum::<usize>(),
                 "selected": rs.iter().map(|r| r.selected).sum::<usize>(),
+                "selected_accuracy": selected_accuracy,
                 "bytes_up": rs.iter().map(|r| r.bytes_up).sum::<u64>(),
                 "bytes_down": rs.iter().map(|r| r.bytes_down).sum::<u64>(),
                 "updates": rs.iter().map(|r| r.updates).sum::<u64>(),
@@ -741,6 +765,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         },
         "online_accuracy": "predictions each method returned for a batch, made before any update that batch triggered",
         "upload_fraction": "selected / images: uploads for cema, random_upload and foundation; the samples EATA's filters pass; 0 for source, bn_adapt, tent",
+        "selected_accuracy": "the method's own online accuracy on the samples it selected (null when none): what is left for a teacher to correct there",
         "seconds": seconds,
     });
     write_json(&args.out.join("manifest.json"), &manifest, "--out")?;

@@ -76,6 +76,10 @@ pub struct Args {
     /// The edge's selection switches (as `cema bench --cema-preset`).
     #[arg(long, default_value = "paper")]
     pub preset: String,
+    /// Follow the stream's normalization statistics forward-only with this momentum in (0, 1];
+    /// cloud updates then set only γ and β (as `cema bench --cema-track-stats`).
+    #[arg(long)]
+    pub track_stats: Option<f32>,
     /// Write the final report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -111,6 +115,10 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
                 "--preset {p}: expected paper or released"
             )))
         }
+    };
+    let selection = EdgeConfig {
+        track_stats: super::check_momentum(args.track_stats, "--track-stats")?,
+        ..selection
     };
     if !(1..=5).contains(&args.severity) {
         return Err(CliError::usage(anyhow::anyhow!(

@@ -176,6 +176,16 @@ pub fn shell_line(argv: &[String]) -> String {
         .join(" ")
 }
 
+/// A statistics momentum from the command line: in (0, 1], or a usage error naming the flag.
+pub(crate) fn check_momentum(m: Option<f32>, flag: &str) -> Result<Option<f32>, CliError> {
+    match m {
+        Some(v) if !(v > 0.0 && v <= 1.0) => Err(CliError::usage(anyhow::anyhow!(
+            "{flag} {v}: expected a momentum in (0, 1]"
+        ))),
+        _ => Ok(m),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
