@@ -17,10 +17,9 @@ pub struct MethodBatch {
     pub predictions: Vec<u32>,
     /// Samples sent to the cloud (0 for edge-only methods).
     pub uploaded: usize,
-    /// Samples the method's selection criteria kept: the uploads for CEMA and random upload,
-    /// every sample for the foundation, the samples EATA's filters pass into its loss, 0 for
-    /// methods that select nothing (Source, BN-adapt, Tent).
-    /// Indices into the batch of those samples.
+    /// Indices into the batch of the samples the method's selection criteria kept: the uploads
+    /// for CEMA and random upload, every sample for the foundation, the samples EATA's filters
+    /// pass into its loss, none for methods that select nothing (Source, BN-adapt, Tent).
     pub selected: Vec<usize>,
     /// Uplink bytes (u8 pixels of the uploaded samples, headers aside).
     pub bytes_up: u64,
@@ -28,6 +27,9 @@ pub struct MethodBatch {
     pub bytes_down: u64,
     /// Whether the predicting model's parameters changed after this batch.
     pub updated: bool,
+    /// Seconds the cloud side spent on this batch (receiving and its round); 0 for edge-only
+    /// methods. The rest of the batch's time is the edge's.
+    pub cloud_seconds: f64,
 }
 
 impl MethodBatch {
@@ -40,6 +42,7 @@ impl MethodBatch {
             bytes_up: 0,
             bytes_down: 0,
             updated,
+            cloud_seconds: 0.0,
         }
     }
 }
@@ -332,12 +335,15 @@ impl Method for Cema {
             let state = self.edge.export_norm_state();
             self.cloud.sync_student_stats(&state)?;
         }
+        let t0 = std::time::Instant::now();
         if uploaded > 0 {
             self.cloud
                 .receive(&gather(pixels, n, &batch.upload), uploaded)?;
         }
+        let published = self.cloud.step()?;
+        let cloud_seconds = t0.elapsed().as_secs_f64();
         let mut updated = false;
-        if let Some(state) = self.cloud.step()? {
+        if let Some(state) = published {
             self.edge.apply_update(&state)?;
             updated = true;
         }
@@ -349,6 +355,7 @@ impl Method for Cema {
             bytes_up: after.bytes_up - before.bytes_up,
             bytes_down: after.bytes_down - before.bytes_down,
             updated,
+            cloud_seconds,
         })
     }
     fn model(&self) -> &Model {

@@ -214,6 +214,8 @@ struct StreamResult {
     bytes_down: u64,
     updates: u64,
     seconds: f64,
+    /// Of `seconds`, the cloud side's (CEMA and random upload).
+    cloud_seconds: f64,
     /// Correct predictions per batch, in stream order (the continual plot's curve).
     batch_correct: Vec<u32>,
 }
@@ -241,6 +243,10 @@ impl StreamResult {
             "bytes_down": self.bytes_down,
             "updates": self.updates,
             "seconds": self.seconds,
+            "cloud_seconds": self.cloud_seconds,
+            "edge_images_per_s": self.images as f64 / (self.seconds - self.cloud_seconds).max(1e-9),
+            "cloud_samples_per_s": (self.cloud_seconds > 0.0)
+                .then(|| self.uploaded as f64 / self.cloud_seconds),
             "images": self.images,
             "severity": severity,
             "batch_correct": self.batch_correct,
@@ -450,6 +456,7 @@ fn run_stream(
         r.bytes_up += out.bytes_up;
         r.bytes_down += out.bytes_down;
         r.updates += u64::from(out.updated);
+        r.cloud_seconds += out.cloud_seconds;
         progress.inc(n as u64);
     }
     r.seconds = t0.elapsed().as_secs_f64();
@@ -656,18 +663,25 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         let selected: usize = rs.iter().map(|r| r.selected).sum();
         let selected_correct: usize = rs.iter().map(|r| r.selected_correct).sum();
         let selected_accuracy = (selected > 0).then(|| selected_correct as f64 / selected as f64);
+        let seconds: f64 = rs.iter().map(|r| r.seconds).sum();
+        let cloud_seconds: f64 = rs.iter().map(|r| r.cloud_seconds).sum();
+        let images: usize = rs.iter().map(|r| r.images).sum();
+        let uploaded: usize = rs.iter().map(|r| r.uploaded).sum();
         by_method.insert(
             m.key().to_string(),
             json!({
                 "avg_accuracy": rs.iter().map(StreamResult::accuracy).sum::<f64>() / k,
                 "upload_fraction": rs.iter().map(StreamResult::upload_fraction).sum::<f64>() / k,
-                "uploaded": rs.iter().map(|r| r.uploaded).sum::<usize>(),
+                "uploaded": uploaded,
                 "selected": rs.iter().map(|r| r.selected).sum::<usize>(),
                 "selected_accuracy": selected_accuracy,
                 "bytes_up": rs.iter().map(|r| r.bytes_up).sum::<u64>(),
                 "bytes_down": rs.iter().map(|r| r.bytes_down).sum::<u64>(),
                 "updates": rs.iter().map(|r| r.updates).sum::<u64>(),
-                "seconds": rs.iter().map(|r| r.seconds).sum::<f64>(),
+                "seconds": seconds,
+                "cloud_seconds": cloud_seconds,
+                "edge_images_per_s": images as f64 / (seconds - cloud_seconds).max(1e-9),
+                "cloud_samples_per_s": (cloud_seconds > 0.0).then(|| uploaded as f64 / cloud_seconds),
                 "corruptions": per,
             }),
         );
@@ -765,6 +779,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         },
         "online_accuracy": "predictions each method returned for a batch, made before any update that batch triggered",
         "upload_fraction": "selected / images: uploads for cema, random_upload and foundation; the samples EATA's filters pass; 0 for source, bn_adapt, tent",
+        "edge_images_per_s": "images / (seconds - cloud_seconds): the edge side's throughput, predicting and selecting (and for tent and eata their backward pass)",
+        "cloud_samples_per_s": "uploaded samples / cloud_seconds: how many uploads per second one cloud session absorbs, its rounds (foundation step, distillation with replay) included",
         "selected_accuracy": "the method's own online accuracy on the samples it selected (null when none): what is left for a teacher to correct there",
         "seconds": seconds,
     });
