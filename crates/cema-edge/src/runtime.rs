@@ -157,9 +157,17 @@ pub fn run_stream(
             Some(Downlink::start(client.clone(), installed.clone())),
         )
     };
-    let mut sync = options
-        .sync
-        .then(|| SyncLink::new(client.clone(), &model_id, &i));
+    // A synchronous upload waits for its round, which a loaded cloud may take far longer than a
+    // heartbeat interval to run: only a hung cloud should time it out.
+    let mut sync = options.sync.then(|| {
+        let patient = CloudClient::new(
+            &options.cloud,
+            &options.device,
+            &options.token,
+            Duration::from_secs(300),
+        );
+        SyncLink::new(patient, &model_id, &i)
+    });
     let mut report = EdgeReport {
         device: options.device.clone(),
         source_correct: source.as_ref().map(|_| 0),
