@@ -192,12 +192,7 @@ impl CloudAdapter {
     /// statistics from its first test batch), keeping the version: the student mirrors the edge.
     /// Validated all-or-nothing like an edge update.
     pub fn sync_student(&mut self, state: &NormState) -> Result<(), AdaptError> {
-        if state.model_id != self.model_id {
-            return Err(AdaptError::WrongModel {
-                expected: self.model_id.clone(),
-                found: state.model_id.clone(),
-            });
-        }
+        self.check_model(state)?;
         self.student.apply_norm_state(state)?;
         Ok(())
     }
@@ -205,13 +200,18 @@ impl CloudAdapter {
     /// Installs the edge's running statistics into the student, keeping its γ and β (an edge
     /// that tracks its own statistics sends them with its uploads).
     pub fn sync_student_stats(&mut self, state: &NormState) -> Result<(), AdaptError> {
+        self.check_model(state)?;
+        self.student.apply_norm_stats(state)?;
+        Ok(())
+    }
+
+    fn check_model(&self, state: &NormState) -> Result<(), AdaptError> {
         if state.model_id != self.model_id {
             return Err(AdaptError::WrongModel {
                 expected: self.model_id.clone(),
                 found: state.model_id.clone(),
             });
         }
-        self.student.apply_norm_stats(state)?;
         Ok(())
     }
 

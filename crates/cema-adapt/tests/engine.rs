@@ -6,6 +6,15 @@ use cema_adapt::{AdaptError, CloudAdapter, CloudConfig, EdgeAdapter, EdgeConfig}
 use cema_model::{Kind, NormMode};
 use common::*;
 
+/// A cloud over the tiny models with B = 8, its student a copy of `tiny_edge(3)`.
+fn cloud_b8(version: u64) -> CloudAdapter {
+    let cfg = CloudConfig {
+        batch: 8,
+        ..Default::default()
+    };
+    CloudAdapter::new(tiny_foundation(1), tiny_edge(3), "tiny", version, cfg).unwrap()
+}
+
 #[test]
 fn a_cloud_round_moves_only_norm_affine_and_running_statistics_and_bumps_the_version() {
     let cfg = CloudConfig {
@@ -98,17 +107,7 @@ fn a_tracking_edge_moves_only_its_statistics_and_takes_only_affine_from_the_clou
     assert!(kind_changed(edge.model(), &before, Kind::RunningMean));
     assert!(kind_changed(edge.model(), &before, Kind::RunningVar));
 
-    let mut cloud = CloudAdapter::new(
-        tiny_foundation(1),
-        tiny_edge(3),
-        "tiny",
-        0,
-        CloudConfig {
-            batch: 8,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut cloud = cloud_b8(0);
     cloud.sync_student_stats(&edge.norm_state()).unwrap();
     assert_eq!(
         cloud.student().state_dict()["bn1.running_mean"],
@@ -132,17 +131,7 @@ fn a_tracking_edge_moves_only_its_statistics_and_takes_only_affine_from_the_clou
 #[test]
 fn apply_update_rejects_wrong_model_stale_version_and_nan_keeping_the_old_state() {
     let mut edge = EdgeAdapter::new(tiny_edge(3), "tiny", 2, EdgeConfig::default());
-    let mut cloud = CloudAdapter::new(
-        tiny_foundation(1),
-        tiny_edge(3),
-        "tiny",
-        2,
-        CloudConfig {
-            batch: 8,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let mut cloud = cloud_b8(2);
     cloud.receive(&images(0, 8), 8).unwrap();
     let good = cloud.step().unwrap().unwrap();
     assert_eq!(good.version, 3);

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::arch::Arch;
 use crate::error::{ModelError, Result};
 use crate::resnet::ResNet;
+use crate::store::Store;
 use crate::tensors::{self, first_non_finite, HostTensor, NamedTensors};
 
 /// Input geometry and normalisation: pixels are scaled to [0,1], then `(x − mean[c]) / std[c]`.
@@ -238,6 +239,26 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Copies `tensors` into `net`. With `partial`, only names present are loaded (norm states);
 /// otherwise every tensor of the architecture must be there and nothing else may be.
+/// `t` may replace store entry `i`: same shape, finite values.
+pub(crate) fn check_tensor(store: &Store, i: usize, t: &HostTensor, source: &str) -> Result<()> {
+    if t.shape != store.shape(i) {
+        return Err(ModelError::ShapeMismatch {
+            source_name: source.into(),
+            name: store.name(i).into(),
+            expected: store.shape(i).to_vec(),
+            found: t.shape.clone(),
+        });
+    }
+    if let Some(index) = first_non_finite(t) {
+        return Err(ModelError::NonFinite {
+            source_name: source.into(),
+            name: store.name(i).into(),
+            index,
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn load_into(
     net: &mut ResNet,
     tensors: &NamedTensors,
@@ -259,21 +280,7 @@ pub(crate) fn load_into(
                 })
             }
             Some(t) => {
-                if t.shape != store.shape(i) {
-                    return Err(ModelError::ShapeMismatch {
-                        source_name: source.into(),
-                        name: name.into(),
-                        expected: store.shape(i).to_vec(),
-                        found: t.shape.clone(),
-                    });
-                }
-                if let Some(index) = first_non_finite(t) {
-                    return Err(ModelError::NonFinite {
-                        source_name: source.into(),
-                        name: name.into(),
-                        index,
-                    });
-                }
+                check_tensor(store, i, t, source)?;
                 updates.push((i, t.data.clone()));
             }
         }

@@ -100,21 +100,7 @@ impl Model {
         let s = self.net.store();
         for (name, t) in &state.tensors {
             let i = s.index_of(name).expect("names checked");
-            if t.shape != s.shape(i) {
-                return Err(ModelError::ShapeMismatch {
-                    source_name: source.into(),
-                    name: name.clone(),
-                    expected: s.shape(i).to_vec(),
-                    found: t.shape.clone(),
-                });
-            }
-            if let Some(index) = crate::tensors::first_non_finite(t) {
-                return Err(ModelError::NonFinite {
-                    source_name: source.into(),
-                    name: name.clone(),
-                    index,
-                });
-            }
+            crate::checkpoint::check_tensor(s, i, t, source)?;
         }
         Ok(())
     }
