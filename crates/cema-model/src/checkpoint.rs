@@ -114,6 +114,11 @@ impl ModelCard {
 pub struct Model {
     pub net: ResNet,
     pub card: ModelCard,
+    /// The BatchNorm-folded inference net ([`crate::FoldedNet`]) for eval-mode logits, with the
+    /// weight-store generation and input spec it was folded from; `None` until first used.
+    folded: Option<(u64, InputSpec, std::sync::Arc<crate::FoldedNet>)>,
+    /// Eval-mode logits through the folded net (default) or burn's generic forward.
+    fold_inference: bool,
 }
 
 /// `models/edge.safetensors` → `models/edge.json`.
@@ -137,6 +142,40 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 impl Model {
+    /// A network and its card (the card is trusted to describe the network).
+    pub fn new(net: ResNet, card: ModelCard) -> Model {
+        Model {
+            net,
+            card,
+            folded: None,
+            fold_inference: true,
+        }
+    }
+
+    /// Chooses how eval-mode logits are computed: through the BatchNorm-folded net (`true`, the
+    /// default) or burn's generic forward (`false`; for comparisons and debugging).
+    pub fn set_fold_inference(&mut self, on: bool) {
+        self.fold_inference = on;
+    }
+
+    pub(crate) fn fold_inference_enabled(&self) -> bool {
+        self.fold_inference
+    }
+
+    /// The folded net for the current weights and norm state, refolded if either has changed
+    /// since the last call; `None` when the net cannot be folded (see [`ResNet::fold`]).
+    pub fn folded(&mut self) -> Option<std::sync::Arc<crate::FoldedNet>> {
+        let generation = self.net.store().generation();
+        match &self.folded {
+            Some((g, input, f)) if *g == generation && *input == self.card.input => Some(f.clone()),
+            _ => {
+                let f = std::sync::Arc::new(self.net.fold(&self.card.input)?);
+                self.folded = Some((generation, self.card.input.clone(), f.clone()));
+                Some(f)
+            }
+        }
+    }
+
     /// Loads `<path>` (safetensors or .pth) and its card `<path>.json`, validating every tensor.
     pub fn load(path: &Path, device: &Device) -> Result<Model> {
         let card_file = card_path(path);
@@ -176,7 +215,7 @@ impl Model {
     ) -> Result<Model> {
         let mut net = ResNet::new(&card.architecture, device, 0).map_err(ModelError::Arch)?;
         load_into(&mut net, tensors, source, false)?;
-        Ok(Model { net, card })
+        Ok(Model::new(net, card))
     }
 
     /// A freshly initialised model (for training).
@@ -186,7 +225,7 @@ impl Model {
             reason,
         })?;
         let net = ResNet::new(&card.architecture, device, seed).map_err(ModelError::Arch)?;
-        Ok(Model { net, card })
+        Ok(Model::new(net, card))
     }
 
     /// All weights and statistics by PyTorch name.

@@ -4,14 +4,23 @@ use cema_data::ImageSet;
 
 use crate::checkpoint::Model;
 use crate::error::{ModelError, Result};
-use crate::input::to_input;
+use crate::input::{check_pixels, to_input};
 use crate::norm::NormMode;
 use crate::step::argmax_rows;
 use crate::store::tensor_to_vec;
 
 impl Model {
     /// Logits (row-major `n × classes`) for `n` u8 images, no gradient, no state change.
+    ///
+    /// Eval mode (`Running`) goes through the BatchNorm-folded net unless
+    /// [`Model::set_fold_inference`] turned it off.
     pub fn logits(&mut self, pixels: &[u8], n: usize, mode: NormMode) -> Result<Vec<f32>> {
+        if mode == NormMode::Running && self.fold_inference_enabled() {
+            check_pixels(&self.card.input, pixels, n)?;
+            if let Some(f) = self.folded() {
+                return Ok(f.logits(pixels, n));
+            }
+        }
         let x = to_input(&self.card.input, pixels, n, self.net.device())?;
         Ok(tensor_to_vec(self.net.forward(x, mode, false)))
     }

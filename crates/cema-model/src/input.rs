@@ -7,15 +7,9 @@ use crate::error::{ModelError, Result};
 
 /// Converts `n` images of `spec`'s geometry to a normalised NCHW tensor.
 pub fn to_input(spec: &InputSpec, pixels: &[u8], n: usize, device: &Device) -> Result<Tensor<4>> {
+    check_pixels(spec, pixels, n)?;
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let per = h * w * c;
-    if pixels.len() != n * per {
-        return Err(ModelError::Input(format!(
-            "{} bytes for {n} images of {h}×{w}×{c} (expected {})",
-            pixels.len(),
-            n * per
-        )));
-    }
     let mut out = vec![0f32; pixels.len()];
     let scale: Vec<f32> = spec.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
     let shift: Vec<f32> = spec
@@ -38,4 +32,17 @@ pub fn to_input(spec: &InputSpec, pixels: &[u8], n: usize, device: &Device) -> R
         TensorData::new(out, [n, c, h, w]),
         device,
     ))
+}
+
+/// `pixels` must hold exactly `n` images of `spec`'s geometry.
+pub(crate) fn check_pixels(spec: &InputSpec, pixels: &[u8], n: usize) -> Result<()> {
+    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    if pixels.len() != n * h * w * c {
+        return Err(ModelError::Input(format!(
+            "{} bytes for {n} images of {h}×{w}×{c} (expected {})",
+            pixels.len(),
+            n * h * w * c
+        )));
+    }
+    Ok(())
 }

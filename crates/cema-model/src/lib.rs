@@ -18,6 +18,8 @@ mod arch;
 mod checkpoint;
 mod error;
 mod eval;
+mod folded;
+mod gemm;
 mod input;
 mod losses;
 mod norm;
@@ -36,6 +38,7 @@ pub use checkpoint::{
     FASHION_MNIST_STD,
 };
 pub use error::{ModelError, Result};
+pub use folded::FoldedNet;
 pub use input::to_input;
 pub use losses::{
     cema_distill_loss, entropy, entropy_margin, entropy_rows, mean_entropy, reliability_weights,

@@ -17,17 +17,17 @@ use crate::norm::{NormLayer, NormMode};
 use crate::store::{Kind, Store};
 
 #[derive(Debug, Clone)]
-struct Conv {
-    weight: usize,
-    stride: usize,
-    padding: usize,
+pub(crate) struct Conv {
+    pub(crate) weight: usize,
+    pub(crate) stride: usize,
+    pub(crate) padding: usize,
 }
 
 #[derive(Debug, Clone)]
-struct Block {
+pub(crate) struct Block {
     /// (conv, norm) pairs in order; ReLU after each but the last.
-    layers: Vec<(Conv, usize)>,
-    downsample: Option<(Conv, usize)>,
+    pub(crate) layers: Vec<(Conv, usize)>,
+    pub(crate) downsample: Option<(Conv, usize)>,
 }
 
 /// A ResNet: architecture, weights and norm layers.
@@ -35,12 +35,12 @@ struct Block {
 pub struct ResNet {
     arch: Arch,
     pub(crate) store: Store,
-    norms: Vec<NormLayer>,
-    stem: (Conv, usize),
-    max_pool: bool,
-    blocks: Vec<Block>,
-    fc_weight: usize,
-    fc_bias: usize,
+    pub(crate) norms: Vec<NormLayer>,
+    pub(crate) stem: (Conv, usize),
+    pub(crate) max_pool: bool,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) fc_weight: usize,
+    pub(crate) fc_bias: usize,
     /// Momentum of running-statistics updates (PyTorch convention); 1.0 replaces them outright.
     stats_momentum: f32,
 }

@@ -66,6 +66,15 @@ pub(crate) struct Entry {
 pub struct Store {
     pub(crate) entries: Vec<Entry>,
     pub(crate) device: Device,
+    /// Changes on every write, to a value no other store has had: caches derived from the
+    /// weights (the folded inference net) compare it to know they are stale.
+    generation: u64,
+}
+
+fn next_generation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Store {
@@ -73,6 +82,7 @@ impl Store {
         Store {
             entries: Vec::new(),
             device,
+            generation: next_generation(),
         }
     }
 
@@ -86,6 +96,7 @@ impl Store {
         debug_assert_eq!(values.len(), shape.iter().product::<usize>());
         let n = values.len();
         let value = Tensor::<1>::from_data(TensorData::new(values, [n]), &self.device);
+        self.generation = next_generation();
         self.entries.push(Entry {
             name,
             kind,
@@ -97,6 +108,11 @@ impl Store {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Identifies this store's current contents (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn len(&self) -> usize {
@@ -145,6 +161,7 @@ impl Store {
     }
 
     pub(crate) fn set(&mut self, i: usize, value: Tensor<1>) {
+        self.generation = next_generation();
         self.entries[i].value = value;
     }
 
@@ -162,6 +179,7 @@ impl Store {
             self.entries[i].name
         );
         let n = values.len();
+        self.generation = next_generation();
         self.entries[i].value = Tensor::<1>::from_data(TensorData::new(values, [n]), &self.device);
     }
 

@@ -1,0 +1,82 @@
+//! The one place cema calls a raw-pointer API: the `gemm` crate (faer's GEMM, with runtime
+//! dispatch to the vector width the CPU has: AVX-512, AVX2+FMA, NEON, …; burn's `flex` backend
+//! uses the same crate). A safe, length-checked wrapper, so the rest of the workspace keeps
+//! `unsafe_code` denied.
+#![allow(unsafe_code)]
+
+use gemm::Parallelism;
+
+/// `dst[m×n] += lhs[m×k] · rhs[k×n]`, every matrix row-major and contiguous. `threads > 1`
+/// lets the GEMM split its work over rayon's pool (for a single large product; callers that
+/// already run in parallel pass 1).
+pub(crate) fn gemm_acc(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    (m, k, n): (usize, usize, usize),
+    threads: usize,
+) {
+    assert_eq!(dst.len(), m * n, "gemm: dst is not {m}×{n}");
+    assert_eq!(lhs.len(), m * k, "gemm: lhs is not {m}×{k}");
+    assert_eq!(rhs.len(), k * n, "gemm: rhs is not {k}×{n}");
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let parallelism = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the three slices hold exactly m×n, m×k and k×n elements (asserted above) and the
+    // strides (column 1, row n / k / n) address row-major matrices inside them; `dst` is a unique
+    // borrow, so it aliases neither input. `gemm` computes dst = 1·dst + 1·lhs·rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gemm_acc;
+
+    #[test]
+    fn matches_the_textbook_product_and_accumulates() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut c = vec![1.0f32; m * n];
+        gemm_acc(&mut c, &a, &b, (m, k, n), 1);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = 1.0 + (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum::<f32>();
+                assert!((c[i * n + j] - want).abs() < 1e-5, "({i},{j})");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "lhs is not")]
+    fn rejects_a_short_operand() {
+        gemm_acc(&mut [0.0; 4], &[0.0; 3], &[0.0; 4], (2, 2, 2), 1);
+    }
+}
