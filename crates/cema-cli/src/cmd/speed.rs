@@ -1,106 +1,469 @@
-//! `cema speed`: images/s of the shipped models on this machine (forward and one TBR adaptation
-//! step), for side-by-side comparison with PyTorch (`bench/compare`).
+//! `cema speed`: throughput and peak memory of the workloads of the performance issue (#5) on this
+//! machine, and the logits of the shipped models on a fixed input, for a side-by-side comparison
+//! with PyTorch eager (`bench/compare`, whose PyTorch half is `bench/torch_speed.py`).
+//!
+//! Every workload times production entry points only: `Model::logits` for inference and the real
+//! `CloudAdapter` round for the cloud step. Throughput is `units per iteration / median iteration
+//! time` (robust to a loaded machine); the mean over the whole budget is reported beside it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cema_model::{cpu, cross_entropy, to_input, Model, NormMode, Sgd, SgdConfig, Trainable};
-use serde_json::{json, Value};
+use cema_adapt::{CloudAdapter, CloudConfig};
+use cema_model::{
+    cpu, cross_entropy, to_input, Arch, InputSpec, Model, ModelCard, NormMode, Sgd, SgdConfig,
+    Trainable,
+};
+use serde_json::{json, Map, Value};
 
 use super::{write_json, Context};
 use crate::exit::{CliError, ResultExt};
 
-/// Measure forward (eval mode) and norm-affine TBR adaptation-step throughput of checkpoints.
+/// What `cema speed` can time (one process may run several; `bench/compare` runs one per process
+/// so that each workload's peak memory is its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Edge model, eval mode (running statistics), batch 64: images/s.
+    #[value(name = "edge_b64")]
+    EdgeB64,
+    /// Edge model, eval mode, batch 1 (latency-bound): images/s.
+    #[value(name = "edge_b1")]
+    EdgeB1,
+    /// torchvision ResNet-18 layout, 224×224×3, 1000 classes, random weights, eval, batch 8.
+    #[value(name = "resnet18_224")]
+    Resnet18_224,
+    /// One CEMA cloud round (foundation entropy step on 32 new samples, distillation on 128).
+    #[value(name = "cloud_step")]
+    CloudStep,
+    /// Foundation model, eval mode, batch 64: images/s.
+    #[value(name = "foundation_b64")]
+    FoundationB64,
+    /// Foundation model, one norm-affine TBR step (cross-entropy, SGD momentum), batch 128.
+    #[value(name = "foundation_step")]
+    FoundationStep,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::EdgeB64 => "edge_b64",
+            Workload::EdgeB1 => "edge_b1",
+            Workload::Resnet18_224 => "resnet18_224",
+            Workload::CloudStep => "cloud_step",
+            Workload::FoundationB64 => "foundation_b64",
+            Workload::FoundationStep => "foundation_step",
+        }
+    }
+
+    fn needs_edge(self) -> bool {
+        matches!(
+            self,
+            Workload::EdgeB64 | Workload::EdgeB1 | Workload::CloudStep
+        )
+    }
+
+    fn needs_foundation(self) -> bool {
+        matches!(
+            self,
+            Workload::CloudStep | Workload::FoundationB64 | Workload::FoundationStep
+        )
+    }
+}
+
+/// The workloads timed when neither `--workload` nor `--logits` is given: the four of issue #5.
+const DEFAULT_WORKLOADS: [Workload; 4] = [
+    Workload::EdgeB64,
+    Workload::EdgeB1,
+    Workload::Resnet18_224,
+    Workload::CloudStep,
+];
+
+/// Images in the fixed input of `--logits`.
+const CHECK_IMAGES: usize = 64;
+/// Batch size of `resnet18_224`.
+const RESNET18_BATCH: usize = 8;
+/// Batch size of `foundation_step`.
+const STEP_BATCH: usize = 128;
+/// Images in the replay buffer the `cloud_step` session starts with (≥ `replay_min`).
+const CLOUD_REPLAY: usize = 1024;
+
+/// Time the workloads of the performance issue (and write the models' logits on a fixed input).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoints to measure.
+    /// Checkpoints: the edge model, then the foundation model (cloud_step's teacher and the
+    /// foundation_* workloads).
     #[arg(
         long,
         value_delimiter = ',',
+        value_name = "EDGE[,FOUNDATION]",
         default_value = "models/edge.safetensors,models/foundation.safetensors"
     )]
     models: Vec<PathBuf>,
-    /// Seconds per measurement (after two warm-up iterations).
+    /// Workloads to time, comma-separated, in this order (default: edge_b64, edge_b1,
+    /// resnet18_224, cloud_step; none when only --logits is given).
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    workload: Option<Vec<Workload>>,
+    /// Seconds per workload, after two warm-up iterations (at least 3 timed iterations).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Forward batch sizes.
-    #[arg(long, value_delimiter = ',', default_value = "64,1")]
-    forward_batches: Vec<usize>,
-    /// Batch size of the adaptation step.
-    #[arg(long, default_value_t = 128)]
-    step_batch: usize,
     /// Write the numbers as JSON here.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write the edge (and foundation) logits, eval mode, on the fixed 64-image input here
+    /// (pixel i of the flat NHWC u8 batch is ((i·2654435761) >> 7) mod 256): bench/compare's
+    /// numerical agreement check against PyTorch.
+    #[arg(long, value_name = "FILE")]
+    logits: Option<PathBuf>,
 }
 
-fn measure(seconds: f64, batch: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    f();
+/// The fixed u8 input: byte `i` of the flat NHWC batch is `((i · 2654435761) >> 7) mod 256` (u64
+/// arithmetic). `bench/torch_speed.py` builds the same bytes.
+fn check_pixels(bytes: usize) -> Vec<u8> {
+    (0..bytes as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect()
+}
+
+/// A `/proc/self/status` field in KiB (Linux; `None` elsewhere).
+fn proc_status_kib(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..]
+        .trim_start_matches(':')
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn mib(kib: Option<u64>) -> Value {
+    kib.map_or(Value::Null, |k| {
+        json!((k as f64 / 1024.0 * 10.0).round() / 10.0)
+    })
+}
+
+/// Resets the peak resident set size (VmHWM) to the current one (Linux ≥ 4.0).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+struct Timing {
+    iters: Vec<f64>,
+    total_s: f64,
+    rss_idle_kib: Option<u64>,
+    peak_rss_kib: Option<u64>,
+    peak_reset: bool,
+}
+
+/// Two warm-up calls, then calls until `seconds` have passed (at least three). The peak-RSS
+/// window opens here, after all setup (model loading), as in `bench/torch_speed.py`.
+fn measure(seconds: f64, mut f: impl FnMut() -> Result<(), CliError>) -> Result<Timing, CliError> {
+    let rss_idle_kib = proc_status_kib("VmRSS");
+    let peak_reset = reset_peak_rss();
+    f()?;
+    f()?;
     let budget = Duration::from_secs_f64(seconds);
     let t0 = Instant::now();
-    let mut n = 0usize;
-    while n < 3 || t0.elapsed() < budget {
-        f();
-        n += 1;
+    let mut iters = Vec::new();
+    while iters.len() < 3 || t0.elapsed() < budget {
+        let t = Instant::now();
+        f()?;
+        iters.push(t.elapsed().as_secs_f64());
     }
-    (n * batch) as f64 / t0.elapsed().as_secs_f64()
+    Ok(Timing {
+        iters,
+        total_s: t0.elapsed().as_secs_f64(),
+        rss_idle_kib,
+        peak_rss_kib: proc_status_kib("VmHWM"),
+        peak_reset,
+    })
+}
+
+fn report(w: Workload, what: &str, unit: &str, per_iter: usize, t: &Timing) -> Map<String, Value> {
+    let mut sorted = t.iters.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let n = t.iters.len();
+    let throughput = per_iter as f64 / median;
+    let mean = (n * per_iter) as f64 / t.total_s;
+    println!(
+        "{:<16} {throughput:>10.1} {unit}/s  (median {:>8.3} ms over {n} iterations, mean {mean:.1} {unit}/s)",
+        w.name(),
+        median * 1e3
+    );
+    let mut m = Map::new();
+    m.insert("what".into(), json!(what));
+    m.insert("unit".into(), json!(format!("{unit}/s")));
+    m.insert("per_iteration".into(), json!(per_iter));
+    m.insert("throughput".into(), json!(throughput));
+    m.insert("throughput_mean".into(), json!(mean));
+    m.insert("iterations".into(), json!(n));
+    m.insert("median_ms".into(), json!(median * 1e3));
+    m.insert("min_ms".into(), json!(sorted[0] * 1e3));
+    m.insert("rss_idle_mib".into(), mib(t.rss_idle_kib));
+    m.insert("peak_rss_mib".into(), mib(t.peak_rss_kib));
+    m.insert(
+        "peak_rss_scope".into(),
+        json!(if t.peak_reset {
+            "from just before warm-up to the end of this workload (VmHWM reset via /proc/self/clear_refs); includes everything resident, models and libraries"
+        } else {
+            "whole process (VmHWM could not be reset)"
+        }),
+    );
+    m
+}
+
+fn load(path: &Path, device: &cema_model::Device) -> Result<Model, CliError> {
+    Model::load(path, device).usage_err(format!("--models {}", path.display()))
 }
 
 pub fn run(args: Args, _ctx: &Context) -> Result<(), CliError> {
-    let device = cpu();
-    let mut results = serde_json::Map::new();
-    for path in &args.models {
-        let mut model =
-            Model::load(path, &device).usage_err(format!("--models {}", path.display()))?;
-        let spec = model.card.input.clone();
-        let per = spec.height * spec.width * spec.channels;
-        let max_b = args
-            .forward_batches
-            .iter()
-            .copied()
-            .chain([args.step_batch])
-            .max()
-            .unwrap_or(1);
-        // Deterministic pseudo-images; content does not change the cost.
-        let px: Vec<u8> = (0..max_b * per)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
-            .collect();
-        let labels: Vec<u32> = (0..args.step_batch as u32)
-            .map(|i| i % model.card.architecture.num_classes() as u32)
-            .collect();
-        let mut entry = serde_json::Map::new();
-        for &b in &args.forward_batches {
-            let ips = measure(args.seconds, b, || {
-                model
-                    .logits(&px[..b * per], b, NormMode::Running)
-                    .expect("forward");
-            });
-            entry.insert(format!("forward_b{b}"), json!(ips));
-            println!("{:<40} forward  b{b:<4} {ips:>9.1} img/s", path.display());
-        }
-        let b = args.step_batch;
-        let mut sgd = Sgd::new(SgdConfig::momentum(0.00025, 0.9));
-        let ips = measure(args.seconds, b, || {
-            let x = to_input(&spec, &px[..b * per], b, &device).expect("input");
-            let out = model
-                .net
-                .backward(x, NormMode::Tbr, true, Trainable::NormAffine, |l| {
-                    cross_entropy(l, &labels)
-                });
-            sgd.step(model.net.store_mut(), out.grads, 0.00025);
-        });
-        entry.insert(format!("tbr_step_b{b}"), json!(ips));
-        println!("{:<40} tbr step b{b:<4} {ips:>9.1} img/s", path.display());
-        let key = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        results.insert(key, Value::Object(entry));
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--seconds must be a positive number, got {}",
+            args.seconds
+        )));
     }
-    let v = json!({"engine": "cema (burn 0.22 flex)", "threads": rayon::current_num_threads(), "results": results});
+    if args.models.is_empty() || args.models.len() > 2 {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--models takes EDGE[,FOUNDATION] (one or two checkpoints), got {}",
+            args.models.len()
+        )));
+    }
+    let workloads = match (&args.workload, &args.logits) {
+        (Some(w), _) => w.clone(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => DEFAULT_WORKLOADS.to_vec(),
+    };
+    let device = cpu();
+    let need_edge = args.logits.is_some() || workloads.iter().any(|w| w.needs_edge());
+    let need_foundation = workloads.iter().any(|w| w.needs_foundation());
+    // Load (and so validate) every checkpoint before timing anything.
+    let edge = if need_edge {
+        Some(load(&args.models[0], &device)?)
+    } else {
+        None
+    };
+    let foundation_path = args.models.get(1);
+    if need_foundation && foundation_path.is_none() {
+        let w = workloads
+            .iter()
+            .find(|w| w.needs_foundation())
+            .expect("one");
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--workload {} needs the foundation checkpoint: --models EDGE,FOUNDATION",
+            w.name()
+        )));
+    }
+    let foundation = match foundation_path {
+        Some(p) if need_foundation || args.logits.is_some() => Some(load(p, &device)?),
+        _ => None,
+    };
+    if let Some(dir) = args.json.as_deref().map(super::parent_dir) {
+        super::ensure_writable_dir(dir, "--json")?;
+    }
+
+    if let Some(path) = &args.logits {
+        let mut models = Map::new();
+        for (name, model, file) in [
+            ("edge", edge.as_ref(), Some(&args.models[0])),
+            ("foundation", foundation.as_ref(), foundation_path),
+        ] {
+            let (Some(model), Some(file)) = (model, file) else {
+                continue;
+            };
+            let mut model = model.clone();
+            let i = &model.card.input;
+            let px = check_pixels(CHECK_IMAGES * i.height * i.width * i.channels);
+            let logits = model
+                .logits(&px, CHECK_IMAGES, NormMode::Running)
+                .run_err(format!("{name} logits"))?;
+            models.insert(
+                name.into(),
+                json!({
+                    "checkpoint": file,
+                    "sha256": model.card.sha256,
+                    "shape": [CHECK_IMAGES, model.card.architecture.num_classes()],
+                    "logits": logits,
+                }),
+            );
+        }
+        let v = json!({
+            "input": {
+                "images": CHECK_IMAGES,
+                "pixels": "byte i of the flat NHWC u8 batch = ((i * 2654435761) >> 7) mod 256 (u64)",
+                "normalisation": "x = u8 * (1 / (255 * std[c])) - mean[c] / std[c] in f32 (cema-model input.rs)",
+                "mode": "eval (running statistics)",
+            },
+            "models": models,
+        });
+        write_json(path, &v, "--logits")?;
+    }
+
+    let mut results = Map::new();
+    for &w in &workloads {
+        let entry = match w {
+            Workload::EdgeB64 | Workload::EdgeB1 | Workload::FoundationB64 => {
+                let (b, model) = match w {
+                    Workload::EdgeB64 => (64, edge.as_ref()),
+                    Workload::EdgeB1 => (1, edge.as_ref()),
+                    _ => (64, foundation.as_ref()),
+                };
+                let mut model = model.expect("loaded above").clone();
+                inference(w, &mut model, b, args.seconds)?
+            }
+            Workload::Resnet18_224 => {
+                let mut card = ModelCard::fashion_mnist(
+                    "resnet18-224-random",
+                    "speed",
+                    Arch::resnet18(1000),
+                    Vec::new(),
+                );
+                card.input = InputSpec {
+                    height: 224,
+                    width: 224,
+                    channels: 3,
+                    mean: vec![0.485, 0.456, 0.406],
+                    std: vec![0.229, 0.224, 0.225],
+                };
+                card.dataset = "none (random weights)".into();
+                let mut model =
+                    Model::init(card, &device, 0).run_err("building ResNet-18 (224 px)")?;
+                inference(w, &mut model, RESNET18_BATCH, args.seconds)?
+            }
+            Workload::FoundationStep => {
+                let model = foundation.as_ref().expect("loaded above").clone();
+                tbr_step(w, model, args.seconds)?
+            }
+            Workload::CloudStep => cloud_round(
+                w,
+                foundation.as_ref().expect("loaded above").clone(),
+                edge.as_ref().expect("loaded above").clone(),
+                args.seconds,
+            )?,
+        };
+        results.insert(w.name().into(), Value::Object(entry));
+    }
+
     if let Some(p) = &args.json {
+        let v = json!({
+            "engine": "cema (burn 0.22 flex)",
+            "threads": rayon::current_num_threads(),
+            "seconds": args.seconds,
+            "throughput": "units per iteration / median iteration time",
+            "models": args.models,
+            "workloads": results,
+        });
         write_json(p, &v, "--json")?;
     }
     Ok(())
+}
+
+/// `Model::logits` in eval mode on `b` u8 images (input conversion and host copy of the logits
+/// included: u8 pixels in, logits out, as an edge runs it).
+fn inference(
+    w: Workload,
+    model: &mut Model,
+    b: usize,
+    seconds: f64,
+) -> Result<Map<String, Value>, CliError> {
+    let i = &model.card.input;
+    let px = check_pixels(b * i.height * i.width * i.channels);
+    let t = measure(seconds, || {
+        model
+            .logits(&px, b, NormMode::Running)
+            .map(drop)
+            .run_err("forward")
+    })?;
+    let what = format!(
+        "Model::logits(u8 NHWC pixels, n = {b}, NormMode::Running): input normalisation, eval-mode forward, logits to host"
+    );
+    let mut m = report(w, &what, "images", b, &t);
+    m.insert("batch".into(), json!(b));
+    Ok(m)
+}
+
+/// One norm-affine TBR step on 128 images: cross-entropy, SGD with momentum.
+fn tbr_step(w: Workload, mut model: Model, seconds: f64) -> Result<Map<String, Value>, CliError> {
+    let spec = model.card.input.clone();
+    let device = model.net.device().clone();
+    let b = STEP_BATCH;
+    let px = check_pixels(b * spec.height * spec.width * spec.channels);
+    let classes = model.card.architecture.num_classes() as u32;
+    let labels: Vec<u32> = (0..b as u32).map(|i| i % classes).collect();
+    let mut sgd = Sgd::new(SgdConfig::momentum(0.00025, 0.9));
+    let t = measure(seconds, || {
+        let x = to_input(&spec, &px, b, &device).run_err("input")?;
+        let out = model
+            .net
+            .backward(x, NormMode::Tbr, true, Trainable::NormAffine, |l| {
+                cross_entropy(l, &labels)
+            });
+        sgd.step(model.net.store_mut(), out.grads, 0.00025);
+        Ok(())
+    })?;
+    let what = "u8 → input, TBR forward + backward (norm affine only), cross-entropy, SGD momentum step, batch 128";
+    let mut m = report(w, what, "images", b, &t);
+    m.insert("batch".into(), json!(b));
+    Ok(m)
+}
+
+/// The production cloud round: a `CloudAdapter` session (default `CloudConfig`: B = 32, 3B
+/// replay) whose replay buffer already holds `CLOUD_REPLAY` images; each iteration uploads 32 new
+/// images (`receive`) and runs `step()`, i.e. the foundation's entropy step on the 32 and the
+/// distillation step on 32 + 96 replayed.
+fn cloud_round(
+    w: Workload,
+    foundation: Model,
+    student: Model,
+    seconds: f64,
+) -> Result<Map<String, Value>, CliError> {
+    let config = CloudConfig::default();
+    let b = config.batch;
+    let per_round = b * (1 + config.replay_ratio);
+    let mut adapter = CloudAdapter::new(foundation, student, "speed", 0, config)
+        .run_err("cloud_step: creating the cloud session")?;
+    let size = adapter.image_size();
+    let pool_images = CLOUD_REPLAY + 32 * b;
+    let pool = check_pixels(pool_images * size);
+    // A fresh session with a warm replay buffer and nothing pending (the restore path of a
+    // restarted cloud), so no round is spent filling the buffer.
+    let snap = adapter.snapshot();
+    adapter
+        .restore(&snap, &pool[..CLOUD_REPLAY * size])
+        .run_err("cloud_step: preparing the replay buffer")?;
+    let mut next = CLOUD_REPLAY;
+    let t = measure(seconds, || {
+        if next + b > pool_images {
+            next = 0;
+        }
+        adapter
+            .receive(&pool[next * size..(next + b) * size], b)
+            .run_err("cloud_step: receive")?;
+        next += b;
+        adapter
+            .step()
+            .run_err("cloud_step: round")?
+            .ok_or_else(|| CliError::failed(anyhow::anyhow!("cloud_step: round did no work")))?;
+        Ok(())
+    })?;
+    let steps = &adapter.last_round().steps;
+    if steps.len() != 1 || steps[0].new != b || steps[0].new + steps[0].replay != per_round {
+        return Err(CliError::failed(anyhow::anyhow!(
+            "cloud_step: expected one step on {b} new + {} replayed samples, got {steps:?}",
+            per_round - b
+        )));
+    }
+    let what = format!(
+        "CloudAdapter::receive({b} new u8 images) + CloudAdapter::step(): foundation TBR entropy step on {b}, teacher eval logits + student TBR distillation step on {per_round} ({b} new + {} replay); samples = {per_round} per round",
+        per_round - b
+    );
+    let mut m = report(w, &what, "samples", per_round, &t);
+    m.insert("new_per_round".into(), json!(b));
+    m.insert("replay_per_round".into(), json!(per_round - b));
+    m.insert(
+        "rounds_per_s".into(),
+        json!(1.0 / m["median_ms"].as_f64().unwrap_or(f64::NAN) * 1e3),
+    );
+    Ok(m)
 }
