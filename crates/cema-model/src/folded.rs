@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use crate::checkpoint::InputSpec;
-use crate::gemm::gemm_acc;
+use crate::gemm::{gemm_acc, gemm_acc_lhs_stride};
 use crate::norm::{NormKind, NormLayer, BN_EPS};
 use crate::resnet::{Conv, ResNet};
 use crate::store::Store;
@@ -80,76 +80,160 @@ impl FConv {
         (o(h), o(w))
     }
 
-    /// `dst ← [dst +] x ⊛ w + b`, then ReLU if asked. `x` is NHWC `[n, h, w, cin]`; `dst`
-    /// becomes `[n, ho, wo, cout]`; with `accumulate` it must already hold that many values
-    /// (the residual branch). `col` is scratch for the im2col matrix.
+    /// `dst ← [dst +] x ⊛ w + b`, then ReLU if asked. `x` is `g`'s images with `cin` channels;
+    /// `dst` becomes the output images, `cout` channels, padded by 1. With `accumulate` it must
+    /// already hold exactly that (the residual branch).
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         x: &[f32],
-        (n, h, w): (usize, usize, usize),
+        g: Geo,
         dst: &mut Vec<f32>,
-        col: &mut Vec<f32>,
+        s: &mut ConvScratch,
         accumulate: bool,
         relu: bool,
         threads: usize,
-    ) -> (usize, usize) {
-        let (ho, wo) = self.out_hw(h, w);
-        let m = n * ho * wo;
-        let kk = self.k * self.k * self.cin;
-        if accumulate {
-            debug_assert_eq!(dst.len(), m * self.cout);
-            for row in dst.chunks_exact_mut(self.cout) {
-                row.iter_mut().zip(&self.b).for_each(|(d, b)| *d += b);
-            }
-        } else {
-            dst.clear();
-            for _ in 0..m {
-                dst.extend_from_slice(&self.b);
-            }
-        }
-        let lhs: &[f32] = if self.k == 1 && self.stride == 1 && self.pad == 0 {
-            x
-        } else {
-            self.im2col(x, (n, h, w), (ho, wo), col);
-            col
+    ) -> Geo {
+        let (ho, wo) = self.out_hw(g.h, g.w);
+        let out = Geo {
+            n: g.n,
+            h: ho,
+            w: wo,
+            pad: 1,
         };
-        gemm_acc(dst, lhs, &self.w, (m, kk, self.cout), threads);
-        if relu {
-            dst.iter_mut().for_each(|v| *v = v.max(0.0));
+        let cout = self.cout;
+        let shifted = self.k == 3 && self.stride == 1 && self.pad == 1 && g.pad == 1;
+        let pointwise = self.k == 1 && self.stride == 1 && self.pad == 0 && g.pad == 1;
+        if (shifted && self.cin >= 4) || pointwise {
+            // Same padded geometry in and out: every padded position gets a row.
+            let rows = out.rows();
+            if accumulate {
+                debug_assert_eq!(dst.len(), rows * cout);
+                for row in dst.chunks_exact_mut(cout) {
+                    row.iter_mut().zip(&self.b).for_each(|(d, b)| *d += b);
+                }
+            } else {
+                fill_rows(dst, rows, &self.b);
+            }
+            let par = threads_for(threads, rows * self.k * self.k * self.cin * cout);
+            if pointwise {
+                gemm_acc(dst, x, &self.w, (rows, self.cin, cout), par);
+            } else {
+                // Output row r + wp + 1 reads input rows r + ky·wp + (0..3): for each ky one GEMM
+                // whose lhs rows are overlapping 3·cin windows of the padded input. The rows that
+                // land on the border are garbage and zeroed below.
+                let wp = g.w + 2;
+                let m = rows - 2 * wp - 2;
+                let kc = 3 * self.cin;
+                let d = &mut dst[(wp + 1) * cout..(wp + 1 + m) * cout];
+                for ky in 0..3 {
+                    let lhs = &x[ky * wp * self.cin..];
+                    let rhs = &self.w[ky * kc * cout..(ky + 1) * kc * cout];
+                    gemm_acc_lhs_stride(d, lhs, self.cin, rhs, (m, kc, cout), par);
+                }
+            }
+        } else {
+            self.im2col(x, g, (ho, wo), &mut s.col);
+            let m = g.n * ho * wo;
+            fill_rows(&mut s.tmp, m, &self.b);
+            let kk = self.k * self.k * self.cin;
+            let par = threads_for(threads, m * kk * cout);
+            gemm_acc(&mut s.tmp, &s.col, &self.w, (m, kk, cout), par);
+            if !accumulate {
+                dst.clear();
+                dst.resize(out.rows() * cout, 0.0);
+            }
+            for (r, src) in s.tmp.chunks_exact(cout).enumerate() {
+                let at = out.at(r / (ho * wo), (r / wo) % ho, r % wo) * cout;
+                let row = &mut dst[at..at + cout];
+                if accumulate {
+                    row.iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                } else {
+                    row.copy_from_slice(src);
+                }
+            }
         }
-        (ho, wo)
+        finish(dst, out, cout, relu);
+        out
     }
 
-    /// One row per output pixel: the k×k×cin input patch it sees, zeros where it overhangs.
-    fn im2col(
-        &self,
-        x: &[f32],
-        (n, h, w): (usize, usize, usize),
-        (ho, wo): (usize, usize),
-        col: &mut Vec<f32>,
-    ) {
-        let (k, c, s) = (self.k, self.cin, self.stride);
+    /// One row per output pixel: the k×k×cin patch it sees. The input's zero border (at least
+    /// this convolution's padding) makes every patch row one contiguous k·cin copy.
+    fn im2col(&self, x: &[f32], g: Geo, (ho, wo): (usize, usize), col: &mut Vec<f32>) {
+        let (k, c, st) = (self.k, self.cin, self.stride);
+        debug_assert!(g.pad >= self.pad);
+        let off = g.pad - self.pad;
         let row_len = k * k * c;
         col.clear();
-        col.resize(n * ho * wo * row_len, 0.0);
+        col.resize(g.n * ho * wo * row_len, 0.0);
         for (r, row) in col.chunks_exact_mut(row_len).enumerate() {
             let img = r / (ho * wo);
             let (oy, ox) = ((r / wo) % ho, r % wo);
             for ky in 0..k {
-                let iy = (oy * s + ky) as isize - self.pad as isize;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                for kx in 0..k {
-                    let ix = (ox * s + kx) as isize - self.pad as isize;
-                    if ix < 0 || ix >= w as isize {
-                        continue;
-                    }
-                    let src = ((img * h + iy as usize) * w + ix as usize) * c;
-                    let dst = (ky * k + kx) * c;
-                    row[dst..dst + c].copy_from_slice(&x[src..src + c]);
-                }
+                let src = g.row(img, oy * st + ky + off, ox * st + off) * c;
+                row[ky * k * c..(ky + 1) * k * c].copy_from_slice(&x[src..src + k * c]);
+            }
+        }
+    }
+}
+
+/// The geometry of a group of activations: `n` images of `h×w` interior pixels, NHWC, inside a
+/// zero border of `pad` pixels (so a 3×3 convolution needs no bounds checks and no copies).
+#[derive(Debug, Clone, Copy)]
+struct Geo {
+    n: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+}
+
+impl Geo {
+    fn rows(&self) -> usize {
+        self.n * (self.h + 2 * self.pad) * (self.w + 2 * self.pad)
+    }
+
+    /// Row index of padded position (`y`, `x`) of image `img` (`y`, `x` count the border).
+    fn row(&self, img: usize, y: usize, x: usize) -> usize {
+        let (hp, wp) = (self.h + 2 * self.pad, self.w + 2 * self.pad);
+        (img * hp + y) * wp + x
+    }
+
+    /// Row index of interior pixel (`y`, `x`).
+    fn at(&self, img: usize, y: usize, x: usize) -> usize {
+        self.row(img, y + self.pad, x + self.pad)
+    }
+}
+
+fn fill_rows(dst: &mut Vec<f32>, rows: usize, row: &[f32]) {
+    dst.clear();
+    dst.reserve(rows * row.len());
+    for _ in 0..rows {
+        dst.extend_from_slice(row);
+    }
+}
+
+fn threads_for(threads: usize, macs: usize) -> usize {
+    if threads > 1 && macs >= PAR_GEMM_MACS {
+        threads
+    } else {
+        1
+    }
+}
+
+/// ReLU (if asked), then the border back to zero.
+fn finish(dst: &mut [f32], g: Geo, c: usize, relu: bool) {
+    if relu {
+        dst.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    for img in 0..g.n {
+        for y in 0..hp {
+            let line = &mut dst[g.row(img, y, 0) * c..g.row(img, y, wp) * c];
+            if y < g.pad || y >= hp - g.pad {
+                line.fill(0.0);
+            } else {
+                line[..g.pad * c].fill(0.0);
+                line[(wp - g.pad) * c..].fill(0.0);
             }
         }
     }
@@ -191,7 +275,13 @@ struct Scratch {
     t1: Vec<f32>,
     t2: Vec<f32>,
     out: Vec<f32>,
+    conv: ConvScratch,
+}
+
+#[derive(Default)]
+struct ConvScratch {
     col: Vec<f32>,
+    tmp: Vec<f32>,
 }
 
 /// Below this many multiply-adds a convolution is not worth splitting across threads.
@@ -274,8 +364,13 @@ impl FoldedNet {
 
     fn forward_group(&self, pixels: &[u8], logits: &mut [f32], s: &mut Scratch, threads: usize) {
         let spec = &self.input;
-        let (h, w, c) = (spec.height, spec.width, spec.channels);
-        let n = logits.len() / self.classes;
+        let c = spec.channels;
+        let mut g = Geo {
+            n: logits.len() / self.classes,
+            h: spec.height,
+            w: spec.width,
+            pad: self.stem.pad,
+        };
         // Exactly `to_input`'s arithmetic, so both paths see the same floats.
         let scale: Vec<f32> = spec.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
         let shift: Vec<f32> = spec
@@ -285,28 +380,20 @@ impl FoldedNet {
             .map(|(m, s)| m / s)
             .collect();
         s.x.clear();
-        s.x.extend(
-            pixels
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| v as f32 * scale[i % c] - shift[i % c]),
-        );
-        let par = |conv: &FConv, rows: usize| {
-            if threads > 1 && rows * conv.k * conv.k * conv.cin * conv.cout >= PAR_GEMM_MACS {
-                threads
-            } else {
-                1
+        s.x.resize(g.rows() * c, 0.0);
+        for (p, px) in pixels.chunks_exact(c).enumerate() {
+            let (img, y, x) = (p / (g.h * g.w), (p / g.w) % g.h, p % g.w);
+            let at = g.at(img, y, x) * c;
+            for ch in 0..c {
+                s.x[at + ch] = px[ch] as f32 * scale[ch] - shift[ch];
             }
-        };
-        let (mut h, mut w) = (h, w);
-        let (ho, wo) = self.stem.out_hw(h, w);
-        let t = par(&self.stem, n * ho * wo);
-        (h, w) = self
+        }
+        g = self
             .stem
-            .run(&s.x, (n, h, w), &mut s.out, &mut s.col, false, true, t);
+            .run(&s.x, g, &mut s.out, &mut s.conv, false, true, threads);
         std::mem::swap(&mut s.x, &mut s.out);
         if self.max_pool {
-            (h, w) = max_pool_3x3_s2(&s.x, (n, h, w, self.stem.cout), &mut s.out);
+            g = max_pool_3x3_s2(&s.x, g, self.stem.cout, &mut s.out);
             std::mem::swap(&mut s.x, &mut s.out);
         }
         let mut c = self.stem.cout;
@@ -315,44 +402,44 @@ impl FoldedNet {
             // The shortcut goes into `out` first; the last convolution accumulates onto it.
             match &block.downsample {
                 Some(d) => {
-                    let (ho, wo) = d.out_hw(h, w);
-                    let t = par(d, n * ho * wo);
-                    d.run(&s.x, (n, h, w), &mut s.out, &mut s.col, false, false, t);
+                    d.run(&s.x, g, &mut s.out, &mut s.conv, false, false, threads);
                 }
                 None => {
                     s.out.clear();
                     s.out.extend_from_slice(&s.x);
                 }
             }
-            let (mut bh, mut bw) = (h, w);
+            let mut bg = g;
             for (li, conv) in block.layers.iter().enumerate() {
-                let (ho, wo) = conv.out_hw(bh, bw);
-                let t = par(conv, n * ho * wo);
                 // `t1` holds the previous layer's output; a middle layer writes `t2`, then swaps.
                 let src: &[f32] = if li == 0 { &s.x } else { &s.t1 };
-                (bh, bw) = if li == last {
-                    conv.run(src, (n, bh, bw), &mut s.out, &mut s.col, true, true, t)
+                bg = if li == last {
+                    conv.run(src, bg, &mut s.out, &mut s.conv, true, true, threads)
                 } else if li == 0 {
-                    conv.run(&s.x, (n, bh, bw), &mut s.t1, &mut s.col, false, true, t)
+                    conv.run(&s.x, bg, &mut s.t1, &mut s.conv, false, true, threads)
                 } else {
-                    let hw = conv.run(src, (n, bh, bw), &mut s.t2, &mut s.col, false, true, t);
+                    let next = conv.run(src, bg, &mut s.t2, &mut s.conv, false, true, threads);
                     std::mem::swap(&mut s.t1, &mut s.t2);
-                    hw
+                    next
                 };
             }
-            (h, w, c) = (bh, bw, block.layers[last].cout);
+            (g, c) = (bg, block.layers[last].cout);
             std::mem::swap(&mut s.x, &mut s.out);
         }
-        // Global average pool, then the classifier.
-        let hw = h * w;
+        // Global average pool over the interior, then the classifier.
+        let hw = (g.h * g.w) as f32;
+        let mut pooled = vec![0f32; c];
         for (img, out) in logits.chunks_exact_mut(self.classes).enumerate() {
-            let mut pooled = vec![0f32; c];
-            for px in s.x[img * hw * c..(img + 1) * hw * c].chunks_exact(c) {
-                pooled.iter_mut().zip(px).for_each(|(p, v)| *p += v);
+            pooled.fill(0.0);
+            for y in 0..g.h {
+                let line = &s.x[g.at(img, y, 0) * c..g.at(img, y, g.w) * c];
+                for px in line.chunks_exact(c) {
+                    pooled.iter_mut().zip(px).for_each(|(p, v)| *p += v);
+                }
             }
             out.copy_from_slice(&self.fc_b);
             for (ci, p) in pooled.iter().enumerate() {
-                let p = p / hw as f32;
+                let p = p / hw;
                 let row = &self.fc_w[ci * self.classes..(ci + 1) * self.classes];
                 out.iter_mut().zip(row).for_each(|(o, w)| *o += p * w);
             }
@@ -360,26 +447,31 @@ impl FoldedNet {
     }
 }
 
-/// torchvision's stem pool: 3×3, stride 2, padding 1 (padding never wins a max).
-fn max_pool_3x3_s2(
-    x: &[f32],
-    (n, h, w, c): (usize, usize, usize, usize),
-    dst: &mut Vec<f32>,
-) -> (usize, usize) {
-    let (ho, wo) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+/// torchvision's stem pool: 3×3, stride 2, padding 1, on a ReLU output with a border of 1. The
+/// inputs are ≥ 0, so the zero border never changes a maximum and the windows need no clipping.
+fn max_pool_3x3_s2(x: &[f32], g: Geo, c: usize, dst: &mut Vec<f32>) -> Geo {
+    debug_assert_eq!(g.pad, 1);
+    let out = Geo {
+        n: g.n,
+        h: (g.h - 1) / 2 + 1,
+        w: (g.w - 1) / 2 + 1,
+        pad: 1,
+    };
     dst.clear();
-    dst.resize(n * ho * wo * c, f32::NEG_INFINITY);
-    for (r, out) in dst.chunks_exact_mut(c).enumerate() {
-        let img = r / (ho * wo);
-        let (oy, ox) = ((r / wo) % ho, r % wo);
-        for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
-            for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
-                let src = ((img * h + iy) * w + ix) * c;
-                out.iter_mut()
-                    .zip(&x[src..src + c])
-                    .for_each(|(o, v)| *o = o.max(*v));
+    dst.resize(out.rows() * c, 0.0);
+    for img in 0..g.n {
+        for oy in 0..out.h {
+            for ox in 0..out.w {
+                let at = out.at(img, oy, ox) * c;
+                let o = &mut dst[at..at + c];
+                for y in 2 * oy..2 * oy + 3 {
+                    let src = g.row(img, y, 2 * ox) * c;
+                    for v in x[src..src + 3 * c].chunks_exact(c) {
+                        o.iter_mut().zip(v).for_each(|(o, v)| *o = o.max(*v));
+                    }
+                }
             }
         }
     }
-    (ho, wo)
+    out
 }

@@ -16,8 +16,25 @@ pub(crate) fn gemm_acc(
     (m, k, n): (usize, usize, usize),
     threads: usize,
 ) {
-    assert_eq!(dst.len(), m * n, "gemm: dst is not {m}×{n}");
     assert_eq!(lhs.len(), m * k, "gemm: lhs is not {m}×{k}");
+    gemm_acc_lhs_stride(dst, lhs, k, rhs, (m, k, n), threads);
+}
+
+/// [`gemm_acc`] with lhs row `i` at `lhs[i·lhs_rs ..][..k]`. Rows may overlap (`lhs_rs < k`):
+/// that is how a stride-1 convolution reads its shifted input windows without an im2col copy.
+pub(crate) fn gemm_acc_lhs_stride(
+    dst: &mut [f32],
+    lhs: &[f32],
+    lhs_rs: usize,
+    rhs: &[f32],
+    (m, k, n): (usize, usize, usize),
+    threads: usize,
+) {
+    assert_eq!(dst.len(), m * n, "gemm: dst is not {m}×{n}");
+    assert!(
+        m == 0 || (m - 1) * lhs_rs + k <= lhs.len(),
+        "gemm: lhs is not {m}×{k} with row stride {lhs_rs}"
+    );
     assert_eq!(rhs.len(), k * n, "gemm: rhs is not {k}×{n}");
     if m == 0 || n == 0 || k == 0 {
         return;
@@ -27,9 +44,10 @@ pub(crate) fn gemm_acc(
     } else {
         Parallelism::None
     };
-    // SAFETY: the three slices hold exactly m×n, m×k and k×n elements (asserted above) and the
-    // strides (column 1, row n / k / n) address row-major matrices inside them; `dst` is a unique
-    // borrow, so it aliases neither input. `gemm` computes dst = 1·dst + 1·lhs·rhs.
+    // SAFETY: every element the strides address lies inside its slice (asserted above: dst and
+    // rhs are exactly m×n and k×n row-major, lhs's last row ends at (m−1)·lhs_rs + k); lhs is
+    // only read, so overlapping rows are fine; `dst` is a unique borrow, so it aliases neither
+    // input. `gemm` computes dst = 1·dst + 1·lhs·rhs.
     unsafe {
         gemm::gemm(
             m,
@@ -41,7 +59,7 @@ pub(crate) fn gemm_acc(
             true,
             lhs.as_ptr(),
             1,
-            k as isize,
+            lhs_rs as isize,
             rhs.as_ptr(),
             1,
             n as isize,
@@ -72,6 +90,22 @@ mod tests {
                 assert!((c[i * n + j] - want).abs() < 1e-5, "({i},{j})");
             }
         }
+    }
+
+    #[test]
+    fn overlapping_lhs_rows() {
+        // Rows of width 3 starting every element: the sliding windows of a 1-D convolution.
+        let x = [1.0f32, 2.0, 3.0, 4.0, 5.0];
+        let w = [1.0f32, 10.0, 100.0];
+        let mut y = [0.0f32; 3];
+        super::gemm_acc_lhs_stride(&mut y, &x, 1, &w, (3, 3, 1), 1);
+        assert_eq!(y, [321.0, 432.0, 543.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "row stride")]
+    fn rejects_a_window_past_the_end() {
+        super::gemm_acc_lhs_stride(&mut [0.0; 3], &[0.0; 4], 1, &[0.0; 3], (3, 3, 1), 1);
     }
 
     #[test]
