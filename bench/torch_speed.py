@@ -359,6 +359,7 @@ def main():
         ap.error("--models takes EDGE,FOUNDATION")
     torch.set_num_threads(args.threads)
     out = {"engine": f"pytorch {torch.__version__} eager", "threads": torch.get_num_threads(),
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
            "seconds": args.seconds, "throughput": "units per iteration / median iteration time",
            "models": models, "workloads": {}}
     if args.check_logits:
