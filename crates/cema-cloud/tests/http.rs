@@ -51,11 +51,16 @@ fn edge_state(version: u64) -> NormState {
     m.norm_state(MODEL_ID, version)
 }
 
+/// The tiny models, written once per test process (the tests run in parallel threads).
 fn models_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("cema-cloud-test-models-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    models(&d);
-    d
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("cema-cloud-test-models-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        models(&d);
+        d
+    })
+    .clone()
 }
 
 struct TestCloud {

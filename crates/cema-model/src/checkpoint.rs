@@ -261,19 +261,33 @@ impl Model {
     }
 }
 
+/// Write-then-rename, so a reader sees the old file or the new one, never half of one. The
+/// temporary name is unique per process and call: two writers of the same path (tests, two
+/// trainers) must not rename each other's half-written file away.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
     let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+        "{}.{}-{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
     ));
-    std::fs::write(&tmp, bytes).map_err(|source| ModelError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
-        path: path.into(),
-        source,
-    })
+    let written = std::fs::write(&tmp, bytes)
+        .map_err(|source| ModelError::Io {
+            path: tmp.clone(),
+            source,
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|source| ModelError::Io {
+                path: path.into(),
+                source,
+            })
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Copies `tensors` into `net`. With `partial`, only names present are loaded (norm states);
