@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::checkpoint::InputSpec;
 use crate::gemm::{gemm_acc, gemm_acc_lhs_stride};
+use crate::input::pixel_affine;
 use crate::norm::{NormKind, NormLayer, BN_EPS};
 use crate::resnet::{Conv, ResNet};
 use crate::store::Store;
@@ -250,6 +251,9 @@ struct FBlock {
 #[derive(Clone)]
 pub struct FoldedNet {
     input: InputSpec,
+    /// `to_input`'s normalisation (`crate::input::pixel_affine`), computed once per fold.
+    pixel_scale: Vec<f32>,
+    pixel_shift: Vec<f32>,
     stem: FConv,
     max_pool: bool,
     blocks: Vec<FBlock>,
@@ -313,8 +317,11 @@ impl ResNet {
                 fc_w[c * classes + j] = w[j * feat + c];
             }
         }
+        let (pixel_scale, pixel_shift) = pixel_affine(input);
         Some(FoldedNet {
             input: input.clone(),
+            pixel_scale,
+            pixel_shift,
             stem,
             max_pool: self.max_pool,
             blocks,
@@ -371,14 +378,7 @@ impl FoldedNet {
             w: spec.width,
             pad: self.stem.pad,
         };
-        // Exactly `to_input`'s arithmetic, so both paths see the same floats.
-        let scale: Vec<f32> = spec.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-        let shift: Vec<f32> = spec
-            .mean
-            .iter()
-            .zip(&spec.std)
-            .map(|(m, s)| m / s)
-            .collect();
+        let (scale, shift) = (&self.pixel_scale, &self.pixel_shift);
         s.x.clear();
         s.x.resize(g.rows() * c, 0.0);
         for (p, px) in pixels.chunks_exact(c).enumerate() {

@@ -11,13 +11,7 @@ pub fn to_input(spec: &InputSpec, pixels: &[u8], n: usize, device: &Device) -> R
     let (h, w, c) = (spec.height, spec.width, spec.channels);
     let per = h * w * c;
     let mut out = vec![0f32; pixels.len()];
-    let scale: Vec<f32> = spec.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-    let shift: Vec<f32> = spec
-        .mean
-        .iter()
-        .zip(&spec.std)
-        .map(|(m, s)| m / s)
-        .collect();
+    let (scale, shift) = pixel_affine(spec);
     for i in 0..n {
         let src = &pixels[i * per..(i + 1) * per];
         let dst = &mut out[i * per..(i + 1) * per];
@@ -45,4 +39,17 @@ pub(crate) fn check_pixels(spec: &InputSpec, pixels: &[u8], n: usize) -> Result<
         )));
     }
     Ok(())
+}
+
+/// Per channel, `(scale, shift)` with `x = u8 · scale − shift`: `(u8/255 − mean)/std` in the one
+/// rounding both forward paths use, so they see identical floats.
+pub(crate) fn pixel_affine(spec: &InputSpec) -> (Vec<f32>, Vec<f32>) {
+    let scale = spec.std.iter().map(|s| 1.0 / (255.0 * s)).collect();
+    let shift = spec
+        .mean
+        .iter()
+        .zip(&spec.std)
+        .map(|(m, s)| m / s)
+        .collect();
+    (scale, shift)
 }
