@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use cema_model::{
-    cema_distill_loss, entropy_margin, self_weighted_entropy, tensors, to_input, DistillWeights,
-    Model, ModelError, NamedTensors, NormMode, NormState, Sgd, SgdConfig, Trainable,
+    cema_distill_grad, entropy_margin, self_weighted_entropy_grad, tensors, DistillWeights, Model,
+    ModelError, NamedTensors, NormMode, NormState, Sgd, SgdConfig,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -301,22 +301,15 @@ impl CloudAdapter {
             self.foundation.init_running_stats(pixels, n)?;
             self.foundation_stats_initialised = true;
         }
-        let x = to_input(
-            &self.foundation.card.input,
-            pixels,
-            n,
-            self.foundation.net.device(),
-        )?;
-        let e0 = self.e0;
-        let out =
-            self.foundation
-                .net
-                .backward(x, NormMode::Tbr, true, Trainable::NormAffine, |l| {
-                    self_weighted_entropy(l, e0)
-                });
+        let (e0, classes) = (self.e0, self.foundation.card.architecture.num_classes());
+        let out = self
+            .foundation
+            .norm_affine_backward(pixels, n, NormMode::Tbr, true, |l| {
+                self_weighted_entropy_grad(l, classes, e0)
+            })?;
         let lr = self.config.foundation_lr;
         self.foundation_sgd
-            .step(self.foundation.net.store_mut(), out.grads, lr);
+            .step_host(self.foundation.net.store_mut(), out.grads, lr);
         self.counters.foundation_steps += 1;
         Ok(out.loss)
     }
@@ -325,22 +318,16 @@ impl CloudAdapter {
     /// distillation loss, one SGD step on the student's norm affine.
     fn distill(&mut self, pixels: &[u8], n: usize) -> Result<f32, AdaptError> {
         let teacher = self.foundation.logits(pixels, n, NormMode::Running)?;
-        let x = to_input(
-            &self.student.card.input,
-            pixels,
-            n,
-            self.student.net.device(),
-        )?;
         let (e0, k) = (self.e0, self.config.distill);
+        let classes = self.student.card.architecture.num_classes();
         let out = self
             .student
-            .net
-            .backward(x, NormMode::Tbr, true, Trainable::NormAffine, |s| {
-                cema_distill_loss(s, &teacher, e0, k)
-            });
+            .norm_affine_backward(pixels, n, NormMode::Tbr, true, |s| {
+                cema_distill_grad(s, &teacher, classes, e0, k)
+            })?;
         let lr = self.config.student_lr;
         self.student_sgd
-            .step(self.student.net.store_mut(), out.grads, lr);
+            .step_host(self.student.net.store_mut(), out.grads, lr);
         self.counters.distillation_steps += 1;
         Ok(out.loss)
     }

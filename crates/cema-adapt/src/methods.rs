@@ -1,8 +1,6 @@
 //! Every method of SPEC §3 behind one trait, so a benchmark runs them on the same stream.
 
-use cema_model::{
-    mean_entropy, to_input, weighted_entropy, Model, NormMode, Sgd, SgdConfig, Tensor, Trainable,
-};
+use cema_model::{mean_entropy_grad, weighted_entropy_grad, Model, NormMode, Sgd, SgdConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::cloud::{CloudAdapter, CloudConfig};
@@ -53,14 +51,6 @@ pub trait Method {
     fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError>;
     /// The model whose predictions are reported (the edge model for CEMA).
     fn model(&self) -> &Model;
-}
-
-fn host_logits(t: Tensor<2>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .as_slice::<f32>()
-        .expect("f32 after convert")
-        .to_vec()
 }
 
 fn argmax(logits: &[f32], model: &Model) -> Vec<u32> {
@@ -175,19 +165,17 @@ impl Method for Tent {
         "tent"
     }
     fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
-        let x = to_input(&self.model.card.input, pixels, n, self.model.net.device())?;
         // Batch mode never reads the running statistics, so they are left alone (update_stats
         // false): the only state Tent changes is the norm affine parameters.
-        let out = self.model.net.backward(
-            x,
-            NormMode::Batch,
-            false,
-            Trainable::NormAffine,
-            mean_entropy,
-        );
-        let predictions = argmax(&host_logits(out.logits), &self.model);
+        let classes = self.model.card.architecture.num_classes();
+        let out = self
+            .model
+            .norm_affine_backward(pixels, n, NormMode::Batch, false, |l| {
+                mean_entropy_grad(l, classes)
+            })?;
+        let predictions = argmax(&out.logits, &self.model);
         self.sgd
-            .step(self.model.net.store_mut(), out.grads, self.config.lr);
+            .step_host(self.model.net.store_mut(), out.grads, self.config.lr);
         Ok(MethodBatch::local(predictions, true))
     }
     fn model(&self) -> &Model {
@@ -235,16 +223,15 @@ impl Method for Eata {
         "eata"
     }
     fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
-        let x = to_input(&self.model.card.input, pixels, n, self.model.net.device())?;
         let filter = &mut self.filter;
+        let classes = self.model.card.architecture.num_classes();
         let mut selection: Option<Selection> = None;
-        // One forward: the selection is made on the (detached) logits of the very forward whose
-        // loss is differentiated, as in EATA's code.
+        // One forward: the selection is made on the logits of the very forward whose loss is
+        // differentiated, as in EATA's code.
         let out = self
             .model
-            .net
-            .backward(x, NormMode::Batch, false, Trainable::NormAffine, |l| {
-                let sel = filter.select(&host_logits(l.clone().detach()));
+            .norm_affine_backward(pixels, n, NormMode::Batch, false, |l| {
+                let sel = filter.select(l);
                 let k = sel.kept.len().max(1) as f32;
                 let mut w = vec![0f32; n];
                 for &i in &sel.kept {
@@ -252,13 +239,13 @@ impl Method for Eata {
                     w[i] = (-(sel.entropies[i] - filter.e0)).exp() * n as f32 / k;
                 }
                 selection = Some(sel);
-                weighted_entropy(l, &w)
-            });
-        let predictions = argmax(&host_logits(out.logits), &self.model);
+                weighted_entropy_grad(l, classes, &w)
+            })?;
+        let predictions = argmax(&out.logits, &self.model);
         let kept = selection.map_or_else(Vec::new, |s| s.kept);
         if !kept.is_empty() {
             self.sgd
-                .step(self.model.net.store_mut(), out.grads, self.config.lr);
+                .step_host(self.model.net.store_mut(), out.grads, self.config.lr);
         }
         let updated = !kept.is_empty();
         Ok(MethodBatch {

@@ -119,6 +119,8 @@ pub struct Model {
     folded: Option<(u64, InputSpec, std::sync::Arc<crate::FoldedNet>)>,
     /// Eval-mode logits through the folded net (default) or burn's generic forward.
     fold_inference: bool,
+    /// Norm-affine gradients through the hand-written pass (default) or burn's autodiff.
+    native_backward: bool,
 }
 
 /// `models/edge.safetensors` → `models/edge.json`.
@@ -149,6 +151,7 @@ impl Model {
             card,
             folded: None,
             fold_inference: true,
+            native_backward: true,
         }
     }
 
@@ -160,6 +163,16 @@ impl Model {
 
     pub(crate) fn fold_inference_enabled(&self) -> bool {
         self.fold_inference
+    }
+
+    /// Chooses how [`Model::norm_affine_backward`] computes gradients: the hand-written pass
+    /// (`true`, the default) or burn's autodiff of the generic forward (`false`).
+    pub fn set_native_backward(&mut self, on: bool) {
+        self.native_backward = on;
+    }
+
+    pub(crate) fn native_backward_enabled(&self) -> bool {
+        self.native_backward
     }
 
     /// The folded net for the current weights and norm state, refolded if either has changed

@@ -7,13 +7,18 @@
 //!   by PyTorch names), predicts on u8 images, computes accuracy.
 //! - [`NormState`]: the norm layers' γ, β, running mean and variance as one versioned
 //!   safetensors blob — what the cloud sends an edge.
-//! - [`ResNet::backward`] + [`Sgd`]: gradients w.r.t. a chosen parameter set ([`Trainable`]),
-//!   everything else frozen; [`train`] for source training.
+//! - [`Model::norm_affine_backward`] + [`Sgd`]: the adaptation step's gradients (norm γ/β only,
+//!   convolutions frozen) through a hand-written pass on the inference kernels; host losses with
+//!   their gradients (`*_grad`) feed it.
+//! - [`ResNet::backward`]: burn's autodiff w.r.t. any parameter set ([`Trainable`]), everything
+//!   else frozen; [`train`] for source training, and the reference the hand-written pass is
+//!   tested against.
 //!
 //! **API boundary:** all tensor code of the workspace lives in this crate. Other crates see host
 //! vectors, [`NormState`]s and this API; they never name a burn type except [`Device`]/[`Tensor`]
 //! through the loss closures of [`ResNet::backward`].
 
+mod affine_backward;
 mod arch;
 mod checkpoint;
 mod error;
@@ -22,6 +27,7 @@ mod folded;
 mod gemm;
 mod input;
 mod losses;
+mod nhwc;
 mod norm;
 mod normstate;
 mod optim;
@@ -31,6 +37,7 @@ mod store;
 pub mod tensors;
 mod train;
 
+pub use affine_backward::HostBackward;
 pub use arch::Arch;
 pub use burn::tensor::{Device, Tensor};
 pub use checkpoint::{
@@ -41,9 +48,10 @@ pub use error::{ModelError, Result};
 pub use folded::FoldedNet;
 pub use input::to_input;
 pub use losses::{
-    cema_distill_loss, entropy, entropy_margin, entropy_rows, mean_entropy, reliability_weights,
-    self_weighted_entropy, softmax_rows, weighted_entropy, weighted_hard_ce, weighted_kl,
-    DistillWeights,
+    cema_distill_grad, cema_distill_loss, cross_entropy_grad, entropy, entropy_margin,
+    entropy_rows, mean_entropy, mean_entropy_grad, reliability_weights, self_weighted_entropy,
+    self_weighted_entropy_grad, softmax_rows, weighted_entropy, weighted_entropy_grad,
+    weighted_hard_ce, weighted_kl, DistillWeights,
 };
 pub use norm::{NormKind, NormLayer, NormMode, BN_EPS, BN_MOMENTUM};
 pub use normstate::NormState;

@@ -187,3 +187,139 @@ pub fn cema_distill_loss(
     let ce = weighted_hard_ce(student, teacher, &w_t).mul_scalar(k.gamma);
     ent + kl + ce
 }
+
+// ---- The same losses with their gradients, on host logits ----
+//
+// [`crate::Model::norm_affine_backward`] takes the loss as `logits → (value, ∂value/∂logits)`.
+// These are the analytic gradients of the tensor losses above (tests hold them to autodiff):
+// with `p = softmax(s)`, `∂E/∂s_j = −p_j (log p_j + E)`, `∂KL(q‖softmax(s/T))/∂s = (softmax(s/T) − q)/T`
+// and `∂CE(s, y)/∂s = p − onehot(y)`.
+
+/// `log softmax` of one row.
+fn log_softmax_row(row: &[f32], out: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+    out.iter_mut().zip(row).for_each(|(o, v)| *o = v - lse);
+}
+
+/// Adds `scale · ∂E/∂s` of one row to `grad` and returns `E`.
+fn entropy_row_grad(row: &[f32], scale: f32, logp: &mut [f32], grad: &mut [f32]) -> f32 {
+    log_softmax_row(row, logp);
+    let e = -logp.iter().map(|l| l.exp() * l).sum::<f32>();
+    for (g, l) in grad.iter_mut().zip(logp.iter()) {
+        *g -= scale * l.exp() * (l + e);
+    }
+    e
+}
+
+/// `mean_x[E(x) · w(x)]` with constant weights (`w.len() == n`), and its gradient.
+pub fn weighted_entropy_grad(logits: &[f32], classes: usize, w: &[f32]) -> (f32, Vec<f32>) {
+    let n = w.len();
+    assert_eq!(logits.len(), n * classes, "logits must be n × C");
+    let mut grad = vec![0f32; logits.len()];
+    let mut logp = vec![0f32; classes];
+    let mut loss = 0f64;
+    for ((row, g), wi) in logits
+        .chunks_exact(classes)
+        .zip(grad.chunks_exact_mut(classes))
+        .zip(w)
+    {
+        let e = entropy_row_grad(row, wi / n as f32, &mut logp, g);
+        loss += (e * wi) as f64;
+    }
+    ((loss / n.max(1) as f64) as f32, grad)
+}
+
+/// Tent's loss, the mean entropy, and its gradient.
+pub fn mean_entropy_grad(logits: &[f32], classes: usize) -> (f32, Vec<f32>) {
+    weighted_entropy_grad(logits, classes, &vec![1.0; logits.len() / classes])
+}
+
+/// [`self_weighted_entropy`] (weights `1/exp(E − E0)` held constant) and its gradient.
+pub fn self_weighted_entropy_grad(logits: &[f32], classes: usize, e0: f32) -> (f32, Vec<f32>) {
+    let w = reliability_weights(&entropy_rows(logits, classes), e0);
+    weighted_entropy_grad(logits, classes, &w)
+}
+
+/// [`cema_distill_loss`] and its gradient with respect to the student's logits.
+pub fn cema_distill_grad(
+    student: &[f32],
+    teacher: &[f32],
+    classes: usize,
+    e0: f32,
+    k: DistillWeights,
+) -> (f32, Vec<f32>) {
+    assert_eq!(student.len(), teacher.len(), "teacher logits must be n × C");
+    let n = student.len() / classes;
+    let nf = n.max(1) as f32;
+    let w_t = reliability_weights(&entropy_rows(teacher, classes), e0);
+    let w_s = reliability_weights(&entropy_rows(student, classes), e0);
+    let t = k.temperature;
+    let mut grad = vec![0f32; student.len()];
+    let (mut ent, mut kl, mut ce) = (0f64, 0f64, 0f64);
+    let mut logp = vec![0f32; classes];
+    let mut log_pt = vec![0f32; classes];
+    let mut scaled = vec![0f32; classes];
+    for i in 0..n {
+        let (s, tr) = (
+            &student[i * classes..(i + 1) * classes],
+            &teacher[i * classes..(i + 1) * classes],
+        );
+        let g = &mut grad[i * classes..(i + 1) * classes];
+        // α · E(s) · w_s
+        let e = entropy_row_grad(s, k.alpha * w_s[i] / nf, &mut logp, g);
+        ent += (e * w_s[i]) as f64;
+        // γ · CE(s, argmax t) · w_t, with log p_s still in `logp`.
+        let mut y = 0;
+        for (j, v) in tr.iter().enumerate() {
+            if *v > tr[y] {
+                y = j;
+            }
+        }
+        ce += (-logp[y] * w_t[i]) as f64;
+        let cs = k.gamma * w_t[i] / nf;
+        for (j, gj) in g.iter_mut().enumerate() {
+            *gj += cs * (logp[j].exp() - if j == y { 1.0 } else { 0.0 });
+        }
+        // β · T² · KL(softmax(t/T) ‖ softmax(s/T)) · w_t
+        scaled.iter_mut().zip(tr).for_each(|(o, v)| *o = v / t);
+        log_softmax_row(&scaled, &mut log_pt);
+        scaled.iter_mut().zip(s).for_each(|(o, v)| *o = v / t);
+        log_softmax_row(&scaled, &mut logp);
+        let row_kl: f32 = log_pt
+            .iter()
+            .zip(&logp)
+            .map(|(lt, ls)| lt.exp() * (lt - ls))
+            .sum();
+        kl += (row_kl * w_t[i]) as f64;
+        let ks = k.beta * t * w_t[i] / nf;
+        for ((gj, lt), ls) in g.iter_mut().zip(&log_pt).zip(&logp) {
+            *gj += ks * (ls.exp() - lt.exp());
+        }
+    }
+    let loss = k.alpha as f64 * ent / nf as f64
+        + (k.beta * t * t) as f64 * kl / nf as f64
+        + k.gamma as f64 * ce / nf as f64;
+    (loss as f32, grad)
+}
+
+/// Softmax cross-entropy against integer labels, mean over the batch, and its gradient
+/// (the host twin of [`crate::cross_entropy`]).
+pub fn cross_entropy_grad(logits: &[f32], classes: usize, labels: &[u32]) -> (f32, Vec<f32>) {
+    let n = labels.len();
+    assert_eq!(logits.len(), n * classes, "logits must be n × C");
+    let mut grad = vec![0f32; logits.len()];
+    let mut loss = 0f64;
+    for ((row, g), &y) in logits
+        .chunks_exact(classes)
+        .zip(grad.chunks_exact_mut(classes))
+        .zip(labels)
+    {
+        log_softmax_row(row, g);
+        loss -= g[y as usize] as f64;
+        for (j, v) in g.iter_mut().enumerate() {
+            *v = (v.exp() - if j == y as usize { 1.0 } else { 0.0 }) / n as f32;
+        }
+    }
+    ((loss / n.max(1) as f64) as f32, grad)
+}

@@ -75,6 +75,20 @@ impl Sgd {
         }
     }
 
+    /// [`Sgd::step`] with host gradients (what [`crate::Model::norm_affine_backward`] returns).
+    pub fn step_host(&mut self, store: &mut Store, grads: Vec<(usize, Vec<f32>)>, lr: f64) {
+        let device = store.device().clone();
+        let grads = grads
+            .into_iter()
+            .map(|(i, g)| {
+                let n = g.len();
+                let t = Tensor::<1>::from_data(burn::tensor::TensorData::new(g, [n]), &device);
+                (i, t)
+            })
+            .collect();
+        self.step(store, grads, lr);
+    }
+
     /// Momentum buffers by parameter name (for persistence).
     pub fn state(&self, store: &Store) -> NamedTensors {
         self.buffers

@@ -42,7 +42,7 @@ pub struct ResNet {
     pub(crate) fc_weight: usize,
     pub(crate) fc_bias: usize,
     /// Momentum of running-statistics updates (PyTorch convention); 1.0 replaces them outright.
-    stats_momentum: f32,
+    pub(crate) stats_momentum: f32,
 }
 
 struct Builder<'a> {

@@ -4,9 +4,10 @@
 
 use burn::tensor::TensorData;
 use cema_model::{
-    cema_distill_loss, cpu, entropy_margin, entropy_rows, mean_entropy, reliability_weights,
-    self_weighted_entropy, softmax_rows, weighted_entropy, weighted_hard_ce, weighted_kl,
-    DistillWeights, Tensor,
+    cema_distill_grad, cema_distill_loss, cpu, cross_entropy, cross_entropy_grad, entropy_margin,
+    entropy_rows, mean_entropy, mean_entropy_grad, reliability_weights, self_weighted_entropy,
+    self_weighted_entropy_grad, softmax_rows, weighted_entropy, weighted_entropy_grad,
+    weighted_hard_ce, weighted_kl, DistillWeights, Tensor,
 };
 
 const N: usize = 3;
@@ -264,4 +265,94 @@ fn cema_distill_loss_is_the_weighted_sum_of_its_terms() {
     let (v, g) = autodiff(&x, |l| cema_distill_loss(l, &t, e0, k));
     let fd = finite_diff(&x, r);
     check("cema_distill_loss", &x, v, &g, r(&x64), &fd);
+}
+
+// ---- host losses with analytic gradients (what the hand-written backward pass consumes) ----
+
+#[test]
+fn host_entropy_losses_match_the_reference_and_finite_differences() {
+    let x = logits();
+    let x64 = to64(&x);
+    let ones = [1.0; N];
+    let (v, g) = mean_entropy_grad(&x, C);
+    let fd = finite_diff(&x, |p| ref_weighted_entropy(p, &ones));
+    check(
+        "mean_entropy_grad",
+        &x,
+        v,
+        &g,
+        ref_weighted_entropy(&x64, &ones),
+        &fd,
+    );
+
+    let w = [0.5f32, 2.0, 1.25];
+    let w64v = to64(&w);
+    let (v, g) = weighted_entropy_grad(&x, C, &w);
+    let fd = finite_diff(&x, |p| ref_weighted_entropy(p, &w64v));
+    check(
+        "weighted_entropy_grad",
+        &x,
+        v,
+        &g,
+        ref_weighted_entropy(&x64, &w64v),
+        &fd,
+    );
+
+    let e0 = entropy_margin(C);
+    let frozen = w64(&x64, e0 as f64);
+    let (v, g) = self_weighted_entropy_grad(&x, C, e0);
+    let fd = finite_diff(&x, |p| ref_weighted_entropy(p, &frozen));
+    check(
+        "self_weighted_entropy_grad",
+        &x,
+        v,
+        &g,
+        ref_weighted_entropy(&x64, &frozen),
+        &fd,
+    );
+}
+
+#[test]
+fn host_distill_gradient_matches_finite_differences_and_autodiff() {
+    let x = logits();
+    let t = teacher();
+    let e0 = entropy_margin(C);
+    let (x64, t64) = (to64(&x), to64(&t));
+    let ws = w64(&x64, e0 as f64);
+    let wt = w64(&t64, e0 as f64);
+    for k in [
+        DistillWeights::default(),
+        DistillWeights {
+            alpha: 0.5,
+            beta: 2.0,
+            gamma: 0.25,
+            temperature: 2.0,
+        },
+    ] {
+        let r = |p: &[f64]| {
+            k.alpha as f64 * ref_weighted_entropy(p, &ws)
+                + ref_kl(p, &t64, &wt, k.beta as f64, k.temperature as f64)
+                + k.gamma as f64 * ref_hard_ce(p, &t64, &wt)
+        };
+        let (v, g) = cema_distill_grad(&x, &t, C, e0, k);
+        let fd = finite_diff(&x, r);
+        check("cema_distill_grad", &x, v, &g, r(&x64), &fd);
+        let (va, ga) = autodiff(&x, |l| cema_distill_loss(l, &t, e0, k));
+        assert!((v - va).abs() < 1e-5, "{v} vs autodiff {va}");
+        for (a, b) in g.iter().zip(&ga) {
+            assert!((a - b).abs() < 1e-5, "{a} vs autodiff {b}");
+        }
+    }
+}
+
+#[test]
+fn host_cross_entropy_matches_autodiff() {
+    let x = logits();
+    let labels = [2u32, 0, 3];
+    let (v, g) = cross_entropy_grad(&x, C, &labels);
+    let (va, ga) = autodiff(&x, |l| cross_entropy(l, &labels));
+    assert!((v - va).abs() < 1e-6, "{v} vs {va}");
+    for (a, b) in g.iter().zip(&ga) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
 }

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use cema_adapt::{CloudAdapter, CloudConfig};
 use cema_model::{
-    cpu, cross_entropy, to_input, Arch, InputSpec, Model, ModelCard, NormMode, Sgd, SgdConfig,
-    Trainable,
+    cpu, cross_entropy_grad, Arch, InputSpec, Model, ModelCard, NormMode, Sgd, SgdConfig,
 };
 use serde_json::{json, Map, Value};
 
@@ -386,23 +385,21 @@ fn inference(
 /// One norm-affine TBR step on 128 images: cross-entropy, SGD with momentum.
 fn tbr_step(w: Workload, mut model: Model, seconds: f64) -> Result<Map<String, Value>, CliError> {
     let spec = model.card.input.clone();
-    let device = model.net.device().clone();
     let b = STEP_BATCH;
     let px = check_pixels(b * spec.height * spec.width * spec.channels);
     let classes = model.card.architecture.num_classes() as u32;
     let labels: Vec<u32> = (0..b as u32).map(|i| i % classes).collect();
     let mut sgd = Sgd::new(SgdConfig::momentum(0.00025, 0.9));
     let t = measure(seconds, || {
-        let x = to_input(&spec, &px, b, &device).run_err("input")?;
         let out = model
-            .net
-            .backward(x, NormMode::Tbr, true, Trainable::NormAffine, |l| {
-                cross_entropy(l, &labels)
-            });
-        sgd.step(model.net.store_mut(), out.grads, 0.00025);
+            .norm_affine_backward(&px, b, NormMode::Tbr, true, |l| {
+                cross_entropy_grad(l, classes as usize, &labels)
+            })
+            .run_err("step")?;
+        sgd.step_host(model.net.store_mut(), out.grads, 0.00025);
         Ok(())
     })?;
-    let what = "u8 → input, TBR forward + backward (norm affine only), cross-entropy, SGD momentum step, batch 128";
+    let what = "Model::norm_affine_backward (u8 pixels, TBR forward + backward, norm affine only), cross-entropy, SGD momentum step, batch 128";
     let mut m = report(w, what, "images", b, &t);
     m.insert("batch".into(), json!(b));
     Ok(m)
