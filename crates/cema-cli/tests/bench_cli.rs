@@ -193,6 +193,13 @@ fn bench_writes_results_csv_and_manifest() {
     assert!(manifest["git_revision"].as_str().unwrap().len() >= 7);
     assert!(manifest["command"].as_str().unwrap().contains("bench"));
     assert!(manifest["date"].as_str().unwrap().ends_with('Z'));
+    // The exact stream order, for other implementations (bench/torch_cema_stream.py).
+    let order = cema_data::npy::read_labels(&out.join("stream_order.npy")).unwrap();
+    assert_eq!(order.len() as f64, images);
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), order.len(), "a permutation prefix: no repeats");
 
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();

@@ -734,6 +734,13 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let csv_path = args.out.join("results.csv");
     write_atomic(&csv_path, csv.as_bytes()).usage_err(format!("--out {}", csv_path.display()))?;
 
+    // stream_order.npy: the exact order, so another implementation can replay the same stream
+    // (bench/torch_cema_stream.py does).
+    let order_path = args.out.join("stream_order.npy");
+    let order_u32: Vec<u32> = order.iter().map(|&i| i as u32).collect();
+    cema_data::npy::write_labels(&order_path, &order_u32, cema_data::npy::Dtype::I64)
+        .usage_err(format!("--out {}", order_path.display()))?;
+
     // manifest.json
     let (git, dirty) = git_revision();
     let checkpoint = |path: &Path, model: &Option<Model>, sha: &Option<String>| match (model, sha) {
@@ -763,7 +770,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "images_per_stream": order.len(),
         "batch": args.batch,
         "seed": args.seed,
-        "stream_order": "ChaCha8 shuffle of the test set seeded by `seed`, first `images_per_stream`",
+        "stream_order": "ChaCha8 shuffle of the test set seeded by `seed`, first `images_per_stream`; the indices are in stream_order.npy (int64) beside this file",
         "corruption_seed": args.corruption_seed,
         "corrupted": args.corrupted,
         "data_dir": args.data_dir,
