@@ -172,7 +172,7 @@ impl ResNet {
         let mut stat_updates = Vec::new();
         let stem_saved = self.layer_forward(&stem, &input, g, pass, group, &mut stat_updates);
         pool::give(input);
-        let mut stem_out = pool::take(stem_saved.z.len());
+        let mut stem_out = pool::take_dirty(stem_saved.z.len());
         bn_apply(&stem_saved, &mut stem_out, None, true, group);
         g = stem_saved.out;
         let pooled_geo = if self.max_pool {
@@ -197,7 +197,7 @@ impl ResNet {
             };
             let ds = block.downsample.as_ref().map(|d| {
                 let s = self.layer_forward(d, x, g, pass, group, &mut stat_updates);
-                let mut o = pool::take(s.z.len());
+                let mut o = pool::take_dirty(s.z.len());
                 bn_apply(&s, &mut o, None, false, group);
                 (s, o)
             });
@@ -210,7 +210,7 @@ impl ResNet {
                 let src: &[f32] = if li == 0 { x } else { &acts[li - 1] };
                 let s = self.layer_forward(layer, src, bg, pass, group, &mut stat_updates);
                 bg = s.out;
-                let mut a = pool::take(s.z.len());
+                let mut a = pool::take_dirty(s.z.len());
                 if li == last {
                     let residual = ds.as_ref().map_or(x, |(_, o)| o);
                     bn_apply(&s, &mut a, Some(residual), true, group);
@@ -379,7 +379,7 @@ impl ResNet {
         group: usize,
         updates: &mut Vec<(usize, Vec<f32>)>,
     ) -> Saved {
-        let mut z = pool::take(0);
+        let mut z = pool::take_dirty(layer.conv.out_geo(g).rows() * layer.conv.cout);
         let out = conv_batch(&layer.conv, x, g, &mut z, group);
         let c = layer.conv.cout;
         let norm = &self.norms[layer.norm];
@@ -505,7 +505,7 @@ impl ResNet {
             coef[c + ch] = b as f32;
             coef[2 * c + ch] = cc as f32;
         }
-        let mut gz = pool::take(gy.len());
+        let mut gz = pool::take_dirty(gy.len());
         let per = g.rows() / g.n * c;
         let empty: &[f32] = &[];
         gz.par_chunks_mut(group * per)
@@ -790,7 +790,14 @@ mod pool {
 
     /// A zeroed buffer of `len` floats, reusing the smallest free one that is large enough.
     pub(super) fn take(len: usize) -> Vec<f32> {
-        let mut v = FREE.with(|f| {
+        let mut v = reuse(len);
+        v.clear();
+        v.resize(len, 0.0);
+        v
+    }
+
+    fn reuse(len: usize) -> Vec<f32> {
+        FREE.with(|f| {
             let mut f = f.borrow_mut();
             let best = f
                 .iter()
@@ -799,8 +806,14 @@ mod pool {
                 .min_by_key(|(_, v)| v.capacity())
                 .map(|(i, _)| i);
             best.map(|i| f.swap_remove(i)).unwrap_or_default()
-        });
-        v.clear();
+        })
+    }
+
+    /// A buffer of `len` floats whose content is unspecified (stale values from an earlier use):
+    /// for outputs that are written in full.
+    pub(super) fn take_dirty(len: usize) -> Vec<f32> {
+        let mut v = reuse(len);
+        v.truncate(len);
         v.resize(len, 0.0);
         v
     }
