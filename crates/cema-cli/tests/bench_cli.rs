@@ -199,7 +199,11 @@ fn bench_writes_results_csv_and_manifest() {
     let mut sorted = order.clone();
     sorted.sort_unstable();
     sorted.dedup();
-    assert_eq!(sorted.len(), order.len(), "a permutation prefix: no repeats");
+    assert_eq!(
+        sorted.len(),
+        order.len(),
+        "a permutation prefix: no repeats"
+    );
 
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();

@@ -162,7 +162,7 @@ impl Model {
     }
 
     pub(crate) fn fold_inference_enabled(&self) -> bool {
-        self.fold_inference
+        self.fold_inference && self.on_cpu()
     }
 
     /// Chooses how [`Model::norm_affine_backward`] computes gradients: the hand-written pass
@@ -172,7 +172,13 @@ impl Model {
     }
 
     pub(crate) fn native_backward_enabled(&self) -> bool {
-        self.native_backward
+        self.native_backward && self.on_cpu()
+    }
+
+    /// The hand-written paths (folded inference, the adaptation backward) are CPU code: on
+    /// another device (the `cuda` feature) the generic burn path keeps the work there.
+    pub(crate) fn on_cpu(&self) -> bool {
+        *self.net.device() == crate::cpu()
     }
 
     /// The folded net for the current weights and norm state, refolded if either has changed
