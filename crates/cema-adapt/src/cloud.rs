@@ -180,6 +180,12 @@ impl CloudAdapter {
     pub fn replay(&self) -> &ReplayBuffer {
         &self.replay
     }
+    /// The teacher's (the foundation's, eval mode) predicted classes for `n` images, changing
+    /// nothing: for diagnostics of what the edge's selection keeps and drops.
+    pub fn teacher_predictions(&mut self, pixels: &[u8], n: usize) -> Result<Vec<u32>, AdaptError> {
+        Ok(self.foundation.predict(pixels, n, NormMode::Running)?)
+    }
+
     /// Uploaded samples not yet used in a fresh batch.
     pub fn pending(&self) -> usize {
         self.pending.len() / self.image_size

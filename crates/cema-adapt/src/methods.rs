@@ -28,6 +28,10 @@ pub struct MethodBatch {
     /// Seconds the cloud side spent on this batch (receiving and its round); 0 for edge-only
     /// methods. The rest of the batch's time is the edge's.
     pub cloud_seconds: f64,
+    /// With [`Cema::set_diagnose_teacher`]: what the cloud's teacher (the adapted foundation, as
+    /// of before this batch's round) predicts for every sample of the batch, uploaded or not.
+    #[serde(default)]
+    pub teacher: Option<Vec<u32>>,
 }
 
 impl MethodBatch {
@@ -41,6 +45,7 @@ impl MethodBatch {
             bytes_down: 0,
             updated,
             cloud_seconds: 0.0,
+            teacher: None,
         }
     }
 }
@@ -268,6 +273,7 @@ pub struct Cema {
     /// Replaces the entropy filters by uniformly random selection ([`RandomUpload`]).
     random: Option<RandomSelector>,
     share_stats: bool,
+    diagnose_teacher: bool,
 }
 
 impl Cema {
@@ -286,7 +292,15 @@ impl Cema {
             cloud,
             random: None,
             share_stats: edge.track_stats.is_some() && edge.share_stats,
+            diagnose_teacher: false,
         })
+    }
+
+    /// Also report the teacher's prediction for every sample ([`MethodBatch::teacher`]): a
+    /// diagnostic of what the selection leaves behind, at the price of one foundation forward
+    /// per batch (not part of the method, and excluded from `cloud_seconds`).
+    pub fn set_diagnose_teacher(&mut self, on: bool) {
+        self.diagnose_teacher = on;
     }
 
     pub fn edge(&self) -> &EdgeAdapter {
@@ -322,6 +336,11 @@ impl Method for Cema {
             let state = self.edge.export_norm_state();
             self.cloud.sync_student_stats(&state)?;
         }
+        let teacher = if self.diagnose_teacher {
+            Some(self.cloud.teacher_predictions(pixels, n)?)
+        } else {
+            None
+        };
         let t0 = std::time::Instant::now();
         if uploaded > 0 {
             self.cloud
@@ -343,6 +362,7 @@ impl Method for Cema {
             bytes_down: after.bytes_down - before.bytes_down,
             updated,
             cloud_seconds,
+            teacher,
         })
     }
     fn model(&self) -> &Model {
@@ -390,6 +410,11 @@ impl RandomUpload {
 
     pub fn cloud(&self) -> &CloudAdapter {
         self.inner.cloud()
+    }
+
+    /// See [`Cema::set_diagnose_teacher`].
+    pub fn set_diagnose_teacher(&mut self, on: bool) {
+        self.inner.set_diagnose_teacher(on);
     }
 }
 

@@ -351,3 +351,59 @@ fn plot_redraws_the_figures_of_a_results_file_and_refuses_anything_else() {
     }
     assert!(!dir.path().join("x").exists(), "nothing written on refusal");
 }
+
+#[test]
+fn diagnose_teacher_reports_both_groups_and_changes_no_result() {
+    if !have_inputs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let edge = tiny_edge(dir.path());
+    let plain = bench(&edge, &dir.path().join("plain"), "cema");
+    let o = cema(&[
+        "bench",
+        "--edge",
+        edge.to_str().unwrap(),
+        "--foundation",
+        foundation().to_str().unwrap(),
+        "--methods",
+        "cema",
+        "--corruptions",
+        "gaussian_noise,fog",
+        "--limit",
+        "64",
+        "--batch",
+        "32",
+        "--cloud-batch",
+        "8",
+        "--diagnose-teacher",
+        "--out",
+        dir.path().join("diag").to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let diag = read_json(&dir.path().join("diag/results.json"));
+    let (a, b) = (&plain["methods"]["cema"], &diag["methods"]["cema"]);
+    // The diagnostic observes; the run is the same.
+    for key in ["avg_accuracy", "uploaded", "updates"] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+    assert!(a["teacher_diagnosis"].is_null());
+    let t = &b["teacher_diagnosis"];
+    let (up, dropped) = (&t["uploaded"], &t["dropped"]);
+    assert_eq!(
+        up["samples"].as_u64().unwrap() + dropped["samples"].as_u64().unwrap(),
+        128,
+        "every sample in one group: {t}"
+    );
+    assert_eq!(up["samples"], b["uploaded"]);
+    for g in [up, dropped] {
+        if g["samples"].as_u64().unwrap() > 0 {
+            let teacher = g["teacher_accuracy"].as_f64().unwrap();
+            let fix = g["teacher_corrects_edge"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&teacher) && fix <= teacher, "{g}");
+        }
+    }
+    // The per-stream entries carry it too.
+    assert!(!b["corruptions"]["fog"]["teacher_diagnosis"].is_null());
+}

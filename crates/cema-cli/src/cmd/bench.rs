@@ -199,6 +199,12 @@ pub struct Args {
     /// random_upload's rate for every stream, instead of CEMA's measured rate on that stream.
     #[arg(long)]
     random_rate: Option<f64>,
+    /// For cema and random_upload, also run the cloud's teacher on every sample and report how
+    /// often it is right (and right where the edge is wrong) on the uploaded and on the dropped
+    /// samples (`teacher_diagnosis` in results.json). A diagnostic: one extra foundation forward
+    /// per batch, outside the method's timings.
+    #[arg(long)]
+    diagnose_teacher: bool,
 }
 
 /// One method's numbers on one stream.
@@ -218,6 +224,43 @@ struct StreamResult {
     cloud_seconds: f64,
     /// Correct predictions per batch, in stream order (the continual plot's curve).
     batch_correct: Vec<u32>,
+    /// With `--diagnose-teacher`: [uploaded, dropped] samples.
+    teacher: Option<[TeacherCounts; 2]>,
+}
+
+/// The teacher against the edge on one group of samples (`--diagnose-teacher`).
+#[derive(Debug, Clone, Copy, Default)]
+struct TeacherCounts {
+    samples: usize,
+    edge_correct: usize,
+    teacher_correct: usize,
+    /// Teacher right where the edge is wrong: what distilling on these could correct.
+    teacher_corrects_edge: usize,
+}
+
+impl TeacherCounts {
+    fn add(&mut self, o: &TeacherCounts) {
+        self.samples += o.samples;
+        self.edge_correct += o.edge_correct;
+        self.teacher_correct += o.teacher_correct;
+        self.teacher_corrects_edge += o.teacher_corrects_edge;
+    }
+    fn to_json(self) -> Value {
+        let f = |k: usize| (self.samples > 0).then(|| k as f64 / self.samples as f64);
+        json!({
+            "samples": self.samples,
+            "edge_accuracy": f(self.edge_correct),
+            "teacher_accuracy": f(self.teacher_correct),
+            "teacher_corrects_edge": f(self.teacher_corrects_edge),
+        })
+    }
+}
+
+fn teacher_json(t: &Option<[TeacherCounts; 2]>) -> Value {
+    match t {
+        Some([up, dropped]) => json!({ "uploaded": up.to_json(), "dropped": dropped.to_json() }),
+        None => Value::Null,
+    }
 }
 
 impl StreamResult {
@@ -250,6 +293,7 @@ impl StreamResult {
             "images": self.images,
             "severity": severity,
             "batch_correct": self.batch_correct,
+            "teacher_diagnosis": teacher_json(&self.teacher),
         })
     }
 }
@@ -305,6 +349,7 @@ struct Settings {
     edge: EdgeConfig,
     cloud: CloudConfig,
     random_seed: u64,
+    diagnose_teacher: bool,
 }
 
 impl Settings {
@@ -339,6 +384,7 @@ impl Settings {
             },
             cloud,
             random_seed: args.seed ^ 0x5EED_0F0A_1D00,
+            diagnose_teacher: args.diagnose_teacher,
         }
     }
 
@@ -398,19 +444,19 @@ fn make(
         MethodKey::Tent => Runner::Plain(Box::new(Tent::new(edge(), s.tent))),
         MethodKey::Eata => Runner::Plain(Box::new(Eata::new(edge(), s.eata, None))),
         MethodKey::Cema => {
-            Runner::Plain(Box::new(Cema::new(edge(), foundation(), s.edge, s.cloud)?))
+            let mut m = Cema::new(edge(), foundation(), s.edge, s.cloud)?;
+            m.set_diagnose_teacher(s.diagnose_teacher);
+            Runner::Plain(Box::new(m))
         }
         MethodKey::Foundation => Runner::Plain(Box::new(Foundation {
             model: foundation(),
         })),
-        MethodKey::RandomUpload => Runner::Random(Box::new(RandomUpload::new(
-            edge(),
-            foundation(),
-            s.edge,
-            s.cloud,
-            rate,
-            s.random_seed,
-        )?)),
+        MethodKey::RandomUpload => {
+            let mut m =
+                RandomUpload::new(edge(), foundation(), s.edge, s.cloud, rate, s.random_seed)?;
+            m.set_diagnose_teacher(s.diagnose_teacher);
+            Runner::Random(Box::new(m))
+        }
     })
 }
 
@@ -449,6 +495,19 @@ fn run_stream(
             .iter()
             .filter(|&&i| out.predictions[i] == labels[i])
             .count();
+        if let Some(teacher) = &out.teacher {
+            let t = r.teacher.get_or_insert_with(Default::default);
+            let mut uploaded = vec![false; n];
+            out.selected.iter().for_each(|&i| uploaded[i] = true);
+            for i in 0..n {
+                let g = &mut t[usize::from(!uploaded[i])];
+                let (e, te) = (out.predictions[i] == labels[i], teacher[i] == labels[i]);
+                g.samples += 1;
+                g.edge_correct += usize::from(e);
+                g.teacher_correct += usize::from(te);
+                g.teacher_corrects_edge += usize::from(te && !e);
+            }
+        }
         r.correct += correct;
         r.batch_correct.push(correct as u32);
         r.uploaded += out.uploaded;
@@ -663,6 +722,11 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         let selected: usize = rs.iter().map(|r| r.selected).sum();
         let selected_correct: usize = rs.iter().map(|r| r.selected_correct).sum();
         let selected_accuracy = (selected > 0).then(|| selected_correct as f64 / selected as f64);
+        let teacher = rs.iter().filter_map(|r| r.teacher).reduce(|mut a, b| {
+            a[0].add(&b[0]);
+            a[1].add(&b[1]);
+            a
+        });
         let seconds: f64 = rs.iter().map(|r| r.seconds).sum();
         let cloud_seconds: f64 = rs.iter().map(|r| r.cloud_seconds).sum();
         let images: usize = rs.iter().map(|r| r.images).sum();
@@ -675,6 +739,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
                 "uploaded": uploaded,
                 "selected": rs.iter().map(|r| r.selected).sum::<usize>(),
                 "selected_accuracy": selected_accuracy,
+                "teacher_diagnosis": teacher_json(&teacher),
                 "bytes_up": rs.iter().map(|r| r.bytes_up).sum::<u64>(),
                 "bytes_down": rs.iter().map(|r| r.bytes_down).sum::<u64>(),
                 "updates": rs.iter().map(|r| r.updates).sum::<u64>(),
@@ -789,6 +854,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "edge_images_per_s": "images / (seconds - cloud_seconds): the edge side's throughput, predicting and selecting (and for tent and eata their backward pass)",
         "cloud_samples_per_s": "uploaded samples / cloud_seconds: how many uploads per second one cloud session absorbs, its rounds (foundation step, distillation with replay) included",
         "selected_accuracy": "the method's own online accuracy on the samples it selected (null when none): what is left for a teacher to correct there",
+        "teacher_diagnosis": "with --diagnose-teacher (cema, random_upload): on the uploaded and on the dropped samples, the edge's and the teacher's accuracy (the cloud's foundation before that batch's round) and the fraction where the teacher is right and the edge wrong; null otherwise",
         "seconds": seconds,
     });
     write_json(&args.out.join("manifest.json"), &manifest, "--out")?;
