@@ -172,7 +172,9 @@ fn a_sigkilled_cloud_restarts_and_resumes_while_the_edge_keeps_predicting() {
     let addr = cloud.addr.clone();
     let json = dir.path().join("edge.json");
     let mut cmd = edge_cmd(&cloud.url(), "dev-a", "tok-a", "gaussian_noise", 1280);
-    cmd.args(["--pace-ms", "100", "--json"]).arg(&json);
+    // Paced so that the stream (20 batches, at least 4 s) outlasts the first published version
+    // plus the 1.5 s outage below even on a loaded machine.
+    cmd.args(["--pace-ms", "200", "--json"]).arg(&json);
     let mut edge = cmd.spawn().unwrap();
     // Let the session publish something, then kill the cloud without warning.
     let t = Instant::now();

@@ -93,6 +93,9 @@ struct Saved {
     stats: Stats,
 }
 
+/// A host loss: logits → (value, ∂value/∂logits).
+type LossFn = fn(&[f32]) -> (f32, Vec<f32>);
+
 /// A block's main-path layers, its shortcut's, and the ReLU outputs between its layers.
 type SavedBlock = (Vec<Saved>, Option<Saved>, Vec<Vec<f32>>);
 
@@ -126,37 +129,44 @@ impl ResNet {
         })
     }
 
-    fn layers(&self) -> (Layer, Vec<TBlock>) {
+    /// The layers, with what their input gradients need when `backward`.
+    fn layers(&self, backward: bool) -> (Layer, Vec<TBlock>) {
         let stem = Layer::new(self, &self.stem, false);
         let blocks = self
             .blocks
             .iter()
             .map(|b| TBlock {
-                layers: b.layers.iter().map(|l| Layer::new(self, l, true)).collect(),
-                downsample: b.downsample.as_ref().map(|d| Layer::new(self, d, true)),
+                layers: b
+                    .layers
+                    .iter()
+                    .map(|l| Layer::new(self, l, backward))
+                    .collect(),
+                downsample: b.downsample.as_ref().map(|d| Layer::new(self, d, backward)),
             })
             .collect();
         (stem, blocks)
     }
 
     /// The hand-written forward and backward (see the module doc); `pixels` are validated.
-    fn native_backward<F>(
+    /// With `loss_fn` `None`, a forward only (logits, and the running statistics moved when
+    /// `momentum` is given): BN-adapt's predictions and an edge tracking its statistics.
+    fn native_pass<F>(
         &mut self,
         spec: &crate::InputSpec,
         pixels: &[u8],
         n: usize,
         mode: NormMode,
-        update_stats: bool,
-        loss_fn: F,
+        momentum: Option<f32>,
+        loss_fn: Option<F>,
     ) -> HostBackward
     where
         F: FnOnce(&[f32]) -> (f32, Vec<f32>),
     {
         let pass = Pass {
             mode,
-            momentum: (update_stats && mode != NormMode::Running).then_some(self.stats_momentum),
+            momentum: momentum.filter(|_| mode != NormMode::Running),
         };
-        let (stem, blocks) = self.layers();
+        let (stem, blocks) = self.layers(loss_fn.is_some());
         let group = images_per_task(spec.height, spec.width, n);
 
         // ---- forward ----
@@ -256,6 +266,24 @@ impl ResNet {
         for (i, v) in stat_updates {
             self.store.set_values(i, v);
         }
+
+        let Some(loss_fn) = loss_fn else {
+            for (saved, ds, acts) in saved_blocks {
+                saved.into_iter().chain(ds).for_each(|s| pool::give(s.z));
+                acts.into_iter().for_each(pool::give);
+            }
+            outs.into_iter().for_each(pool::give);
+            if let Some((_, _, p)) = pooled_geo {
+                pool::give(p);
+            }
+            pool::give(stem_out);
+            pool::give(stem_saved.z);
+            return HostBackward {
+                loss: 0.0,
+                logits,
+                grads: Vec::new(),
+            };
+        };
 
         // ---- loss ----
         let (loss, g_logits) = loss_fn(&logits);
@@ -722,6 +750,32 @@ fn max_pool_backward(x: &[f32], g: Geo, out: Geo, c: usize, gy: &[f32]) -> Vec<f
 }
 
 impl Model {
+    /// Batch-statistics or TBR logits through the hand-written pass, the running statistics
+    /// moving with `momentum` if given; `None` when that pass does not apply (disabled, another
+    /// device, an unsupported norm layer, running mode, no images), so the caller takes burn's.
+    pub(crate) fn native_forward(
+        &mut self,
+        pixels: &[u8],
+        n: usize,
+        mode: NormMode,
+        momentum: Option<f32>,
+    ) -> Option<Vec<f32>> {
+        if !self.native_backward_enabled()
+            || !self.net.native_backward_supported()
+            || n == 0
+            || mode == NormMode::Running
+        {
+            return None;
+        }
+        let spec = self.card.input.clone();
+        let none: Option<LossFn> = None;
+        Some(
+            self.net
+                .native_pass(&spec, pixels, n, mode, momentum, none)
+                .logits,
+        )
+    }
+
     /// One forward in `mode` (running statistics move when `update_stats`, as in
     /// [`ResNet::forward`]), `loss_fn(logits) → (loss, ∂loss/∂logits)` on the host, and the
     /// gradients of every norm weight and bias; the convolutions and classifier are constants.
@@ -743,9 +797,10 @@ impl Model {
         check_pixels(&self.card.input, pixels, n)?;
         if self.native_backward_enabled() && self.net.native_backward_supported() && n > 0 {
             let spec = self.card.input.clone();
+            let momentum = update_stats.then_some(self.net.stats_momentum);
             return Ok(self
                 .net
-                .native_backward(&spec, pixels, n, mode, update_stats, loss_fn));
+                .native_pass(&spec, pixels, n, mode, momentum, Some(loss_fn)));
         }
         let x = to_input(&self.card.input, pixels, n, self.net.device())?;
         let mut host_loss = 0f32;

@@ -21,6 +21,10 @@ impl Model {
                 return Ok(f.logits(pixels, n));
             }
         }
+        check_pixels(&self.card.input, pixels, n)?;
+        if let Some(logits) = self.native_forward(pixels, n, mode, None) {
+            return Ok(logits);
+        }
         let x = to_input(&self.card.input, pixels, n, self.net.device())?;
         Ok(tensor_to_vec(self.net.forward(x, mode, false)))
     }
@@ -28,6 +32,10 @@ impl Model {
     /// Replaces the running statistics with those of these `n` images (see
     /// [`crate::ResNet::init_running_stats`]) and returns their batch-statistics logits.
     pub fn init_running_stats(&mut self, pixels: &[u8], n: usize) -> Result<Vec<f32>> {
+        check_pixels(&self.card.input, pixels, n)?;
+        if let Some(logits) = self.native_forward(pixels, n, NormMode::Batch, Some(1.0)) {
+            return Ok(logits);
+        }
         let x = to_input(&self.card.input, pixels, n, self.net.device())?;
         Ok(tensor_to_vec(self.net.init_running_stats(x)))
     }
@@ -35,6 +43,10 @@ impl Model {
     /// Logits from the running statistics, after which they track these `n` images with
     /// `momentum` (see [`crate::ResNet::forward_tracking`]).
     pub fn logits_tracking(&mut self, pixels: &[u8], n: usize, momentum: f32) -> Result<Vec<f32>> {
+        check_pixels(&self.card.input, pixels, n)?;
+        if let Some(logits) = self.native_forward(pixels, n, NormMode::Tbr, Some(momentum)) {
+            return Ok(logits);
+        }
         let x = to_input(&self.card.input, pixels, n, self.net.device())?;
         Ok(tensor_to_vec(self.net.forward_tracking(x, momentum)))
     }

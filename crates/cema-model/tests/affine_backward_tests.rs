@@ -287,3 +287,42 @@ fn the_native_path_is_the_default_on_the_cpu() {
     assert_ne!(a.grads, b.grads, "both calls took the same path");
     compare(&a, &b, &m, "default vs autodiff");
 }
+
+#[test]
+fn forward_only_passes_match_burns() {
+    // BN-adapt's batch-statistics logits, an edge replacing its statistics with its first batch's,
+    // and an edge tracking its statistics forward-only: logits and the state left behind.
+    for arch in [
+        Arch::resnet8(1, 10),
+        Arch::TorchvisionResnet {
+            depth: 18,
+            in_channels: 1,
+            num_classes: 10,
+        },
+    ] {
+        let mut native = Model::init(fmnist_card(arch.clone()), &cpu(), 1).unwrap();
+        perturb_norms(&mut native, 5);
+        let mut reference = native.clone();
+        reference.set_native_backward(false);
+        let px = pixels(6, 28 * 28, 9);
+        let what = format!("{arch:?}");
+        let (a, b) = (
+            native.logits(&px, 6, NormMode::Batch).unwrap(),
+            reference.logits(&px, 6, NormMode::Batch).unwrap(),
+        );
+        assert_close(&a, &b, 1e-4, &format!("{what}: batch-statistics logits"));
+        let (a, b) = (
+            native.logits_tracking(&px, 6, 0.3).unwrap(),
+            reference.logits_tracking(&px, 6, 0.3).unwrap(),
+        );
+        assert_close(&a, &b, 1e-4, &format!("{what}: tracking logits"));
+        let (a, b) = (
+            native.init_running_stats(&px[..4 * 784], 4).unwrap(),
+            reference.init_running_stats(&px[..4 * 784], 4).unwrap(),
+        );
+        assert_close(&a, &b, 1e-4, &format!("{what}: init logits"));
+        for ((name, x), (_, y)) in norm_state(&native).iter().zip(&norm_state(&reference)) {
+            assert_close(x, y, 1e-4, &format!("{what}: {name}"));
+        }
+    }
+}
