@@ -750,6 +750,12 @@ fn max_pool_backward(x: &[f32], g: Geo, out: Geo, c: usize, gy: &[f32]) -> Vec<f
 }
 
 impl Model {
+    /// Whether the hand-written pass serves `n` images of this model: enabled, on the CPU, every
+    /// norm layer one it implements, and a non-empty batch.
+    fn native_pass_applies(&self, n: usize) -> bool {
+        self.native_backward_enabled() && self.net.native_backward_supported() && n > 0
+    }
+
     /// Batch-statistics or TBR logits through the hand-written pass, the running statistics
     /// moving with `momentum` if given; `None` when that pass does not apply (disabled, another
     /// device, an unsupported norm layer, running mode, no images), so the caller takes burn's.
@@ -760,11 +766,7 @@ impl Model {
         mode: NormMode,
         momentum: Option<f32>,
     ) -> Option<Vec<f32>> {
-        if !self.native_backward_enabled()
-            || !self.net.native_backward_supported()
-            || n == 0
-            || mode == NormMode::Running
-        {
+        if !self.native_pass_applies(n) || mode == NormMode::Running {
             return None;
         }
         let spec = self.card.input.clone();
@@ -795,7 +797,7 @@ impl Model {
         F: FnOnce(&[f32]) -> (f32, Vec<f32>),
     {
         check_pixels(&self.card.input, pixels, n)?;
-        if self.native_backward_enabled() && self.net.native_backward_supported() && n > 0 {
+        if self.native_pass_applies(n) {
             let spec = self.card.input.clone();
             let momentum = update_stats.then_some(self.net.stats_momentum);
             return Ok(self

@@ -4,39 +4,8 @@
 
 mod common;
 
-use cema_model::{cpu, Arch, InputSpec, Kind, Model, ModelError, NormMode};
+use cema_model::{cpu, Arch, InputSpec, Model, ModelError, NormMode};
 use common::*;
-
-/// Deterministic non-trivial values: γ around 1, β and means around 0, variances positive.
-fn perturb_norms(m: &mut Model, seed: u32) {
-    let store = m.net.store_mut();
-    for i in 0..store.len() {
-        let kind = store.kind(i);
-        if !kind.is_norm_state() {
-            continue;
-        }
-        let n: usize = store.shape(i).iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|j| {
-                let u = (((j as u32).wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(97)) % 1000)
-                    as f32
-                    / 1000.0;
-                match kind {
-                    Kind::NormWeight => 0.5 + u,
-                    Kind::RunningVar => 0.2 + 2.0 * u,
-                    _ => u - 0.5,
-                }
-            })
-            .collect();
-        store.set_values(i, v);
-    }
-}
-
-fn pixels(n: usize, per: usize, seed: usize) -> Vec<u8> {
-    (0..n * per)
-        .map(|i| ((i + seed).wrapping_mul(2_654_435_761) >> 9) as u8)
-        .collect()
-}
 
 fn both(m: &mut Model, px: &[u8], n: usize) -> (Vec<f32>, Vec<f32>) {
     m.set_fold_inference(true);
