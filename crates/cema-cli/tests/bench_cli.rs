@@ -69,12 +69,18 @@ fn read_json(path: &Path) -> Value {
 
 /// Runs bench on gaussian_noise and fog, 64 images each, into `out`; returns results.json.
 fn bench(edge: &Path, out: &Path, methods: &str) -> Value {
-    let o = cema(&[
+    bench_with(edge, out, methods, &[])
+}
+
+/// [`bench`] with extra flags.
+fn bench_with(edge: &Path, out: &Path, methods: &str, extra: &[&str]) -> Value {
+    let foundation = foundation();
+    let mut args = vec![
         "bench",
         "--edge",
         edge.to_str().unwrap(),
         "--foundation",
-        foundation().to_str().unwrap(),
+        foundation.to_str().unwrap(),
         "--methods",
         methods,
         "--corruptions",
@@ -88,7 +94,9 @@ fn bench(edge: &Path, out: &Path, methods: &str) -> Value {
         "--out",
         out.to_str().unwrap(),
         "-q",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = cema(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -360,29 +368,12 @@ fn diagnose_teacher_reports_both_groups_and_changes_no_result() {
     let dir = tempfile::tempdir().unwrap();
     let edge = tiny_edge(dir.path());
     let plain = bench(&edge, &dir.path().join("plain"), "cema");
-    let o = cema(&[
-        "bench",
-        "--edge",
-        edge.to_str().unwrap(),
-        "--foundation",
-        foundation().to_str().unwrap(),
-        "--methods",
+    let diag = bench_with(
+        &edge,
+        &dir.path().join("diag"),
         "cema",
-        "--corruptions",
-        "gaussian_noise,fog",
-        "--limit",
-        "64",
-        "--batch",
-        "32",
-        "--cloud-batch",
-        "8",
-        "--diagnose-teacher",
-        "--out",
-        dir.path().join("diag").to_str().unwrap(),
-        "-q",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let diag = read_json(&dir.path().join("diag/results.json"));
+        &["--diagnose-teacher"],
+    );
     let (a, b) = (&plain["methods"]["cema"], &diag["methods"]["cema"]);
     // The diagnostic observes; the run is the same.
     for key in ["avg_accuracy", "uploaded", "updates"] {
