@@ -5,6 +5,8 @@ checkpoints, the same u8 input and the same thread count. See bench/README.md fo
     torch_speed.py --workload edge_b64[,...] [--models EDGE,FOUNDATION] [--threads N]
                    [--seconds S] [--json FILE]
     torch_speed.py --check-logits CEMA_LOGITS.json --json FILE     (numerical agreement)
+    torch_speed.py --device cuda --workload ...                    (the GPU counterpart of
+                                                                    `cema --backend cuda speed`)
 
 Every timed iteration starts from u8 NHWC pixels, as cema's does (`Model::logits`, the cloud's
 uploads): the conversion to normalised f32 NCHW is part of the work on both sides.
@@ -33,6 +35,14 @@ import train_torch as T  # noqa: E402
 
 WORKLOADS = ["edge_b64", "edge_b1", "resnet18_224", "cloud_step", "foundation_b64", "foundation_step"]
 CHECK_IMAGES = 64
+# --device: the u8 pixels start on the host on both sides, so the upload to the GPU is part of the
+# work, and every timed iteration ends with the result on the host (logits) or synchronised (steps).
+DEVICE = torch.device("cpu")
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 RESNET18_BATCH = 8
 STEP_BATCH = 128
 CLOUD_REPLAY = 1024
@@ -86,8 +96,8 @@ class Input:
         return torch.from_numpy(check_pixels(n * self.h * self.w * self.c)).view(n, self.h, self.w, self.c)
 
     def __call__(self, u8, dtype=torch.float32):
-        x = u8.permute(0, 3, 1, 2).to(dtype=dtype, memory_format=torch.contiguous_format)
-        return x.mul_(self.scale.to(dtype)).sub_(self.shift.to(dtype))
+        x = u8.to(DEVICE).permute(0, 3, 1, 2).to(dtype=dtype, memory_format=torch.contiguous_format)
+        return x.mul_(self.scale.to(DEVICE, dtype)).sub_(self.shift.to(DEVICE, dtype))
 
 
 def load_model(path):
@@ -190,7 +200,7 @@ def inference(name, model, inp, b, seconds):
 
     def fn():
         with torch.inference_mode():
-            model(inp(px)).numpy()
+            model(inp(px)).cpu().numpy()
 
     what = (f"model(u8 NHWC → normalised f32 NCHW, n = {b}) in eval mode under torch.inference_mode(), "
             "logits as numpy")
@@ -203,7 +213,7 @@ def tbr_step(name, model, card, seconds):
     inp = Input(card["input"])
     b = STEP_BATCH
     px = inp.pixels(b)
-    y = torch.arange(b) % card["architecture"]["num_classes"]
+    y = (torch.arange(b) % card["architecture"]["num_classes"]).to(DEVICE)
     opt = torch.optim.SGD(norm_affine_only(model), lr=0.00025, momentum=0.9)
     model.train()
 
@@ -211,6 +221,7 @@ def tbr_step(name, model, card, seconds):
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(inp(px)), y).backward()
         opt.step()
+        sync()
 
     what = ("u8 → input, BatchNorm train-mode forward + backward (norm affine only), cross-entropy, "
             "SGD momentum step, batch 128")
@@ -274,6 +285,7 @@ def cloud_round(name, foundation, fcard, student, scard, seconds):
         opt_s.zero_grad(set_to_none=True)
         loss.backward()
         opt_s.step()
+        sync()
 
     per_round = b + k
     what = (f"replay append of {b} new u8 images, foundation BatchNorm-train entropy step on {b}, teacher eval "
@@ -290,19 +302,19 @@ def run_workload(w, models, seconds):
     if w in ("edge_b64", "edge_b1", "foundation_b64"):
         m, card = load_model(models[0] if w.startswith("edge") else models[1])
         b = 1 if w == "edge_b1" else 64
-        return lambda: inference(w, m, Input(card["input"]), b, seconds), {}
+        return lambda: inference(w, m.to(DEVICE), Input(card["input"]), b, seconds), {}
     if w == "resnet18_224":
         m, source = resnet18()
         inp = Input({"height": 224, "width": 224, "channels": 3,
                      "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
-        return lambda: inference(w, m, inp, RESNET18_BATCH, seconds), {"resnet18": source}
+        return lambda: inference(w, m.to(DEVICE), inp, RESNET18_BATCH, seconds), {"resnet18": source}
     if w == "foundation_step":
         m, card = load_model(models[1])
-        return lambda: tbr_step(w, m, card, seconds), {}
+        return lambda: tbr_step(w, m.to(DEVICE), card, seconds), {}
     if w == "cloud_step":
         f, fcard = load_model(models[1])
         s, scard = load_model(models[0])
-        return lambda: cloud_round(w, f, fcard, s, scard, seconds), {}
+        return lambda: cloud_round(w, f.to(DEVICE), fcard, s.to(DEVICE), scard, seconds), {}
     raise AssertionError(w)
 
 
@@ -344,6 +356,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--check-logits", metavar="FILE", help="cema speed --logits output to compare against")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the timings then include host↔GPU copies)")
     ap.add_argument("--json")
     args = ap.parse_args()
     workloads = [w for w in args.workload.split(",") if w]
@@ -358,7 +371,11 @@ def main():
     if len(models) != 2:
         ap.error("--models takes EDGE,FOUNDATION")
     torch.set_num_threads(args.threads)
-    out = {"engine": f"pytorch {torch.__version__} eager", "threads": torch.get_num_threads(),
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: PyTorch sees no CUDA device")
+    out = {"engine": f"pytorch {torch.__version__} eager", "device": str(DEVICE), "threads": torch.get_num_threads(),
            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
            "seconds": args.seconds, "throughput": "units per iteration / median iteration time",
            "models": models, "workloads": {}}

@@ -36,6 +36,19 @@ struct Cli {
           value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
 
+    /// Where the models run: `cpu` (burn's flex backend with cema's hand-written kernels) or
+    /// `cuda` / `cuda:N` (a build with `--features cuda`). The edge runtime (`cema edge`, `cema
+    /// load`) always runs on the CPU: edges have no GPU.
+    #[arg(
+        long,
+        global = true,
+        env = "CEMA_BACKEND",
+        default_value = "cpu",
+        value_name = "DEVICE",
+        help_heading = "Global options"
+    )]
+    backend: String,
+
     #[command(subcommand)]
     command: cmd::Command,
 }
@@ -70,8 +83,17 @@ fn main() -> ExitCode {
             tracing::warn!("--threads {n} ignored: {e}");
         }
     }
+    let device = match cema_model::device(&cli.backend) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: --backend: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let ctx = cmd::Context {
         quiet: cli.quiet,
+        device,
+        backend: cli.backend.clone(),
         argv: std::env::args_os()
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),

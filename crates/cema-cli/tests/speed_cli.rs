@@ -30,6 +30,7 @@ fn speed_edge_workloads_write_the_json_bench_compare_reads() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(v["threads"].as_u64().unwrap() >= 1);
+    assert_eq!(v["backend"], "cpu", "the default backend is recorded");
     for w in ["edge_b1", "edge_b64"] {
         let e = &v["workloads"][w];
         for k in [
@@ -83,4 +84,24 @@ fn speed_bad_workload_and_missing_foundation_are_usage_errors_naming_the_flag() 
     let o = cema(&["speed", "--seconds", "0", "--workload", "edge_b1"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--seconds"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_bad_backend_is_a_usage_error_naming_the_flag() {
+    for (spec, says) in [
+        ("gpu", "expected `cpu`, `cuda` or `cuda:N`"),
+        ("cuda:x", "not a device index"),
+        ("cpu:1", "no device index"),
+    ] {
+        let o = cema(&["--backend", spec, "speed", "--workload", "edge_b1"]);
+        assert_eq!(o.status.code(), Some(2), "{spec}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--backend"), "{spec}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{spec}: {}", stderr(&o));
+    }
+    if !cfg!(feature = "cuda") {
+        // A CPU-only build says how to get CUDA instead of failing somewhere inside burn.
+        let o = cema(&["--backend", "cuda", "speed", "--workload", "edge_b1"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use cema_adapt::{CloudAdapter, CloudConfig, CloudSnapshot};
-use cema_model::{cpu, Model, NormState};
+use cema_model::{cpu, Device, Model, NormState};
 use cema_wire::{decode_upload, Dtype, SessionInfo, UploadAck, WireError, PROTOCOL_VERSION};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -37,6 +37,8 @@ pub struct CloudOptions {
     /// Fault injection: extra time every round takes (a slow or overloaded cloud), for tests
     /// and demos of backpressure.
     pub round_delay: std::time::Duration,
+    /// Where the foundation and the per-session students run (`cema --backend`).
+    pub device: Device,
 }
 
 impl CloudOptions {
@@ -51,6 +53,7 @@ impl CloudOptions {
             max_body: 8 << 20,
             max_queued: 64,
             round_delay: std::time::Duration::ZERO,
+            device: cpu(),
         }
     }
 }
@@ -191,7 +194,7 @@ impl Cloud {
     /// Loads the models, opens the store in `data_dir`, resumes every persisted session and
     /// starts the workers.
     pub fn open(options: CloudOptions) -> anyhow::Result<Arc<Cloud>> {
-        let device = cpu();
+        let device = options.device.clone();
         let edge = Model::load(&options.edge_model, &device)
             .with_context(|| format!("edge model {}", options.edge_model.display()))?;
         let foundation = Model::load(&options.foundation, &device)

@@ -57,6 +57,8 @@ pub enum ModelError {
     },
     #[error("input batch: {0}")]
     Input(String),
+    #[error("backend `{spec}`: {reason}")]
+    Backend { spec: String, reason: String },
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

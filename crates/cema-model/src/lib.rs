@@ -66,3 +66,41 @@ pub use train::{checkpoint_dir, train, EpochReport, TrainConfig, TrainEvent};
 pub fn cpu() -> Device {
     Device::flex()
 }
+
+/// The device a `--backend` names: `cpu` (burn's `flex` backend, where the hand-written
+/// inference and adaptation kernels run) or `cuda` / `cuda:N` (burn's CUDA backend, only in a
+/// build with the `cuda` feature; the generic burn path then keeps every model's work on the GPU).
+pub fn device(spec: &str) -> Result<Device> {
+    let err = |reason: String| ModelError::Backend {
+        spec: spec.to_string(),
+        reason,
+    };
+    let (name, index) = match spec.split_once(':') {
+        Some((name, index)) => {
+            let index: usize = index
+                .parse()
+                .map_err(|_| err(format!("`{index}` is not a device index")))?;
+            (name, Some(index))
+        }
+        None => (spec, None),
+    };
+    match name {
+        "cpu" if index.is_none() => Ok(cpu()),
+        "cpu" => Err(err("the CPU backend takes no device index".into())),
+        "cuda" => cuda(index.unwrap_or(0)).map_err(err),
+        _ => Err(err("expected `cpu`, `cuda` or `cuda:N`".into())),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(index: usize) -> std::result::Result<Device, String> {
+    Ok(Device::cuda(index))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_index: usize) -> std::result::Result<Device, String> {
+    Err(
+        "this build has no CUDA support; rebuild with `cargo build --release --features cuda`"
+            .into(),
+    )
+}

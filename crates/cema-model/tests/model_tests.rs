@@ -439,3 +439,19 @@ fn wrong_input_size_is_a_clear_error() {
     let e = m.logits(&[0u8; 100], 1, NormMode::Running).unwrap_err();
     assert!(e.to_string().contains("100 bytes"), "{e}");
 }
+
+#[test]
+fn device_specs_name_cpu_or_cuda_and_refuse_anything_else() {
+    assert!(cema_model::device("cpu").unwrap() == cpu());
+    for bad in ["gpu", "cpu:0", "cuda:", "cuda:-1", ""] {
+        let e = cema_model::device(bad).unwrap_err();
+        assert!(matches!(e, ModelError::Backend { .. }), "{bad}: {e}");
+        assert!(e.to_string().contains(&format!("`{bad}`")), "{bad}: {e}");
+    }
+    // The CPU-only build (the default) refuses CUDA with the way to get it.
+    #[cfg(not(feature = "cuda"))]
+    for spec in ["cuda", "cuda:1"] {
+        let e = cema_model::device(spec).unwrap_err();
+        assert!(e.to_string().contains("--features cuda"), "{e}");
+    }
+}

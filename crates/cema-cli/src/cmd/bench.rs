@@ -14,7 +14,7 @@ use cema_adapt::{
 use cema_corrupt::{Corruption, Plan, Table};
 use cema_data::cifar_c::CorruptedDir;
 use cema_data::{fashion_mnist, ImageSet, Split};
-use cema_model::{cpu, sha256_file, Model};
+use cema_model::{sha256_file, Device, Model};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -522,9 +522,9 @@ fn run_stream(
     Ok(r)
 }
 
-fn load_model(path: &Path, flag: &str) -> Result<(Model, String), CliError> {
+fn load_model(path: &Path, flag: &str, device: &Device) -> Result<(Model, String), CliError> {
     let ctx = || format!("{flag} {}", path.display());
-    let model = Model::load(path, &cpu()).usage_err(ctx())?;
+    let model = Model::load(path, device).usage_err(ctx())?;
     let sha = sha256_file(path).usage_err(ctx())?;
     Ok((model, sha))
 }
@@ -609,13 +609,13 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     }
 
     let (edge, edge_sha) = if methods.iter().any(|m| m.needs_edge()) {
-        let (m, s) = load_model(&args.edge, "--edge")?;
+        let (m, s) = load_model(&args.edge, "--edge", &ctx.device)?;
         (Some(m), Some(s))
     } else {
         (None, None)
     };
     let (foundation, foundation_sha) = if methods.iter().any(|m| m.needs_foundation()) {
-        let (m, s) = load_model(&args.foundation, "--foundation")?;
+        let (m, s) = load_model(&args.foundation, "--foundation", &ctx.device)?;
         (Some(m), Some(s))
     } else {
         (None, None)
@@ -824,6 +824,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "git_revision": git,
         "git_dirty": dirty,
         "cema_version": env!("CARGO_PKG_VERSION"),
+        "backend": ctx.backend,
+        "threads": rayon::current_num_threads(),
         "protocol": args.protocol.name(),
         "methods": methods.iter().map(|m| m.key()).collect::<Vec<_>>(),
         "corruptions": corruptions.iter().map(|c| c.name()).collect::<Vec<_>>(),

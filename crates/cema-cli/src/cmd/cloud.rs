@@ -120,7 +120,7 @@ fn check_file(path: &Path, flag: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn run(args: Args, _ctx: &Context) -> Result<(), CliError> {
+pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let devices = parse_devices(&args)?;
     check_file(&args.edge, "--edge")?;
     check_file(&args.foundation, "--foundation")?;
@@ -142,6 +142,7 @@ pub fn run(args: Args, _ctx: &Context) -> Result<(), CliError> {
         max_body: args.max_body,
         max_queued: args.max_queued,
         round_delay: std::time::Duration::from_millis(args.slow_ms),
+        device: ctx.device.clone(),
         ..CloudOptions::new(
             args.edge.clone(),
             args.foundation.clone(),

@@ -6,7 +6,7 @@ use std::time::Instant;
 use cema_corrupt::Corruption;
 use cema_data::cifar_c::CorruptedDir;
 use cema_data::{fashion_mnist, ImageSet, Split};
-use cema_model::{cpu, Model, NormMode};
+use cema_model::{Model, NormMode};
 use serde_json::{json, Map, Value};
 
 use super::corrupt::{expand, parse_selection, Selection};
@@ -82,7 +82,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     if args.batch == 0 {
         return Err(CliError::usage(anyhow::anyhow!("--batch must be positive")));
     }
-    let device = cpu();
+    let device = ctx.device.clone();
     let mut model =
         Model::load(&args.model, &device).usage_err(format!("--model {}", args.model.display()))?;
     let mut test =

@@ -36,6 +36,10 @@ pub struct Context {
     pub quiet: bool,
     /// The command line as typed, for manifests and model cards.
     pub argv: Vec<String>,
+    /// `--backend`: the device the cloud-side models (and bench, eval, train, speed) run on.
+    pub device: cema_model::Device,
+    /// `--backend` as given (`cpu`, `cuda`, `cuda:N`), for manifests and reports.
+    pub backend: String,
 }
 
 /// Declares the [`Command`] enum (the subcommand list of `cema --help`), its names and dispatch.

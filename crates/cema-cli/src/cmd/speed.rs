@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cema_adapt::{CloudAdapter, CloudConfig};
-use cema_model::{
-    cpu, cross_entropy_grad, Arch, InputSpec, Model, ModelCard, NormMode, Sgd, SgdConfig,
-};
+use cema_model::{cross_entropy_grad, Arch, InputSpec, Model, ModelCard, NormMode, Sgd, SgdConfig};
 use serde_json::{json, Map, Value};
 
 use super::{write_json, Context};
@@ -216,7 +214,7 @@ fn load(path: &Path, device: &cema_model::Device) -> Result<Model, CliError> {
     Model::load(path, device).usage_err(format!("--models {}", path.display()))
 }
 
-pub fn run(args: Args, _ctx: &Context) -> Result<(), CliError> {
+pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     if !(args.seconds.is_finite() && args.seconds > 0.0) {
         return Err(CliError::usage(anyhow::anyhow!(
             "--seconds must be a positive number, got {}",
@@ -234,7 +232,7 @@ pub fn run(args: Args, _ctx: &Context) -> Result<(), CliError> {
         (None, Some(_)) => Vec::new(),
         (None, None) => DEFAULT_WORKLOADS.to_vec(),
     };
-    let device = cpu();
+    let device = ctx.device.clone();
     let need_edge = args.logits.is_some() || workloads.iter().any(|w| w.needs_edge());
     let need_foundation = workloads.iter().any(|w| w.needs_foundation());
     // Load (and so validate) every checkpoint before timing anything.
@@ -346,7 +344,12 @@ pub fn run(args: Args, _ctx: &Context) -> Result<(), CliError> {
 
     if let Some(p) = &args.json {
         let v = json!({
-            "engine": "cema (burn 0.22 flex)",
+            "engine": if ctx.backend == "cpu" {
+                "cema (burn 0.22 flex)".to_string()
+            } else {
+                format!("cema (burn 0.22 {})", ctx.backend)
+            },
+            "backend": ctx.backend,
             "threads": rayon::current_num_threads(),
             "seconds": args.seconds,
             "throughput": "units per iteration / median iteration time",

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use cema_data::{fashion_mnist, Split};
-use cema_model::{checkpoint_dir, cpu, train, Arch, Model, ModelCard, TrainConfig, TrainEvent};
+use cema_model::{checkpoint_dir, train, Arch, Model, ModelCard, TrainConfig, TrainEvent};
 use serde_json::json;
 
 use super::{write_json, Context};
@@ -93,7 +93,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         .map(|s| s.to_string())
         .collect();
     let card = ModelCard::fashion_mnist(&name, &args.role, arch, classes);
-    let device = cpu();
+    let device = ctx.device.clone();
     let mut model = Model::init(card, &device, args.seed).run_err("building the model")?;
     let cfg = TrainConfig {
         epochs: args.epochs,
@@ -167,7 +167,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "command": super::shell_line(&ctx.argv),
         "recipe": "random crop (pad {pad}) + horizontal flip",
         "config": cfg,
-        "device": "cpu (burn flex)",
+        "device": if ctx.backend == "cpu" { "cpu (burn flex)".to_string() } else { format!("{} (burn)", ctx.backend) },
         "threads": rayon::current_num_threads(),
         "wall_time_s": (train_seconds * 10.0).round() / 10.0,
     });
