@@ -5,7 +5,8 @@
 #   1. inference: do the shipped models give the same accuracies with `--backend cuda`?
 #   2. adaptation: does a short CEMA/Tent stream give the same online accuracy on the GPU?
 #   3. speed: `cema --backend cuda speed` against PyTorch on the same GPU (bench/torch_speed.py).
-# Usage: bench/cuda_check.sh OUT_DIR   (CEMA_BIN: the cuda build; PYTHON: a python with torch)
+# Usage: bench/cuda_check.sh OUT_DIR   (CEMA_BIN: the cuda build; PYTHON: a python with torch;
+#        BACKENDS="cuda" skips the CPU references when OUT_DIR already holds them from a CPU build)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bench/cuda_check.sh OUT_DIR}
@@ -28,15 +29,15 @@ step() { # name timeout command...
   [ $rc -eq 0 ] || failed=1
 }
 nvidia-smi -L || true
-for b in cpu cuda; do
-  step "eval-$b" 240 "$bin" -q --backend $b eval --model models/foundation.safetensors \
+for b in ${BACKENDS:-cpu cuda}; do
+  step "eval-$b" 150 "$bin" -q --backend $b eval --model models/foundation.safetensors \
     --corruptions fog,gaussian_noise --severities 5 --limit 2000 --json "$out/eval-foundation-$b.json"
-  step "bench-$b" 300 "$bin" -q --backend $b bench --methods bn_adapt,tent,cema \
+  step "bench-$b" 200 "$bin" -q --backend $b bench --methods bn_adapt,tent,cema \
     --corruptions fog --limit 1024 --out "$out/bench-$b"
 done
 w=edge_b64,foundation_b64,foundation_step,cloud_step
-step speed-cema-cuda 200 "$bin" -q --backend cuda speed --workload $w --seconds 3 --json "$out/speed-cema-cuda.json"
-step speed-torch-cuda 200 "$py" bench/torch_speed.py --device cuda --workload $w --seconds 3 --json "$out/speed-torch-cuda.json"
+step speed-cema-cuda 120 "$bin" -q --backend cuda speed --workload $w --seconds 3 --json "$out/speed-cema-cuda.json"
+step speed-torch-cuda 90 "$py" bench/torch_speed.py --device cuda --workload $w --seconds 3 --json "$out/speed-torch-cuda.json"
 "$py" - "$out" <<'PY' || failed=1
 import json, sys
 out = sys.argv[1]
