@@ -91,24 +91,60 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Reads the body under the hard limit; an over-long body (declared or actual) is refused
-/// before it is buffered whole.
+/// without being buffered.
+///
+/// The rest of a refused body is read and discarded, up to [`DRAIN_CAP`] bytes or
+/// [`DRAIN_TIME`] (a lingering close, as web servers do it): closing a connection whose request
+/// bytes were never read makes the kernel send a reset, and a reset that reaches the client
+/// before it reads the 413 discards that response, so the edge would see "peer disconnected"
+/// instead of `too_large`. Past either bound the connection is closed anyway.
 async fn read_body(cloud: &Cloud, headers: &HeaderMap, body: Body) -> Result<Bytes, Refusal> {
+    use futures_util::StreamExt;
     let limit = cloud.options().max_body;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let mut stream = body.into_data_stream();
     if let Some(n) = declared.filter(|&n| n > limit) {
+        drain(stream, n.min(DRAIN_CAP)).await;
         return Err(Refusal::too_large(n, limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let msg = e.to_string();
-        if msg.contains("length limit") {
-            Refusal::too_large(limit + 1, limit)
-        } else {
-            Refusal::bad_request(format!("body could not be read whole: {msg}"))
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| Refusal::bad_request(format!("body could not be read whole: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            let seen = buf.len() + chunk.len();
+            drain(stream, DRAIN_CAP.saturating_sub(seen)).await;
+            return Err(Refusal::too_large(seen, limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// At most this many bytes of a refused body are read and discarded (see [`read_body`]); an
+/// unauthorised request's body, at most `max_body`.
+const DRAIN_CAP: usize = 32 << 20;
+/// ... and for at most this long.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+async fn drain(
+    mut stream: impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Unpin,
+    cap: usize,
+) {
+    use futures_util::StreamExt;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0;
+        while seen < cap {
+            match stream.next().await {
+                Some(Ok(chunk)) => seen += chunk.len(),
+                _ => break,
+            }
         }
     })
+    .await;
 }
 
 async fn health(State(app): State<App>) -> Json<serde_json::Value> {
@@ -192,7 +228,12 @@ where
     T: Send + 'static,
     F: FnOnce(&Cloud, &str, &[u8]) -> Result<T, Refusal> + Send + 'static,
 {
-    cloud.authorize(&device, bearer(headers))?;
+    if let Err(r) = cloud.authorize(&device, bearer(headers)) {
+        // Read the body first (bounded, see `read_body`): refusing with it unread resets the
+        // connection, which loses the 401 or breaks the client's next request on it.
+        drain(body.into_data_stream(), cloud.options().max_body).await;
+        return Err(r);
+    }
     let bytes = read_body(cloud, headers, body).await?;
     let c = cloud.clone();
     tokio::task::spawn_blocking(move || work(&c, &device, &bytes))
