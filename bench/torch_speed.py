@@ -35,6 +35,14 @@ import train_torch as T  # noqa: E402
 
 WORKLOADS = ["edge_b64", "edge_b1", "resnet18_224", "cloud_step", "foundation_b64", "foundation_step"]
 CHECK_IMAGES = 64
+RESNET18_BATCH = 8
+STEP_BATCH = 128
+CLOUD_REPLAY = 1024
+# CloudConfig::default() and DistillWeights::default() of cema-adapt / cema-model (SPEC §3).
+CLOUD = dict(batch=32, replay_ratio=3, replay_capacity=10_000, foundation_lr=0.00025, student_lr=0.0025,
+             momentum=0.9, alpha=3.0, beta=3.0, gamma=1.0, temperature=1.0)
+
+
 # --device: the u8 pixels start on the host on both sides, so the upload to the GPU is part of the
 # work, and every timed iteration ends with the result on the host (logits) or synchronised (steps).
 DEVICE = torch.device("cpu")
@@ -43,12 +51,6 @@ DEVICE = torch.device("cpu")
 def sync():
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
-RESNET18_BATCH = 8
-STEP_BATCH = 128
-CLOUD_REPLAY = 1024
-# CloudConfig::default() and DistillWeights::default() of cema-adapt / cema-model (SPEC §3).
-CLOUD = dict(batch=32, replay_ratio=3, replay_capacity=10_000, foundation_lr=0.00025, student_lr=0.0025,
-             momentum=0.9, alpha=3.0, beta=3.0, gamma=1.0, temperature=1.0)
 
 
 def check_pixels(nbytes):

@@ -42,6 +42,16 @@ pub struct Context {
     pub backend: String,
 }
 
+impl Context {
+    /// The engine as reports name it: `burn 0.22 flex` on the CPU, else with the backend given.
+    pub fn engine(&self) -> String {
+        match self.backend.as_str() {
+            "cpu" => "burn 0.22 flex".into(),
+            other => format!("burn 0.22 {other}"),
+        }
+    }
+}
+
 /// Declares the [`Command`] enum (the subcommand list of `cema --help`), its names and dispatch.
 macro_rules! commands {
     ($( $(#[$meta:meta])* $variant:ident($module:ident::Args) ),* $(,)?) => {

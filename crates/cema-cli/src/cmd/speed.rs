@@ -344,11 +344,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
 
     if let Some(p) = &args.json {
         let v = json!({
-            "engine": if ctx.backend == "cpu" {
-                "cema (burn 0.22 flex)".to_string()
-            } else {
-                format!("cema (burn 0.22 {})", ctx.backend)
-            },
+            "engine": format!("cema ({})", ctx.engine()),
             "backend": ctx.backend,
             "threads": rayon::current_num_threads(),
             "seconds": args.seconds,

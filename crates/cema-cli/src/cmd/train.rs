@@ -167,7 +167,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "command": super::shell_line(&ctx.argv),
         "recipe": "random crop (pad {pad}) + horizontal flip",
         "config": cfg,
-        "device": if ctx.backend == "cpu" { "cpu (burn flex)".to_string() } else { format!("{} (burn)", ctx.backend) },
+        "device": format!("{} ({})", ctx.backend, ctx.engine()),
         "threads": rayon::current_num_threads(),
         "wall_time_s": (train_seconds * 10.0).round() / 10.0,
     });
