@@ -13,6 +13,8 @@
 //! - [`cifar_c`]: the CIFAR-10-C layout (`<corruption>.npy` + `labels.npy`) — [`cifar_c::CorruptedDir`],
 //!   [`cifar_c::write_corruption`], [`cifar_c::write_labels`].
 //! - [`cifar`]: CIFAR-10/100 binary batches — [`cifar::load_cifar10`], [`cifar::load_cifar100`].
+//! - [`dataset`]: the named datasets with a train/test split (Fashion-MNIST, CIFAR-10, CIFAR-100)
+//!   behind one [`Dataset`] value: loader, geometry, class names.
 //! - [`folder`]: class folders of PNG/JPEG images and the ImageNet-C layout —
 //!   [`folder::load_class_folders`], [`folder::load_imagenet_c`].
 //!
@@ -23,6 +25,7 @@
 
 pub mod cifar;
 pub mod cifar_c;
+pub mod dataset;
 mod error;
 pub mod fashion_mnist;
 pub mod folder;
@@ -31,6 +34,7 @@ pub mod idx;
 mod imageset;
 pub mod npy;
 
+pub use dataset::Dataset;
 pub use error::{DataError, Result};
 pub use imageset::ImageSet;
 

@@ -61,19 +61,32 @@ impl ModelCard {
         architecture: Arch,
         classes: Vec<String>,
     ) -> ModelCard {
+        let input = InputSpec {
+            height: 28,
+            width: 28,
+            channels: 1,
+            mean: vec![FASHION_MNIST_MEAN],
+            std: vec![FASHION_MNIST_STD],
+        };
+        ModelCard::new(name, role, architecture, input, classes, "fashion-mnist")
+    }
+
+    /// A card for a new model on any dataset; training fills in the rest.
+    pub fn new(
+        name: &str,
+        role: &str,
+        architecture: Arch,
+        input: InputSpec,
+        classes: Vec<String>,
+        dataset: &str,
+    ) -> ModelCard {
         ModelCard {
             name: name.into(),
             role: role.into(),
             architecture,
-            input: InputSpec {
-                height: 28,
-                width: 28,
-                channels: 1,
-                mean: vec![FASHION_MNIST_MEAN],
-                std: vec![FASHION_MNIST_STD],
-            },
+            input,
             classes,
-            dataset: "fashion-mnist".into(),
+            dataset: dataset.into(),
             clean_accuracy: None,
             parameters: None,
             sha256: None,

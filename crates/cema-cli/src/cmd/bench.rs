@@ -13,7 +13,7 @@ use cema_adapt::{
 };
 use cema_corrupt::{Corruption, Plan, Table};
 use cema_data::cifar_c::CorruptedDir;
-use cema_data::{fashion_mnist, ImageSet, Split};
+use cema_data::{ImageSet, Split};
 use cema_model::{sha256_file, Device, Model};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -24,6 +24,7 @@ use serde_json::{json, Map, Value};
 use super::corrupt::{expand, parse_selection, Selection};
 use super::{
     ensure_writable_dir, parent_dir, shell_line, utc_now, write_atomic, write_json, Context,
+    DataArgs,
 };
 use crate::exit::{CliError, ResultExt};
 use crate::ui::Progress;
@@ -158,12 +159,13 @@ pub struct Args {
     /// `cema eval --seed`; 0 matches the shipped data/fashion-mnist-c).
     #[arg(long, default_value_t = 0)]
     corruption_seed: u64,
-    /// Folder in the CIFAR-10-C layout; corruptions missing there are generated in memory.
-    #[arg(long, default_value = "data/fashion-mnist-c")]
-    corrupted: PathBuf,
-    /// Folder with the Fashion-MNIST .gz files.
-    #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
-    data_dir: Option<PathBuf>,
+    /// Folder in the CIFAR-10-C layout (any: CIFAR-10-C itself with --dataset cifar10, or what
+    /// `cema corrupt` writes); corruptions missing there are generated in memory from the clean
+    /// test set. Default: data/<dataset>-c.
+    #[arg(long)]
+    corrupted: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Output folder: results.json, results.csv, manifest.json and the SVG figures.
     #[arg(long, default_value = "runs/bench")]
     out: PathBuf,
@@ -318,6 +320,18 @@ pub(crate) fn stream(
 ) -> anyhow::Result<(ImageSet, &'static str)> {
     if dir.join(format!("{}.npy", c.name())).exists() {
         let set = CorruptedDir::open(dir)?.load(c.name(), severity)?;
+        anyhow::ensure!(
+            (set.height, set.width, set.channels) == (test.height, test.width, test.channels),
+            "{}: {}×{}×{} images, but the clean test set's are {}×{}×{} (a corrupted copy of \
+             another dataset? check --dataset and --corrupted)",
+            dir.join(format!("{}.npy", c.name())).display(),
+            set.height,
+            set.width,
+            set.channels,
+            test.height,
+            test.width,
+            test.channels
+        );
         anyhow::ensure!(
             set.len() >= test.len() && set.labels[..test.len()] == test.labels[..],
             "{}: labels do not match the clean test set (generated from another split or dataset?)",
@@ -620,30 +634,16 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     } else {
         (None, None)
     };
-    let test =
-        fashion_mnist::load(args.data_dir.as_deref(), Split::Test).usage_err("--data-dir")?;
+    let test = args.data.load(Split::Test)?;
     for (model, flag, path) in [
         (&edge, "--edge", &args.edge),
         (&foundation, "--foundation", &args.foundation),
     ] {
         if let Some(m) = model {
-            m.check_geometry(&test)
-                .usage_err(format!("{flag} {}", path.display()))?;
+            args.data.check_model(m, &test, flag, path)?;
         }
     }
-    if let (Some(e), Some(f)) = (&edge, &foundation) {
-        let (ec, fc) = (
-            e.card.architecture.num_classes(),
-            f.card.architecture.num_classes(),
-        );
-        if ec != fc {
-            return Err(CliError::usage(anyhow::anyhow!(
-                "--edge {} has {ec} classes but --foundation {} has {fc}",
-                args.edge.display(),
-                args.foundation.display()
-            )));
-        }
-    }
+    let corrupted = args.data.corrupted_dir(args.corrupted.as_deref());
     let settings = Settings::from_args(&args);
 
     let mut order = stream_order(test.len(), args.seed);
@@ -672,8 +672,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let t0 = Instant::now();
     for (c, s, key) in &streams {
         progress.set_message(format!("{key}: corrupting"));
-        let (set, from) = stream(&args.corrupted, &test, &order, *c, *s, args.corruption_seed)
-            .run_err(format!("{} severity {s}", c.name()))?;
+        let (set, from) = stream(&corrupted, &test, &order, *c, *s, args.corruption_seed)
+            .usage_err(format!("{} severity {s}", c.name()))?;
         sources.insert(key.clone(), json!(from));
         for (mi, &m) in methods.iter().enumerate() {
             progress.set_message(format!("{key}: {}", m.key()));
@@ -839,8 +839,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "seed": args.seed,
         "stream_order": "ChaCha8 shuffle of the test set seeded by `seed`, first `images_per_stream`; the indices are in stream_order.npy (int64) beside this file",
         "corruption_seed": args.corruption_seed,
-        "corrupted": args.corrupted,
-        "data_dir": args.data_dir,
+        "dataset": args.data.dataset().name(),
+        "corrupted": corrupted,
+        "data_dir": args.data.dir(),
         "checkpoints": {
             "edge": checkpoint(&args.edge, &edge, &edge_sha),
             "foundation": checkpoint(&args.foundation, &foundation, &foundation_sha),

@@ -29,13 +29,13 @@ use std::time::Instant;
 use cema_corrupt::{Corruption, Table};
 use cema_data::cifar_c::{self, SEVERITIES};
 use cema_data::npy::{Dtype, NpyFile};
-use cema_data::{fashion_mnist, ImageSet, Split};
+use cema_data::{ImageSet, Split};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::Context;
 use super::{ensure_writable_dir, parent_dir, shell_line, utc_now, write_atomic, write_json};
+use super::{Context, DataArgs};
 use crate::exit::{CliError, ResultExt};
 use crate::ui::Progress;
 
@@ -49,15 +49,8 @@ const README: &str = "README.txt";
 /// contact sheet. Deterministic in (dataset, split, --limit, --seed, --table).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Dataset to corrupt.
-    #[arg(long, value_enum, default_value_t = Dataset::FashionMnist)]
-    pub dataset: Dataset,
-
-    /// Folder holding the dataset's files (Fashion-MNIST: the four IDX files, .gz or not).
-    /// Default: $CEMA_FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist
-    /// (apt-get install -y dataset-fashion-mnist).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
 
     /// Which split to corrupt.
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
@@ -114,20 +107,6 @@ pub struct Args {
     /// error.
     #[arg(long)]
     pub force: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Dataset {
-    /// Fashion-MNIST, 28×28 gray, 10 classes.
-    FashionMnist,
-}
-
-impl Dataset {
-    fn name(self) -> &'static str {
-        match self {
-            Dataset::FashionMnist => "fashion-mnist",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -332,17 +311,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         .unwrap_or_else(|| out.join("contact_sheet.png"));
 
     // Inputs first: nothing is created before the dataset is known to load.
-    let (set, data_dir) = match args.dataset {
-        Dataset::FashionMnist => {
-            let dir = fashion_mnist::resolve_dir(args.data_dir.as_deref());
-            let set = fashion_mnist::load(Some(&dir), args.split.split()).usage_err(format!(
-                "cannot read Fashion-MNIST ({} split) from --data-dir {}",
-                args.split.name(),
-                dir.display()
-            ))?;
-            (set, dir)
-        }
-    };
+    let set = args.data.load(args.split.split())?;
+    let data_dir = args.data.dir();
     let set = match args.limit {
         Some(n) => set.take(usize::try_from(n).unwrap_or(usize::MAX)),
         None => set,
@@ -354,7 +324,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         TableArg::Imagenet => Table::ImageNet,
     };
     let settings = Settings {
-        dataset: args.dataset.name().to_string(),
+        dataset: args.data.dataset().name().to_string(),
         split: args.split.name().to_string(),
         images: n,
         seed: args.seed,

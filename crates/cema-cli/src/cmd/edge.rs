@@ -1,5 +1,5 @@
-//! `cema edge`: one edge device against a cloud, over a Fashion-MNIST-C stream (the same
-//! stream `cema bench` builds for that corruption, severity and seed).
+//! `cema edge`: one edge device against a cloud, over a corrupted test stream (Fashion-MNIST-C by
+//! default; the same stream `cema bench` builds for that dataset, corruption, severity and seed).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cema_adapt::EdgeConfig;
 use cema_corrupt::Corruption;
-use cema_data::fashion_mnist::{self, Split};
+use cema_data::Split;
 use cema_edge::{run_stream, EdgeOptions, EdgeReport};
 use cema_model::{cpu, Model};
 use serde_json::json;
@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::exit::{CliError, ResultExt};
 
 use super::bench::{stream, stream_order};
-use super::{write_json, Context};
+use super::{write_json, Context, DataArgs};
 
 /// Runs an edge device: forward-only inference over a corrupted stream, uploads to and updates
 /// from a cloud.
@@ -47,12 +47,12 @@ pub struct Args {
     /// Seed of the corruptions (as `cema bench --corruption-seed`).
     #[arg(long, default_value_t = 0)]
     pub corruption_seed: u64,
-    /// Folder in the CIFAR-10-C layout to read the corruption from, if it holds it.
-    #[arg(long, default_value = "data/fashion-mnist-c")]
-    pub corrupted: PathBuf,
-    /// Folder with the Fashion-MNIST .gz files.
-    #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// Folder in the CIFAR-10-C layout to read the corruption from, if it holds it (else it is
+    /// generated from the clean test set). Default: data/<dataset>-c.
+    #[arg(long)]
+    pub corrupted: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Uplink budget, kilobits per second (default: unlimited).
@@ -128,18 +128,19 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     }
     let model =
         Model::load(&args.edge, &cpu()).usage_err(format!("--edge {}", args.edge.display()))?;
-    let test =
-        fashion_mnist::load(args.data_dir.as_deref(), Split::Test).usage_err("--data-dir")?;
+    let test = args.data.load(Split::Test)?;
+    args.data.check_model(&model, &test, "--edge", &args.edge)?;
     let mut order = stream_order(test.len(), args.seed);
     order.truncate(args.limit.unwrap_or(usize::MAX));
     let (set, _) = stream(
-        &args.corrupted,
+        &args.data.corrupted_dir(args.corrupted.as_deref()),
         &test,
         &order,
         args.corruption,
         args.severity,
         args.corruption_seed,
-    )?;
+    )
+    .usage_err(format!("{} severity {}", args.corruption, args.severity))?;
     let options = EdgeOptions {
         batch: args.batch,
         selection,

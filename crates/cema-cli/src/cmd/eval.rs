@@ -1,22 +1,23 @@
 //! `cema eval`: accuracy of a checkpoint on clean data and on each corruption × severity.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use cema_corrupt::Corruption;
-use cema_data::cifar_c::CorruptedDir;
-use cema_data::{fashion_mnist, ImageSet, Split};
+use cema_data::{ImageSet, Split};
 use cema_model::{Model, NormMode};
 use serde_json::{json, Map, Value};
 
+use super::bench::stream;
 use super::corrupt::{expand, parse_selection, Selection};
-use super::{write_json, Context};
+use super::{write_json, Context, DataArgs};
 use crate::exit::{CliError, ResultExt};
 use crate::ui::Progress;
 
-/// Accuracy of a checkpoint on the clean test set and on every corruption × severity of
-/// Fashion-MNIST-C (read from --corrupted if present there, else generated on the fly with the same
-/// seed, which gives the same bytes as `cema corrupt`).
+/// Accuracy of a checkpoint on the clean test set and on every corruption × severity of its
+/// corrupted copy (Fashion-MNIST-C by default): read from --corrupted where that folder holds the
+/// corruption, else generated on the fly with the same seed, which gives the same bytes as
+/// `cema corrupt`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The checkpoint (safetensors or .pth; its model card `<model>.json` beside it).
@@ -26,9 +27,10 @@ pub struct Args {
     /// statistics, no parameter update: the BN-adapt view).
     #[arg(long, default_value = "running")]
     norm: NormMode,
-    /// Folder in the CIFAR-10-C layout; corruptions missing there are generated in memory.
-    #[arg(long, default_value = "data/fashion-mnist-c")]
-    corrupted: PathBuf,
+    /// Folder in the CIFAR-10-C layout (e.g. CIFAR-10-C itself with --dataset cifar10);
+    /// corruptions missing there are generated in memory. Default: data/<dataset>-c.
+    #[arg(long)]
+    corrupted: Option<PathBuf>,
     /// Corruptions (names or the groups benchmark, held-out, all), comma-separated.
     #[arg(long, value_delimiter = ',', value_parser = parse_selection, default_value = "benchmark")]
     corruptions: Vec<Selection>,
@@ -48,34 +50,11 @@ pub struct Args {
     /// Seed of the corruptions generated on the fly (cema corrupt's default is 0).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Folder with the Fashion-MNIST .gz files.
-    #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Write `clean_accuracy`, `corrupted.<corruption>.<severity>` and `norm` as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-/// The test set under one corruption and severity: from `dir` when it holds that corruption, else
-/// generated (identically to `cema corrupt --seed seed`).
-pub(crate) fn corrupted_stream(
-    dir: &Path,
-    clean: &ImageSet,
-    c: Corruption,
-    severity: u8,
-    seed: u64,
-) -> anyhow::Result<ImageSet> {
-    if dir.join(format!("{}.npy", c.name())).exists() {
-        let d = CorruptedDir::open(dir)?;
-        let set = d.load(c.name(), severity)?;
-        anyhow::ensure!(
-            set.len() >= clean.len() && set.labels[..clean.len()] == clean.labels[..],
-            "{}: labels do not match the clean test set (generated from another split or dataset?)",
-            dir.display()
-        );
-        return Ok(set.take(clean.len()));
-    }
-    Ok(cema_corrupt::corrupt_set(clean, c, severity, None, seed)?)
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
@@ -85,14 +64,14 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let device = ctx.device.clone();
     let mut model =
         Model::load(&args.model, &device).usage_err(format!("--model {}", args.model.display()))?;
-    let mut test =
-        fashion_mnist::load(args.data_dir.as_deref(), Split::Test).usage_err("--data-dir")?;
+    let mut test = args.data.load(Split::Test)?;
     if let Some(n) = args.limit {
         test = test.take(n);
     }
-    model
-        .check_geometry(&test)
-        .usage_err(format!("--model {}", args.model.display()))?;
+    args.data
+        .check_model(&model, &test, "--model", &args.model)?;
+    let corrupted = args.data.corrupted_dir(args.corrupted.as_deref());
+    let all: Vec<usize> = (0..test.len()).collect();
     let corruptions = if args.clean_only {
         vec![]
     } else {
@@ -116,9 +95,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     for &c in &corruptions {
         let mut row = Vec::new();
         for &s in &severities {
-            let set = corrupted_stream(&args.corrupted, &test, c, s, args.seed)
-                .run_err(format!("{} severity {s}", c.name()))?;
-            row.push(eval(&set)?);
+            let set = stream(&corrupted, &test, &all, c, s, args.seed)
+                .usage_err(format!("{} severity {s}", c.name()))?;
+            row.push(eval(&set.0)?);
         }
         progress.set_message(c.name());
         table.push((c, row));
@@ -155,14 +134,14 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         println!("{line}");
     }
     if let Some(path) = &args.json {
-        let mut corrupted = Map::new();
+        let mut corrupted_acc = Map::new();
         for (c, row) in &table {
             let per: Map<String, Value> = severities
                 .iter()
                 .zip(row)
                 .map(|(s, a)| (s.to_string(), json!(a)))
                 .collect();
-            corrupted.insert(c.name().to_string(), Value::Object(per));
+            corrupted_acc.insert(c.name().to_string(), Value::Object(per));
         }
         let mean_by_severity: Map<String, Value> = severities
             .iter()
@@ -176,13 +155,16 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             .collect();
         let v = json!({
             "model": args.model,
+            "dataset": args.data.dataset().name(),
+            "data_dir": args.data.dir(),
+            "corrupted_dir": corrupted,
             "model_sha256": model.card.sha256,
             "norm": args.norm.name(),
             "batch": args.batch,
             "images": test.len(),
             "seed": args.seed,
             "clean_accuracy": clean,
-            "corrupted": corrupted,
+            "corrupted": corrupted_acc,
             "mean_by_severity": mean_by_severity,
             "seconds": seconds,
             "command": super::shell_line(&ctx.argv),

@@ -13,7 +13,9 @@
 //! `?` on an `anyhow::Error` does that). Report-producing subcommands take `--json FILE`
 //! (SPEC §7); [`write_json`] writes it atomically.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use cema_data::{Dataset, ImageSet, Split};
 
 use crate::exit::{CliError, ResultExt};
 
@@ -49,6 +51,84 @@ impl Context {
             "cpu" => "burn 0.22 flex".into(),
             other => format!("burn 0.22 {other}"),
         }
+    }
+}
+
+/// `--dataset` and `--data-dir`: the clean dataset a command trains on, evaluates or corrupts
+/// (shared so that train, eval, corrupt and bench name and resolve it the same way).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
+    /// Dataset: fashion-mnist (Debian's dataset-fashion-mnist), cifar10 or cifar100 (their
+    /// "binary version" tarballs; cifar100 with its 100 fine labels).
+    #[arg(long, value_enum, default_value_t = DatasetArg::FashionMnist)]
+    pub dataset: DatasetArg,
+    /// Folder with the dataset's files. fashion-mnist: the four IDX files, .gz or not (default
+    /// $CEMA_FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist); cifar10 / cifar100: the
+    /// extracted cifar-10-batches-bin / cifar-100-binary folder or the folder holding it
+    /// (default data/).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The values of `--dataset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatasetArg {
+    FashionMnist,
+    Cifar10,
+    Cifar100,
+}
+
+impl DataArgs {
+    pub fn dataset(&self) -> Dataset {
+        match self.dataset {
+            DatasetArg::FashionMnist => Dataset::FashionMnist,
+            DatasetArg::Cifar10 => Dataset::Cifar10,
+            DatasetArg::Cifar100 => Dataset::Cifar100,
+        }
+    }
+
+    /// The folder the files are read from, after defaults and `$CEMA_FASHION_MNIST_DIR`.
+    pub fn dir(&self) -> PathBuf {
+        self.dataset().resolve_dir(self.data_dir.as_deref())
+    }
+
+    /// The corrupted copy's folder: `given`, else `data/<dataset>-c` (where `cema corrupt`'s
+    /// default for Fashion-MNIST writes, and a natural home for an extracted CIFAR-10-C).
+    pub fn corrupted_dir(&self, given: Option<&Path>) -> PathBuf {
+        given
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(format!("data/{}-c", self.dataset().name())))
+    }
+
+    /// `model` can run on `set` (this dataset's images): the same geometry and as many classes.
+    pub fn check_model(
+        &self,
+        model: &cema_model::Model,
+        set: &ImageSet,
+        flag: &str,
+        path: &Path,
+    ) -> Result<(), CliError> {
+        let at = || format!("{flag} {}", path.display());
+        model.check_geometry(set).usage_err(at())?;
+        let (have, want) = (
+            model.card.architecture.num_classes(),
+            self.dataset().num_classes(),
+        );
+        if have != want {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "{}: the model has {have} classes but --dataset {} has {want}",
+                at(),
+                self.dataset()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One split; a missing or malformed file is a usage error naming both flags.
+    pub fn load(&self, split: Split) -> Result<ImageSet, CliError> {
+        let d = self.dataset();
+        d.load(self.data_dir.as_deref(), split)
+            .usage_err(format!("--dataset {d} --data-dir {}", self.dir().display()))
     }
 }
 

@@ -1,16 +1,19 @@
-//! `cema train`: source-train a model on clean Fashion-MNIST; writes checkpoint + model card + run JSON.
+//! `cema train`: source-train a model on a clean dataset (Fashion-MNIST, CIFAR-10 or CIFAR-100);
+//! writes checkpoint + model card + run JSON.
 
 use std::path::PathBuf;
 
-use cema_data::{fashion_mnist, Split};
-use cema_model::{checkpoint_dir, train, Arch, Model, ModelCard, TrainConfig, TrainEvent};
+use cema_data::{Dataset, ImageSet, Split};
+use cema_model::{
+    checkpoint_dir, train, Arch, InputSpec, Model, ModelCard, TrainConfig, TrainEvent,
+};
 use serde_json::json;
 
-use super::{write_json, Context};
+use super::{write_json, Context, DataArgs};
 use crate::exit::{CliError, ResultExt};
 use crate::ui::Progress;
 
-/// Source-train a ResNet on clean Fashion-MNIST (SGD + Nesterov momentum, cosine schedule, weight
+/// Source-train a ResNet on a clean dataset, Fashion-MNIST by default (SGD + Nesterov momentum, cosine schedule, weight
 /// decay, random crop + horizontal flip). Checkpoints every epoch to `<out>.ckpt/`; `--resume`
 /// continues from there with identical results.
 #[derive(Debug, clap::Args)]
@@ -52,26 +55,26 @@ pub struct Args {
     /// Train on the first N images only (quick runs).
     #[arg(long)]
     limit: Option<usize>,
-    /// Folder with the Fashion-MNIST .gz files (default /usr/share/datasets/fashion-mnist).
-    #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
     /// Write the run (config, per-epoch history, final accuracy, time) as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
+    let dataset = args.data.dataset();
+    let (height, width, channels) = dataset.geometry();
     let arch = Arch::CifarResnet {
         depth: args.depth,
         width: args.width,
-        in_channels: 1,
-        num_classes: 10,
+        in_channels: channels,
+        num_classes: dataset.num_classes(),
     };
     arch.validate()
         .map_err(|e| CliError::usage(anyhow::anyhow!("--depth/--width: {e}")))?;
-    let dir = args.data_dir.as_deref();
-    let mut train_set = fashion_mnist::load(dir, Split::Train).usage_err("--data-dir")?;
-    let test_set = fashion_mnist::load(dir, Split::Test).usage_err("--data-dir")?;
+    let mut train_set = args.data.load(Split::Train)?;
+    let test_set = args.data.load(Split::Test)?;
     if let Some(n) = args.limit {
         train_set = train_set.take(n);
     }
@@ -88,11 +91,21 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    let classes = fashion_mnist::CLASSES
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let card = ModelCard::fashion_mnist(&name, &args.role, arch, classes);
+    let classes = dataset.class_names(args.data.data_dir.as_deref());
+    let card = if dataset == Dataset::FashionMnist {
+        // The shared constants, so that tools/train_torch.py's checkpoints get the same input spec.
+        ModelCard::fashion_mnist(&name, &args.role, arch, classes)
+    } else {
+        let (mean, std) = channel_stats(&train_set);
+        let input = InputSpec {
+            height,
+            width,
+            channels,
+            mean,
+            std,
+        };
+        ModelCard::new(&name, &args.role, arch, input, classes, dataset.name())
+    };
     let device = ctx.device.clone();
     let mut model = Model::init(card, &device, args.seed).run_err("building the model")?;
     let cfg = TrainConfig {
@@ -190,4 +203,48 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         write_json(path, &v, "--json")?;
     }
     Ok(())
+}
+
+/// Per-channel mean and standard deviation of the training pixels scaled to [0, 1]: the input
+/// normalisation of a model trained on a dataset without published constants (accumulated in f64
+/// so that 50 000 CIFAR images lose nothing to rounding).
+fn channel_stats(set: &ImageSet) -> (Vec<f32>, Vec<f32>) {
+    let c = set.channels;
+    let mut sum = vec![0f64; c];
+    let mut sq = vec![0f64; c];
+    for (i, &p) in set.images.iter().enumerate() {
+        let v = f64::from(p) / 255.0;
+        sum[i % c] += v;
+        sq[i % c] += v * v;
+    }
+    let n = (set.images.len() / c.max(1)).max(1) as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let std = sq
+        .iter()
+        .zip(&mean)
+        // A constant channel would give std 0, which the model card rejects.
+        .map(|(q, m)| ((q / n - m * m).max(0.0).sqrt()).max(1e-3) as f32)
+        .collect();
+    (mean.into_iter().map(|m| m as f32).collect(), std)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_stats_are_per_channel_over_interleaved_pixels() {
+        // Two RGB pixels: R = 0 and 255, G = 51 twice, B = 255 twice.
+        let set = ImageSet {
+            images: vec![0, 51, 255, 255, 51, 255],
+            labels: vec![0],
+            height: 1,
+            width: 2,
+            channels: 3,
+        };
+        let (mean, std) = channel_stats(&set);
+        assert!((mean[0] - 0.5).abs() < 1e-6 && (std[0] - 0.5).abs() < 1e-6);
+        assert!((mean[1] - 0.2).abs() < 1e-6 && std[1] == 1e-3);
+        assert!((mean[2] - 1.0).abs() < 1e-6);
+    }
 }
