@@ -251,6 +251,58 @@ fn bench_is_deterministic_and_random_upload_follows_cema_rate() {
             );
         }
     }
+
+    // Random upload alone, in another process, following a's CEMA rates from its results.json,
+    // is the random upload of a to the sample.
+    let rates = dir.path().join("a/results.json");
+    let c = bench_with(
+        &edge,
+        &dir.path().join("c"),
+        "random_upload",
+        &["--random-rates-from", rates.to_str().unwrap()],
+    );
+    for corruption in ["gaussian_noise", "fog"] {
+        for key in ["accuracy", "uploaded", "bytes_up", "updates"] {
+            assert_eq!(
+                c["methods"]["random_upload"]["corruptions"][corruption][key],
+                a["methods"]["random_upload"]["corruptions"][corruption][key],
+                "{corruption}.{key}"
+            );
+        }
+    }
+    let manifest = read_json(&dir.path().join("c/manifest.json"));
+    assert_eq!(
+        manifest["random_upload_rates"]["fog"],
+        a["methods"]["cema"]["corruptions"]["fog"]["upload_fraction"]
+    );
+
+    // Rates measured on other streams (another --limit) are refused, naming the flag.
+    let o = cema(&[
+        "bench",
+        "-q",
+        "--edge",
+        edge.to_str().unwrap(),
+        "--methods",
+        "random_upload",
+        "--foundation",
+        foundation().to_str().unwrap(),
+        "--corruptions",
+        "gaussian_noise,fog",
+        "--limit",
+        "32",
+        "--batch",
+        "32",
+        "--random-rates-from",
+        rates.to_str().unwrap(),
+        "--out",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("--random-rates-from") && e.contains("images_per_stream"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -199,8 +199,14 @@ pub struct Args {
     #[arg(long)]
     cema_share_stats: bool,
     /// random_upload's rate for every stream, instead of CEMA's measured rate on that stream.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "random_rates_from")]
     random_rate: Option<f64>,
+    /// random_upload's rate per stream from an earlier run's results.json: CEMA's measured
+    /// `upload_fraction` on each stream, so that random upload can run in a separate process (in
+    /// parallel, or later) and still follow CEMA stream by stream. That run must have had the same
+    /// protocol, seed, batch and images per stream, and cema on every stream of this one.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    random_rates_from: Option<PathBuf>,
     /// For cema and random_upload, also run the cloud's teacher on every sample and report how
     /// often it is right (and right where the edge is wrong) on the uploaded and on the dropped
     /// samples (`teacher_diagnosis` in results.json). A diagnostic: one extra foundation forward
@@ -354,6 +360,52 @@ pub(crate) fn stream(
         channels: ch,
     };
     Ok((set, "generated"))
+}
+
+/// CEMA's measured upload fraction per stream key, from an earlier run's results.json that saw the
+/// same streams (protocol, seed, batch, images per stream and every key of `streams`).
+fn rates_from(
+    path: &Path,
+    args: &Args,
+    streams: &[(Corruption, u8, String)],
+    images: usize,
+) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    let text = std::fs::read_to_string(path)?;
+    let v: Value = serde_json::from_str(&text)?;
+    for (field, want) in [
+        ("protocol", json!(args.protocol.name())),
+        ("seed", json!(args.seed)),
+        ("batch", json!(args.batch)),
+        ("images_per_stream", json!(images)),
+    ] {
+        anyhow::ensure!(
+            v.get(field) == Some(&want),
+            "its {field} is {}, this run's is {want}: CEMA's rates there were measured on other \
+             streams",
+            v.get(field).unwrap_or(&Value::Null)
+        );
+    }
+    let per = v
+        .pointer("/methods/cema/corruptions")
+        .and_then(Value::as_object)
+        .ok_or_else(|| anyhow::anyhow!("it has no methods.cema.corruptions (was cema run?)"))?;
+    streams
+        .iter()
+        .map(|(_, _, key)| {
+            let r = per
+                .get(key)
+                .and_then(|r| r.get("upload_fraction"))
+                .and_then(Value::as_f64)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("it has no cema upload_fraction for stream {key}")
+                })?;
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&r),
+                "cema's upload_fraction {r} on {key} is outside [0, 1]"
+            );
+            Ok((key.clone(), r))
+        })
+        .collect()
 }
 
 /// Resolved hyperparameters of every method.
@@ -602,10 +654,11 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     if methods.contains(&MethodKey::RandomUpload)
         && !methods.contains(&MethodKey::Cema)
         && args.random_rate.is_none()
+        && args.random_rates_from.is_none()
     {
         return Err(CliError::usage(anyhow::anyhow!(
             "--methods random_upload uploads at CEMA's measured rate: add cema to --methods, or \
-             give the rate with --random-rate"
+             give the rate with --random-rate or --random-rates-from"
         )));
     }
     let corruptions = expand(&args.corruptions);
@@ -663,6 +716,14 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         })
         .collect();
 
+    let given_rates = match &args.random_rates_from {
+        Some(path) if methods.contains(&MethodKey::RandomUpload) => Some(
+            rates_from(path, &args, &streams, order.len())
+                .usage_err(format!("--random-rates-from {}", path.display()))?,
+        ),
+        _ => None,
+    };
+
     let total = (streams.len() * methods.len() * order.len()) as u64;
     let progress = Progress::new(total, "img", ctx.quiet);
     let mut live: Vec<Option<Runner>> = methods.iter().map(|_| None).collect();
@@ -679,6 +740,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             progress.set_message(format!("{key}: {}", m.key()));
             let rate = match (m, args.random_rate) {
                 (MethodKey::RandomUpload, Some(r)) => r,
+                (MethodKey::RandomUpload, None) if given_rates.is_some() => {
+                    given_rates.as_ref().expect("checked")[key]
+                }
                 (MethodKey::RandomUpload, None) => {
                     let cema = methods.iter().position(|&k| k == MethodKey::Cema);
                     let cema = cema.expect("checked: cema runs when random_upload has no rate");
@@ -847,6 +911,10 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             "foundation": checkpoint(&args.foundation, &foundation, &foundation_sha),
         },
         "hyperparameters": settings.to_json(&methods),
+        "random_rates_from": args.random_rates_from.as_ref().map(|p| json!({
+            "path": p,
+            "sha256": sha256_file(p).ok(),
+        })),
         "random_upload_rates": if methods.contains(&MethodKey::RandomUpload) {
             Value::Object(random_rates)
         } else {
