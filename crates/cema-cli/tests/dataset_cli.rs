@@ -1,8 +1,8 @@
 //! `--dataset cifar10|cifar100` through the real binary: train a model on CIFAR-10 binary batches,
 //! evaluate it, and benchmark it on a folder in the CIFAR-10-C layout written here byte by byte as
 //! the published CIFAR-10-C is (uint8 `(5·N, 32, 32, 3)` arrays, uint8 labels), independently of
-//! cema's own writer. The pixels are synthetic (no CIFAR can be downloaded here); the formats are
-//! the real ones.
+//! cema's own writer; and `corrupt` and on-the-fly corruptions at 32×32×3. The pixels are
+//! synthetic (no CIFAR can be downloaded here); the formats are the real ones.
 
 mod common;
 
@@ -184,7 +184,7 @@ fn cifar10_trains_evaluates_and_benchmarks_on_a_cifar10_c_folder() {
         "--corrupted",
         root.join("CIFAR-10-C").to_str().unwrap(),
         "--corruptions",
-        "gaussian_noise",
+        "gaussian_noise,fog",
         "--methods",
         "source,bn_adapt,cema",
         "--batch",
@@ -198,14 +198,55 @@ fn cifar10_trains_evaluates_and_benchmarks_on_a_cifar10_c_folder() {
     assert_eq!(manifest["images_per_stream"], 64);
     // The stream was read from the folder, not generated.
     assert_eq!(manifest["stream_sources"]["gaussian_noise"], "file");
+    // fog is not in the folder: generated from the clean CIFAR test set at 32×32×3.
+    assert_eq!(manifest["stream_sources"]["fog"], "generated");
     // Source with running statistics does not depend on the order: bench's online accuracy on the
     // file's severity-5 rows is eval's accuracy on them.
-    let source = results["methods"]["source"]["avg_accuracy"]
+    let source = results["methods"]["source"]["corruptions"]["gaussian_noise"]["accuracy"]
         .as_f64()
         .unwrap();
     assert!((source - eval_acc).abs() < 1e-9, "{source} vs {eval_acc}");
     let cema_m = &results["methods"]["cema"]["corruptions"]["gaussian_noise"];
     assert!(cema_m["accuracy"].as_f64().unwrap().is_finite(), "{cema_m}");
+}
+
+#[test]
+fn cifar10_corrupt_writes_data_cifar10_c_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_cifar10(root);
+    // Run from `root` so that the default --out (data/<dataset>-c) lands there.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args([
+            "-q",
+            "corrupt",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            root.to_str().unwrap(),
+            "--corruptions",
+            "fog,jpeg_compression",
+            "--limit",
+            "16",
+        ])
+        .current_dir(root)
+        .env("CEMA_THREADS", "2")
+        .output()
+        .unwrap();
+    ok(&o);
+    let dir = root.join("data/cifar10-c");
+    let manifest = read_json(&dir.join("manifest.json"));
+    assert_eq!(manifest["dataset"], "cifar10");
+    // (5·16, 32, 32, 3) u8: the header names the shape.
+    let fog = fs::read(dir.join("fog.npy")).unwrap();
+    let header = String::from_utf8_lossy(&fog[10..128]);
+    assert!(header.contains("(80, 32, 32, 3)"), "{header}");
+    let header_len = 10 + usize::from(u16::from_le_bytes([fog[8], fog[9]]));
+    assert_eq!(
+        fog.len(),
+        header_len + 80 * PIXELS,
+        "pixel bytes after the header"
+    );
 }
 
 #[test]

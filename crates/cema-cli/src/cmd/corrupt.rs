@@ -56,9 +56,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = SplitArg::Test)]
     pub split: SplitArg,
 
-    /// Output folder (created if missing).
-    #[arg(long, value_name = "DIR", default_value = "data/fashion-mnist-c")]
-    pub out: PathBuf,
+    /// Output folder (created if missing). Default: data/<dataset>-c, where eval, bench and edge
+    /// look for it (data/fashion-mnist-c for the default dataset).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 
     /// Corruptions to generate, comma-separated or repeated: names such as gaussian_noise,fog
     /// (dashes allowed), or the groups `benchmark` (the 15 of ImageNet-C), `held-out` (speckle_noise,
@@ -304,7 +305,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let started = Instant::now();
     let corruptions = expand(&args.corruptions);
     let severities = args.severities.0.clone();
-    let out = args.out.clone();
+    let out = args.data.corrupted_dir(args.out.as_deref());
     let sheet_path = args
         .sheet
         .clone()
