@@ -33,6 +33,7 @@ pub use edge::{gather, EdgeAdapter, EdgeBatch, EdgeCounters, EdgeState, RandomSe
 pub use error::AdaptError;
 pub use filter::{default_epsilon, EdgeConfig, EntropyFilter, Selection};
 pub use methods::{
-    BnAdapt, Cema, Eata, Foundation, GradConfig, Method, MethodBatch, RandomUpload, Source, Tent,
+    BnAdapt, Cema, Dropped, Eata, Foundation, GradConfig, Method, MethodBatch, RandomUpload,
+    Source, Tent,
 };
 pub use replay::ReplayBuffer;

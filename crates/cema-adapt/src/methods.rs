@@ -32,6 +32,31 @@ pub struct MethodBatch {
     /// of before this batch's round) predicts for every sample of the batch, uploaded or not.
     #[serde(default)]
     pub teacher: Option<Vec<u32>>,
+    /// Why the samples not selected were dropped, per entropy criterion (CEMA's and EATA's
+    /// filters); `None` for methods that select without them (random upload, the foundation) or
+    /// not at all.
+    #[serde(default)]
+    pub dropped: Option<Dropped>,
+}
+
+/// Samples a selection dropped, by criterion (SPEC §3 edge steps 2–4; EATA has only the first and
+/// the last).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// `E ≥ E_max`: unreliable.
+    pub too_uncertain: u64,
+    /// `E ≤ E_min`: near-zero gradient.
+    pub too_certain: u64,
+    /// Too close to the moving average of kept probabilities.
+    pub redundant: u64,
+}
+
+impl Dropped {
+    pub fn add(&mut self, o: &Dropped) {
+        self.too_uncertain += o.too_uncertain;
+        self.too_certain += o.too_certain;
+        self.redundant += o.redundant;
+    }
 }
 
 impl MethodBatch {
@@ -46,6 +71,7 @@ impl MethodBatch {
             updated,
             cloud_seconds: 0.0,
             teacher: None,
+            dropped: None,
         }
     }
 }
@@ -247,6 +273,11 @@ impl Method for Eata {
                 weighted_entropy_grad(l, classes, &w)
             })?;
         let predictions = argmax(&out.logits, &self.model);
+        let dropped = selection.as_ref().map(|s| Dropped {
+            too_uncertain: s.too_uncertain as u64,
+            too_certain: s.too_certain as u64,
+            redundant: s.redundant as u64,
+        });
         let kept = selection.map_or_else(Vec::new, |s| s.kept);
         if !kept.is_empty() {
             self.sgd
@@ -255,6 +286,7 @@ impl Method for Eata {
         let updated = !kept.is_empty();
         Ok(MethodBatch {
             selected: kept,
+            dropped,
             ..MethodBatch::local(predictions, updated)
         })
     }
@@ -363,6 +395,11 @@ impl Method for Cema {
             updated,
             cloud_seconds,
             teacher,
+            dropped: self.random.is_none().then(|| Dropped {
+                too_uncertain: after.dropped_too_uncertain - before.dropped_too_uncertain,
+                too_certain: after.dropped_too_certain - before.dropped_too_certain,
+                redundant: after.dropped_redundant - before.dropped_redundant,
+            }),
         })
     }
     fn model(&self) -> &Model {

@@ -152,6 +152,28 @@ fn bench_writes_results_csv_and_manifest() {
     );
     let cema = methods["cema"]["upload_fraction"].as_f64().unwrap();
     assert!(cema > 0.0 && cema <= 1.0, "cema uploads {cema}");
+    // Every sample CEMA saw was uploaded or dropped by exactly one criterion; with its defaults
+    // (E_min on) at least the E_max criterion drops some of an untrained edge's samples.
+    for c in ["gaussian_noise", "fog"] {
+        let s = &methods["cema"]["corruptions"][c];
+        let d = &s["dropped"];
+        let n = |k: &str| {
+            d[k].as_u64()
+                .unwrap_or_else(|| panic!("{c}: dropped.{k} = {d}"))
+        };
+        assert_eq!(
+            s["uploaded"].as_u64().unwrap()
+                + n("too_uncertain")
+                + n("too_certain")
+                + n("redundant"),
+            64,
+            "{c}: {s}"
+        );
+        assert!(n("too_uncertain") > 0, "{c}: {d}");
+    }
+    for m in ["source", "bn_adapt", "foundation"] {
+        assert!(methods[m]["corruptions"]["fog"]["dropped"].is_null(), "{m}");
+    }
     assert!(
         methods["cema"]["updates"].as_u64().unwrap() > 0,
         "the cloud published norm states"

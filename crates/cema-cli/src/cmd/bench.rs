@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cema_adapt::{
-    BnAdapt, Cema, CloudConfig, Eata, EdgeConfig, Foundation, GradConfig, Method, RandomUpload,
-    Source, Tent,
+    BnAdapt, Cema, CloudConfig, Dropped, Eata, EdgeConfig, Foundation, GradConfig, Method,
+    RandomUpload, Source, Tent,
 };
 use cema_corrupt::{Corruption, Plan, Table};
 use cema_data::cifar_c::CorruptedDir;
@@ -234,6 +234,8 @@ struct StreamResult {
     batch_correct: Vec<u32>,
     /// With `--diagnose-teacher`: [uploaded, dropped] samples.
     teacher: Option<[TeacherCounts; 2]>,
+    /// Dropped samples per selection criterion (cema, eata).
+    dropped: Option<Dropped>,
 }
 
 /// The teacher against the edge on one group of samples (`--diagnose-teacher`).
@@ -290,6 +292,7 @@ impl StreamResult {
             "uploaded": self.uploaded,
             "selected": self.selected,
             "selected_accuracy": self.selected_accuracy(),
+            "dropped": self.dropped,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "updates": self.updates,
@@ -582,6 +585,9 @@ fn run_stream(
         r.bytes_down += out.bytes_down;
         r.updates += u64::from(out.updated);
         r.cloud_seconds += out.cloud_seconds;
+        if let Some(d) = &out.dropped {
+            r.dropped.get_or_insert_with(Dropped::default).add(d);
+        }
         progress.inc(n as u64);
     }
     r.seconds = t0.elapsed().as_secs_f64();
@@ -924,6 +930,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "upload_fraction": "selected / images: uploads for cema, random_upload and foundation; the samples EATA's filters pass; 0 for source, bn_adapt, tent",
         "edge_images_per_s": "images / (seconds - cloud_seconds): the edge side's throughput, predicting and selecting (and for tent and eata their backward pass)",
         "cloud_samples_per_s": "uploaded samples / cloud_seconds: how many uploads per second one cloud session absorbs, its rounds (foundation step, distillation with replay) included",
+        "dropped": "samples the selection dropped, per criterion (too_uncertain: E >= E_max; too_certain: E <= E_min; redundant: the cosine filter); cema and eata only, null otherwise",
         "selected_accuracy": "the method's own online accuracy on the samples it selected (null when none): what is left for a teacher to correct there",
         "teacher_diagnosis": "with --diagnose-teacher (cema, random_upload): on the uploaded and on the dropped samples, the edge's and the teacher's accuracy (the cloud's foundation before that batch's round) and the fraction where the teacher is right and the edge wrong; null otherwise",
         "seconds": seconds,
