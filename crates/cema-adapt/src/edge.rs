@@ -175,9 +175,10 @@ impl EdgeAdapter {
         let (logits, init) = self.forward(pixels, n)?;
         let classes = self.model.card.architecture.num_classes();
         let predictions = argmax_rows(&logits, classes);
+        let entropies = entropy_rows(&logits, classes);
         let sel = Selection {
-            kept: selector.select(n),
-            entropies: entropy_rows(&logits, classes),
+            kept: selector.select_among(&entropies),
+            entropies,
             e_max: self.state.filter.e_max(),
             too_uncertain: 0,
             too_certain: 0,
@@ -263,16 +264,30 @@ pub fn gather(pixels: &[u8], n: usize, indices: &[usize]) -> Vec<u8> {
     out
 }
 
-/// Uniformly random upload selection at a fixed rate (ChaCha8, deterministic given its seed).
+/// Which samples of a batch a rate-matched selection takes once its quota is known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pick {
+    /// A uniformly random subset: the random-upload baseline of SPEC §3.
+    #[default]
+    Uniform,
+    /// The highest-entropy samples (ties: the earlier sample): an ablation that inverts CEMA's
+    /// `E < E_max` criterion at the same rate, to test which end of the entropy range carries
+    /// what the teacher can correct.
+    HighestEntropy,
+}
+
+/// Upload selection at a fixed rate (ChaCha8, deterministic given its seed).
 ///
 /// Each batch of `n` adds `rate · n` to a running quota; the batch uploads the quota's whole part
-/// (at most `n`) as a uniformly random subset, so over a stream the uploaded fraction tracks
-/// `rate` to within one sample, not merely in expectation.
+/// (at most `n`), chosen by its [`Pick`], so over a stream the uploaded fraction tracks `rate` to
+/// within one sample, not merely in expectation.
 #[derive(Debug, Clone)]
 pub struct RandomSelector {
     rate: f64,
     owed: f64,
     rng: ChaCha8Rng,
+    pick: Pick,
 }
 
 impl RandomSelector {
@@ -282,7 +297,18 @@ impl RandomSelector {
             rate: clamp_rate(rate),
             owed: 0.0,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            pick: Pick::Uniform,
         }
+    }
+
+    /// The same quota, filled by `pick` instead of uniformly.
+    pub fn with_pick(mut self, pick: Pick) -> Self {
+        self.pick = pick;
+        self
+    }
+
+    pub fn pick(&self) -> Pick {
+        self.pick
     }
 
     pub fn rate(&self) -> f64 {
@@ -294,15 +320,45 @@ impl RandomSelector {
         self.rate = clamp_rate(rate);
     }
 
-    /// Indices (ascending) of the samples of a batch of `n` to upload.
-    pub fn select(&mut self, n: usize) -> Vec<usize> {
+    /// This batch's share of the quota.
+    fn quota(&mut self, n: usize) -> usize {
         self.owed += self.rate * n as f64;
         // The epsilon keeps e.g. 0.25 · 64 = 16.000000000000004 or 15.999999999999998 exact.
         let k = ((self.owed + 1e-9).floor().max(0.0) as usize).min(n);
         self.owed = (self.owed - k as f64).max(0.0);
+        k
+    }
+
+    /// Indices (ascending) of the samples of a batch of `n` to upload, uniformly at random
+    /// (whatever the [`Pick`]: without entropies there is nothing else to rank by).
+    pub fn select(&mut self, n: usize) -> Vec<usize> {
+        let k = self.quota(n);
         let mut kept = rand::seq::index::sample(&mut self.rng, n, k).into_vec();
         kept.sort_unstable();
         kept
+    }
+
+    /// Indices (ascending) of the samples of a batch with these entropies to upload, by the
+    /// selector's [`Pick`].
+    pub fn select_among(&mut self, entropies: &[f32]) -> Vec<usize> {
+        let n = entropies.len();
+        match self.pick {
+            Pick::Uniform => self.select(n),
+            Pick::HighestEntropy => {
+                let k = self.quota(n);
+                let mut order: Vec<usize> = (0..n).collect();
+                // NaN entropies (never produced by finite logits) sort last.
+                order.sort_by(|&a, &b| {
+                    entropies[b]
+                        .partial_cmp(&entropies[a])
+                        .unwrap_or_else(|| entropies[a].is_nan().cmp(&entropies[b].is_nan()))
+                        .then(a.cmp(&b))
+                });
+                let mut kept = order[..k].to_vec();
+                kept.sort_unstable();
+                kept
+            }
+        }
     }
 }
 

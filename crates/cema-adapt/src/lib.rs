@@ -29,7 +29,7 @@ mod replay;
 pub use cloud::{
     CloudAdapter, CloudConfig, CloudCounters, CloudSnapshot, RoundReport, SnapshotMeta, StepReport,
 };
-pub use edge::{gather, EdgeAdapter, EdgeBatch, EdgeCounters, EdgeState, RandomSelector};
+pub use edge::{gather, EdgeAdapter, EdgeBatch, EdgeCounters, EdgeState, Pick, RandomSelector};
 pub use error::AdaptError;
 pub use filter::{default_epsilon, EdgeConfig, EntropyFilter, Selection};
 pub use methods::{

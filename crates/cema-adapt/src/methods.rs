@@ -4,7 +4,7 @@ use cema_model::{mean_entropy_grad, weighted_entropy_grad, Model, NormMode, Sgd,
 use serde::{Deserialize, Serialize};
 
 use crate::cloud::{CloudAdapter, CloudConfig};
-use crate::edge::{gather, EdgeAdapter, RandomSelector};
+use crate::edge::{gather, EdgeAdapter, Pick, RandomSelector};
 use crate::error::AdaptError;
 use crate::filter::{EdgeConfig, EntropyFilter, Selection};
 
@@ -432,6 +432,13 @@ impl RandomUpload {
 
     pub fn rate(&self) -> f64 {
         self.inner.random.as_ref().map_or(0.0, RandomSelector::rate)
+    }
+
+    /// Fills each batch's quota by `pick` (the baseline is [`Pick::Uniform`]; see
+    /// [`Pick::HighestEntropy`] for the ablation).
+    pub fn with_pick(mut self, pick: Pick) -> Self {
+        self.inner.random = self.inner.random.take().map(|r| r.with_pick(pick));
+        self
     }
 
     /// Changes the upload rate from the next batch on (e.g. per stream in a continual run).

@@ -3,8 +3,8 @@
 mod common;
 
 use cema_adapt::{
-    BnAdapt, Cema, CloudConfig, Eata, EdgeConfig, Foundation, GradConfig, Method, RandomSelector,
-    RandomUpload, Source, Tent,
+    BnAdapt, Cema, CloudConfig, Eata, EdgeConfig, Foundation, GradConfig, Method, Pick,
+    RandomSelector, RandomUpload, Source, Tent,
 };
 use cema_model::{Kind, NormMode};
 use common::*;
@@ -172,6 +172,24 @@ fn random_selector_hits_its_rate_and_is_deterministic() {
     // Another seed picks other samples.
     let (mut c, mut d) = (RandomSelector::new(0.5, 1), RandomSelector::new(0.5, 2));
     assert_ne!(c.select(64), d.select(64));
+}
+
+#[test]
+fn highest_entropy_pick_takes_the_same_quota_from_the_uncertain_end() {
+    let mut u = RandomSelector::new(0.25, 7);
+    let mut h = RandomSelector::new(0.25, 7).with_pick(Pick::HighestEntropy);
+    assert_eq!(h.pick(), Pick::HighestEntropy);
+    // 8 samples: entropies with a tie (indices 1 and 6) and the quota 0.25 · 8 = 2 per batch.
+    let e = [0.1, 2.0, 0.5, 1.0, 0.0, 1.5, 2.0, 0.3];
+    assert_eq!(h.select_among(&e), vec![1, 6]);
+    assert_eq!(u.select_among(&e).len(), 2);
+    // The quota carries over batches exactly as the uniform one's: 0.25 · 6 = 1.5 → 1, then 2.
+    let e6 = [0.0, 0.9, 0.1, 0.2, 0.8, 0.3];
+    assert_eq!(h.select_among(&e6), vec![1]);
+    assert_eq!(h.select_among(&e6), vec![1, 4]);
+    // A uniform selector ranks nothing: the same draws as select(n) with the same seed.
+    let (mut a, mut b) = (RandomSelector::new(0.5, 3), RandomSelector::new(0.5, 3));
+    assert_eq!(a.select_among(&[0.0; 64]), b.select(64));
 }
 
 #[test]

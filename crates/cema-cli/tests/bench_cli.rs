@@ -328,6 +328,53 @@ fn bench_is_deterministic_and_random_upload_follows_cema_rate() {
 }
 
 #[test]
+fn random_pick_highest_entropy_uploads_as_many_but_other_samples() {
+    if !have_inputs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let edge = tiny_edge(dir.path());
+    let run = |pick: &str| {
+        let out = dir.path().join(pick);
+        let v = bench_with(
+            &edge,
+            &out,
+            "random_upload",
+            &[
+                "--random-rate",
+                "0.25",
+                "--random-pick",
+                pick,
+                "--diagnose-teacher",
+            ],
+        );
+        (v, read_json(&out.join("manifest.json")))
+    };
+    let (u, um) = run("uniform");
+    let (h, hm) = run("highest-entropy");
+    assert_eq!(um["hyperparameters"]["random_upload"]["pick"], "uniform");
+    assert_eq!(
+        hm["hyperparameters"]["random_upload"]["pick"],
+        "highest-entropy"
+    );
+    for c in ["gaussian_noise", "fog"] {
+        let (a, b) = (
+            &u["methods"]["random_upload"]["corruptions"][c],
+            &h["methods"]["random_upload"]["corruptions"][c],
+        );
+        // 0.25 · 64 = 16 per stream either way.
+        assert_eq!(a["uploaded"], 16, "{c}");
+        assert_eq!(b["uploaded"], 16, "{c}");
+    }
+    // Other samples went up: the edge's and the teacher's accuracy on them differ (checked on fog,
+    // where the tiny edge's entropies spread; were the pick not wired through, they would match).
+    let up = |v: &Value| {
+        v["methods"]["random_upload"]["corruptions"]["fog"]["teacher_diagnosis"]["uploaded"].clone()
+    };
+    assert_ne!(up(&u), up(&h));
+}
+
+#[test]
 fn bench_bad_inputs_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let o = cema(&["bench", "--methods", "source,tentt"]);
@@ -374,6 +421,10 @@ fn bench_bad_inputs_are_usage_errors() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("nope-f.safetensors"), "{}", stderr(&o));
+
+    let o = cema(&["bench", "--random-pick", "best"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("highest-entropy"), "{}", stderr(&o));
 
     let o = cema(&["bench", "--methods", "random_upload"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cema_adapt::{
-    BnAdapt, Cema, CloudConfig, Dropped, Eata, EdgeConfig, Foundation, GradConfig, Method,
+    BnAdapt, Cema, CloudConfig, Dropped, Eata, EdgeConfig, Foundation, GradConfig, Method, Pick,
     RandomUpload, Source, Tent,
 };
 use cema_corrupt::{Corruption, Plan, Table};
@@ -207,6 +207,12 @@ pub struct Args {
     /// protocol, seed, batch and images per stream, and cema on every stream of this one.
     #[arg(long, value_name = "RESULTS_JSON")]
     random_rates_from: Option<PathBuf>,
+    /// How random_upload fills each batch's quota: `uniform` (the baseline) or `highest-entropy`
+    /// (an ablation: the same number of uploads per batch, the most uncertain samples first, i.e.
+    /// CEMA's E_max criterion inverted). The results keep the key random_upload; the manifest
+    /// records the pick.
+    #[arg(long, default_value = "uniform", value_parser = parse_pick)]
+    random_pick: Pick,
     /// For cema and random_upload, also run the cloud's teacher on every sample and report how
     /// often it is right (and right where the edge is wrong) on the uploaded and on the dropped
     /// samples (`teacher_diagnosis` in results.json). A diagnostic: one extra foundation forward
@@ -411,6 +417,14 @@ fn rates_from(
         .collect()
 }
 
+fn parse_pick(s: &str) -> Result<Pick, String> {
+    match s {
+        "uniform" => Ok(Pick::Uniform),
+        "highest-entropy" => Ok(Pick::HighestEntropy),
+        _ => Err(format!("'{s}': expected uniform or highest-entropy")),
+    }
+}
+
 /// Resolved hyperparameters of every method.
 struct Settings {
     tent: GradConfig,
@@ -418,6 +432,7 @@ struct Settings {
     edge: EdgeConfig,
     cloud: CloudConfig,
     random_seed: u64,
+    random_pick: Pick,
     diagnose_teacher: bool,
 }
 
@@ -453,6 +468,7 @@ impl Settings {
             },
             cloud,
             random_seed: args.seed ^ 0x5EED_0F0A_1D00,
+            random_pick: args.random_pick,
             diagnose_teacher: args.diagnose_teacher,
         }
     }
@@ -471,6 +487,7 @@ impl Settings {
                     "edge": self.edge,
                     "cloud": self.cloud,
                     "selection_seed": self.random_seed,
+                    "pick": self.random_pick,
                 }),
             };
             m.insert(key.key().to_string(), v);
@@ -522,7 +539,8 @@ fn make(
         })),
         MethodKey::RandomUpload => {
             let mut m =
-                RandomUpload::new(edge(), foundation(), s.edge, s.cloud, rate, s.random_seed)?;
+                RandomUpload::new(edge(), foundation(), s.edge, s.cloud, rate, s.random_seed)?
+                    .with_pick(s.random_pick);
             m.set_diagnose_teacher(s.diagnose_teacher);
             Runner::Random(Box::new(m))
         }
