@@ -221,6 +221,11 @@ fn bench_writes_results_csv_and_manifest() {
     assert_eq!(manifest["protocol"], "episodic");
     assert_eq!(manifest["stream_key"], "<corruption>");
     assert!(manifest["git_revision"].as_str().unwrap().len() >= 7);
+    // The binary that ran, by content.
+    assert_eq!(
+        manifest["binary"]["sha256"].as_str().unwrap(),
+        cema_model::sha256_file(Path::new(env!("CARGO_BIN_EXE_cema"))).unwrap()
+    );
     assert!(manifest["command"].as_str().unwrap().contains("bench"));
     assert!(manifest["date"].as_str().unwrap().ends_with('Z'));
     // The exact stream order, for other implementations (bench/torch_cema_stream.py).

@@ -748,6 +748,14 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         _ => None,
     };
 
+    // Taken before the run, not after: a run lasts hours, and the checkout may move meanwhile. The
+    // binary's own hash pins what actually ran (it may have been built from another commit).
+    let (git, dirty) = git_revision();
+    let binary = std::env::current_exe().ok().map(|p| {
+        let sha = sha256_file(&p).ok();
+        json!({ "path": p, "sha256": sha })
+    });
+
     let total = (streams.len() * methods.len() * order.len()) as u64;
     let progress = Progress::new(total, "img", ctx.quiet);
     let mut live: Vec<Option<Runner>> = methods.iter().map(|_| None).collect();
@@ -895,7 +903,6 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         .usage_err(format!("--out {}", order_path.display()))?;
 
     // manifest.json
-    let (git, dirty) = git_revision();
     let checkpoint = |path: &Path, model: &Option<Model>, sha: &Option<String>| match (model, sha) {
         (Some(m), Some(sha)) => json!({
             "path": path,
@@ -911,6 +918,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "date": utc_now(),
         "git_revision": git,
         "git_dirty": dirty,
+        "binary": binary,
         "cema_version": env!("CARGO_PKG_VERSION"),
         "backend": ctx.backend,
         "threads": rayon::current_num_threads(),
