@@ -303,33 +303,45 @@ fn bench_is_deterministic_and_random_upload_follows_cema_rate() {
         a["methods"]["cema"]["corruptions"]["fog"]["upload_fraction"]
     );
 
-    // Rates measured on other streams (another --limit) are refused, naming the flag.
-    let o = cema(&[
-        "bench",
-        "-q",
-        "--edge",
-        edge.to_str().unwrap(),
-        "--methods",
-        "random_upload",
-        "--foundation",
-        foundation().to_str().unwrap(),
-        "--corruptions",
-        "gaussian_noise,fog",
-        "--limit",
-        "32",
-        "--batch",
-        "32",
-        "--random-rates-from",
-        rates.to_str().unwrap(),
-        "--out",
-        dir.path().join("d").to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let e = stderr(&o);
-    assert!(
-        e.contains("--random-rates-from") && e.contains("images_per_stream"),
-        "{e}"
-    );
+    // Rates that cannot be followed are refused with exit 2, naming the flag and what is wrong.
+    let refused = |rates: &Path, limit: &str| {
+        let o = cema(&[
+            "bench",
+            "-q",
+            "--edge",
+            edge.to_str().unwrap(),
+            "--methods",
+            "random_upload",
+            "--foundation",
+            foundation().to_str().unwrap(),
+            "--corruptions",
+            "gaussian_noise,fog",
+            "--limit",
+            limit,
+            "--batch",
+            "32",
+            "--random-rates-from",
+            rates.to_str().unwrap(),
+            "--out",
+            dir.path().join("d").to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("--random-rates-from"), "{e}");
+        e
+    };
+    // Measured on other streams (another --limit).
+    assert!(refused(&rates, "32").contains("images_per_stream"));
+    // Not JSON at all.
+    let junk = dir.path().join("junk.json");
+    std::fs::write(&junk, "not json {").unwrap();
+    refused(&junk, "64");
+    // The same streams, but no cema in it (a baselines-only run).
+    let mut no_cema = a.clone();
+    no_cema["methods"].as_object_mut().unwrap().remove("cema");
+    let no_cema_path = dir.path().join("no-cema.json");
+    std::fs::write(&no_cema_path, no_cema.to_string()).unwrap();
+    assert!(refused(&no_cema_path, "64").contains("methods.cema"));
 }
 
 #[test]

@@ -105,16 +105,8 @@ fn ok(o: &std::process::Output) {
     assert!(o.status.success(), "{}", stderr(o));
 }
 
-#[test]
-fn cifar10_trains_evaluates_and_benchmarks_on_a_cifar10_c_folder() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    write_cifar10(root);
-    write_cifar10_c(&root.join("CIFAR-10-C"));
-    let data = root.to_str().unwrap();
-    let model = root.join("edge.safetensors");
-    let model_s = model.to_str().unwrap();
-
+/// `cema train --dataset cifar10` of a ResNet-8 of this width for one epoch into `out`.
+fn train_cifar10(data: &str, width: &str, batch: &str, out: &Path) {
     ok(&cema(&[
         "-q",
         "train",
@@ -125,14 +117,27 @@ fn cifar10_trains_evaluates_and_benchmarks_on_a_cifar10_c_folder() {
         "--depth",
         "8",
         "--width",
-        "4",
+        width,
         "--epochs",
         "1",
         "--batch",
-        "40",
+        batch,
         "--out",
-        model_s,
+        out.to_str().unwrap(),
     ]));
+}
+
+#[test]
+fn cifar10_trains_evaluates_and_benchmarks_on_a_cifar10_c_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_cifar10(root);
+    write_cifar10_c(&root.join("CIFAR-10-C"));
+    let data = root.to_str().unwrap();
+    let model = root.join("edge.safetensors");
+    let model_s = model.to_str().unwrap();
+
+    train_cifar10(data, "4", "40", &model);
     let card = read_json(&root.join("edge.json"));
     assert_eq!(card["dataset"], "cifar10");
     assert_eq!(card["input"]["height"], 32);
@@ -260,24 +265,7 @@ fn a_model_or_folder_of_another_dataset_is_an_input_error_naming_it() {
     fs::write(c100.join("test.bin"), records(20, 0, |l| vec![0, l * 9])).unwrap();
     let data = root.to_str().unwrap();
     let model = root.join("m.safetensors");
-    ok(&cema(&[
-        "-q",
-        "train",
-        "--dataset",
-        "cifar10",
-        "--data-dir",
-        data,
-        "--depth",
-        "8",
-        "--width",
-        "2",
-        "--epochs",
-        "1",
-        "--batch",
-        "100",
-        "--out",
-        model.to_str().unwrap(),
-    ]));
+    train_cifar10(data, "2", "100", &model);
 
     // A 10-class model on 100-class data.
     let o = cema(&[
