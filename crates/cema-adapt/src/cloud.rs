@@ -112,6 +112,28 @@ pub struct CloudAdapter {
     foundation_stats_initialised: bool,
 }
 
+/// The foundation can teach `student`: it sees the same images (height, width, channels) and
+/// predicts as many classes. A cloud checks this once at start-up, before any session.
+pub fn check_compatible(foundation: &Model, student: &Model) -> Result<(), AdaptError> {
+    let (fc, sc) = (
+        foundation.card.architecture.num_classes(),
+        student.card.architecture.num_classes(),
+    );
+    if fc != sc {
+        return Err(AdaptError::Incompatible(format!(
+            "foundation has {fc} classes, student {sc}"
+        )));
+    }
+    let (fi, si) = (&foundation.card.input, &student.card.input);
+    if (fi.height, fi.width, fi.channels) != (si.height, si.width, si.channels) {
+        return Err(AdaptError::Incompatible(format!(
+            "foundation takes {}×{}×{} images, student {}×{}×{}",
+            fi.height, fi.width, fi.channels, si.height, si.width, si.channels
+        )));
+    }
+    Ok(())
+}
+
 impl CloudAdapter {
     /// `student` is a copy of the edge's model with the norm state of `version`; `model_id`
     /// names it. The foundation must see the same images and predict the same classes.
@@ -122,22 +144,8 @@ impl CloudAdapter {
         version: u64,
         config: CloudConfig,
     ) -> Result<Self, AdaptError> {
-        let (fc, sc) = (
-            foundation.card.architecture.num_classes(),
-            student.card.architecture.num_classes(),
-        );
-        if fc != sc {
-            return Err(AdaptError::Incompatible(format!(
-                "foundation has {fc} classes, student {sc}"
-            )));
-        }
-        let (fi, si) = (&foundation.card.input, &student.card.input);
-        if (fi.height, fi.width, fi.channels) != (si.height, si.width, si.channels) {
-            return Err(AdaptError::Incompatible(format!(
-                "foundation takes {}×{}×{} images, student {}×{}×{}",
-                fi.height, fi.width, fi.channels, si.height, si.width, si.channels
-            )));
-        }
+        check_compatible(&foundation, &student)?;
+        let (si, sc) = (&student.card.input, student.card.architecture.num_classes());
         if config.batch == 0 {
             return Err(AdaptError::Incompatible(
                 "batch size must be positive".into(),

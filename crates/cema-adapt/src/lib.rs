@@ -27,7 +27,8 @@ mod methods;
 mod replay;
 
 pub use cloud::{
-    CloudAdapter, CloudConfig, CloudCounters, CloudSnapshot, RoundReport, SnapshotMeta, StepReport,
+    check_compatible, CloudAdapter, CloudConfig, CloudCounters, CloudSnapshot, RoundReport,
+    SnapshotMeta, StepReport,
 };
 pub use edge::{gather, EdgeAdapter, EdgeBatch, EdgeCounters, EdgeState, Pick, RandomSelector};
 pub use error::AdaptError;

@@ -3,7 +3,7 @@
 mod common;
 
 use cema_adapt::{AdaptError, CloudAdapter, CloudConfig, EdgeAdapter, EdgeConfig};
-use cema_model::{Kind, NormMode};
+use cema_model::{Kind, Model, NormMode};
 use common::*;
 
 /// A cloud over the tiny models with B = 8, its student a copy of `tiny_edge(3)`.
@@ -258,4 +258,38 @@ fn a_restored_cloud_session_continues_exactly_where_the_snapshot_left_off() {
     assert_eq!(b.snapshot(), before);
     let bytes = snap.to_bytes();
     assert!(cema_adapt::CloudSnapshot::from_bytes(&bytes[..100]).is_err());
+}
+
+#[test]
+fn a_foundation_that_cannot_teach_the_student_is_refused_naming_what_differs() {
+    let student = tiny_edge(1);
+    assert!(cema_adapt::check_compatible(&tiny_foundation(1), &student).is_ok());
+    let with = |num_classes, in_channels| {
+        let mut c = card("other", 8);
+        c.architecture = cema_model::Arch::CifarResnet {
+            depth: 8,
+            width: 8,
+            in_channels,
+            num_classes,
+        };
+        c.input.channels = in_channels;
+        c.input.mean = vec![c.input.mean[0]; in_channels];
+        c.input.std = vec![c.input.std[0]; in_channels];
+        Model::init(c, &cema_model::cpu(), 1).unwrap()
+    };
+    let err = |f: &Model| match CloudAdapter::new(
+        f.clone(),
+        student.clone(),
+        "tiny",
+        0,
+        CloudConfig::default(),
+    ) {
+        Err(AdaptError::Incompatible(why)) => why,
+        other => panic!("expected Incompatible, got {:?}", other.map(|_| ())),
+    };
+    assert_eq!(err(&with(100, 1)), "foundation has 100 classes, student 10");
+    assert_eq!(
+        err(&with(CLASSES, 3)),
+        "foundation takes 28×28×3 images, student 28×28×1"
+    );
 }

@@ -199,6 +199,15 @@ impl Cloud {
             .with_context(|| format!("edge model {}", options.edge_model.display()))?;
         let foundation = Model::load(&options.foundation, &device)
             .with_context(|| format!("foundation {}", options.foundation.display()))?;
+        // Refused here, not at the first session: a cloud that cannot teach its edge model must
+        // not start and answer every device with a 500.
+        cema_adapt::check_compatible(&foundation, &edge).with_context(|| {
+            format!(
+                "foundation {} cannot teach edge model {}",
+                options.foundation.display(),
+                options.edge_model.display()
+            )
+        })?;
         let store: Arc<dyn SessionStore> =
             Arc::new(RedbStore::open(&options.data_dir.join("cloud.redb"))?);
         let (tx, rx) = channel();

@@ -149,7 +149,13 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             args.data_dir.clone(),
         )
     };
-    let cloud = Cloud::open(options).context("starting the cloud")?;
+    let cloud = Cloud::open(options).map_err(|e| {
+        if e.downcast_ref::<cema_adapt::AdaptError>().is_some() {
+            CliError::usage(e.context("--edge / --foundation"))
+        } else {
+            CliError::from(e.context("starting the cloud"))
+        }
+    })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
