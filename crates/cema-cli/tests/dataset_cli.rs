@@ -333,3 +333,117 @@ fn a_model_or_folder_of_another_dataset_is_an_input_error_naming_it() {
     );
     assert!(!root.join("x.safetensors").exists());
 }
+
+#[test]
+fn demo_and_load_run_real_processes_on_cifar10() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_cifar10(root);
+    let data = root.to_str().unwrap();
+    let model = root.join("m.safetensors");
+    let m = model.to_str().unwrap();
+    train_cifar10(data, "2", "100", &model);
+
+    // One cloud and one edge as real processes on loopback, on the 64-image CIFAR-10 test batch
+    // (fog generated at 32×32×3); the same model serves as edge and foundation.
+    let report = root.join("demo.json");
+    ok(&cema(&[
+        "-q",
+        "demo",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        data,
+        "--edge",
+        m,
+        "--foundation",
+        m,
+        "--edges",
+        "1",
+        "--corruptions",
+        "fog",
+        "--limit",
+        "64",
+        "--json",
+        report.to_str().unwrap(),
+    ]));
+    let edge = &read_json(&report)["edges"][0];
+    assert_eq!(edge["corruption"], "fog");
+    assert_eq!(edge["images"], 64);
+    let acc = edge["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{edge}");
+
+    // The synthetic edges upload CIFAR images the cloud accepts for a 32×32×3 model.
+    let report = root.join("load.json");
+    ok(&cema(&[
+        "-q",
+        "load",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        data,
+        "--edge",
+        m,
+        "--foundation",
+        m,
+        "--edges",
+        "2",
+        "--seconds",
+        "2",
+        "--interval-ms",
+        "300",
+        "--json",
+        report.to_str().unwrap(),
+    ]));
+    let load = read_json(&report);
+    assert!(load["uploads_acked"].as_u64().unwrap() > 0, "{load}");
+    assert_eq!(load["errors"], 0, "{load}");
+
+    // A CIFAR model with the default dataset (Fashion-MNIST, 28×28×1) is refused before any
+    // process starts, naming the flag.
+    // So is the shipped Fashion-MNIST foundation beside a CIFAR edge model.
+    let fashion = common::repo().join("models/foundation.safetensors");
+    let fashion = fashion.to_str().unwrap();
+    for cmd in ["demo", "load"] {
+        let o = cema(&[cmd, "--edge", m, "--foundation", m, "--edges", "1"]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--edge"), "{cmd}: {}", stderr(&o));
+        let o = cema(&[
+            cmd,
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            data,
+            "--edge",
+            m,
+            "--foundation",
+            fashion,
+            "--edges",
+            "1",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--foundation"), "{cmd}: {}", stderr(&o));
+    }
+    // `cema cloud` itself refuses to start with a foundation that cannot teach its edge model
+    // (before, it started and answered every device's session with a 500).
+    let o = cema(&[
+        "cloud",
+        "--listen",
+        "127.0.0.1:0",
+        "--edge",
+        m,
+        "--foundation",
+        fashion,
+        "--data-dir",
+        root.join("cloud").to_str().unwrap(),
+        "--device",
+        "a:b",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--edge / --foundation") && err.contains("28×28×1 images, student 32×32×3"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty(), "it must not have listened");
+}

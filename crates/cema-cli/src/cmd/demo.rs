@@ -13,13 +13,14 @@ use cema_corrupt::Corruption;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::exit::CliError;
+use crate::exit::{CliError, ResultExt};
 
 use super::children::{spawn_cloud, Reaper};
-use super::{write_json, Context};
+use super::{write_json, Context, DataArgs};
 
-/// One cloud and N edges on loopback, each edge on its own Fashion-MNIST-C stream: live view
-/// and final table (the README's first command).
+/// One cloud and N edges on loopback, each edge on its own corrupted stream (Fashion-MNIST-C by
+/// default; `--dataset` for CIFAR-10/100 with models trained on them): live view and final table
+/// (the README's first command).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Number of edge devices.
@@ -50,9 +51,12 @@ pub struct Args {
     pub edge: PathBuf,
     #[arg(long, default_value = "models/foundation.safetensors")]
     pub foundation: PathBuf,
-    /// Folder with the Fashion-MNIST .gz files.
-    #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
-    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Folder in the CIFAR-10-C layout the edges read their corruption from, if it holds it (else
+    /// each edge generates it from the clean test set). Default: data/<dataset>-c.
+    #[arg(long)]
+    pub corrupted: Option<PathBuf>,
     /// The cloud's session store (default: a temporary folder, removed afterwards).
     #[arg(long)]
     pub cloud_data: Option<PathBuf>,
@@ -85,6 +89,15 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             )));
         }
     }
+    // Checked here, before any process starts, so that a model of another dataset is a usage
+    // error naming the flag rather than N failed edges after the cloud came up.
+    let test = args.data.load(cema_data::Split::Test)?;
+    for (p, flag) in [(&args.edge, "--edge"), (&args.foundation, "--foundation")] {
+        let model = cema_model::Model::load(p, &cema_model::cpu())
+            .usage_err(format!("{flag} {}", p.display()))?;
+        args.data.check_model(&model, &test, flag, p)?;
+    }
+    drop(test);
     let exe = std::env::current_exe().context("locating the cema binary")?;
     let tmp = tempfile::tempdir().context("temporary folder")?;
     let cloud_data = args
@@ -135,8 +148,12 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         if let Some(k) = args.uplink_kbps {
             cmd.args(["--uplink-kbps", &k.to_string()]);
         }
-        if let Some(dir) = &args.data_dir {
+        cmd.args(["--dataset", args.data.dataset().name()]);
+        if let Some(dir) = &args.data.data_dir {
             cmd.arg("--data-dir").arg(dir);
+        }
+        if let Some(dir) = &args.corrupted {
+            cmd.arg("--corrupted").arg(dir);
         }
         let mut child = cmd
             .stdout(Stdio::piped())

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use cema_data::fashion_mnist::{self, Split};
+use cema_data::Split;
 use cema_edge::{ClientError, CloudClient};
 use cema_model::{cpu, Model};
 use cema_wire::{encode_upload, Dtype, FrameDecoder, UploadHeader};
@@ -21,7 +21,7 @@ use serde_json::json;
 use crate::exit::{CliError, ResultExt};
 
 use super::children::{spawn_cloud, Reaper};
-use super::{write_json, Context};
+use super::{write_json, Context, DataArgs};
 
 /// Load test: N synthetic edges uploading to one cloud for a bounded time (loopback only).
 #[derive(Debug, clap::Args)]
@@ -41,8 +41,9 @@ pub struct Args {
     pub edge: PathBuf,
     #[arg(long, default_value = "models/foundation.safetensors")]
     pub foundation: PathBuf,
-    #[arg(long, env = "CEMA_FASHION_MNIST_DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// The images the edges upload: this dataset's test split.
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Write the report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -90,8 +91,13 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             args.foundation.display()
         )));
     }
-    let test =
-        fashion_mnist::load(args.data_dir.as_deref(), Split::Test).usage_err("--data-dir")?;
+    let test = args.data.load(Split::Test)?;
+    args.data.check_model(&model, &test, "--edge", &args.edge)?;
+    let foundation = Model::load(&args.foundation, &cpu())
+        .usage_err(format!("--foundation {}", args.foundation.display()))?;
+    args.data
+        .check_model(&foundation, &test, "--foundation", &args.foundation)?;
+    drop(foundation);
     let state = model.norm_state(&model.card.name, 0).to_bytes();
     let batch = 32usize; // the cloud's default B: one upload, one round, one version
     let per = test.image_size();
