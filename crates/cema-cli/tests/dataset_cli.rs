@@ -344,71 +344,10 @@ fn demo_and_load_run_real_processes_on_cifar10() {
     let m = model.to_str().unwrap();
     train_cifar10(data, "2", "100", &model);
 
-    // One cloud and one edge as real processes on loopback, on the 64-image CIFAR-10 test batch
-    // (fog generated at 32×32×3); the same model serves as edge and foundation.
-    let report = root.join("demo.json");
-    ok(&cema(&[
-        "-q",
-        "demo",
-        "--dataset",
-        "cifar10",
-        "--data-dir",
-        data,
-        "--edge",
-        m,
-        "--foundation",
-        m,
-        "--edges",
-        "1",
-        "--corruptions",
-        "fog",
-        "--limit",
-        "64",
-        "--json",
-        report.to_str().unwrap(),
-    ]));
-    let edge = &read_json(&report)["edges"][0];
-    assert_eq!(edge["corruption"], "fog");
-    assert_eq!(edge["images"], 64);
-    let acc = edge["accuracy"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&acc), "{edge}");
-
-    // The synthetic edges upload CIFAR images the cloud accepts for a 32×32×3 model.
-    let report = root.join("load.json");
-    ok(&cema(&[
-        "-q",
-        "load",
-        "--dataset",
-        "cifar10",
-        "--data-dir",
-        data,
-        "--edge",
-        m,
-        "--foundation",
-        m,
-        "--edges",
-        "2",
-        "--seconds",
-        "2",
-        "--interval-ms",
-        "300",
-        "--json",
-        report.to_str().unwrap(),
-    ]));
-    let load = read_json(&report);
-    assert!(load["uploads_acked"].as_u64().unwrap() > 0, "{load}");
-    assert_eq!(load["errors"], 0, "{load}");
-
-    // A CIFAR model with the default dataset (Fashion-MNIST, 28×28×1) is refused before any
-    // process starts, naming the flag.
-    // So is the shipped Fashion-MNIST foundation beside a CIFAR edge model.
-    let fashion = common::repo().join("models/foundation.safetensors");
-    let fashion = fashion.to_str().unwrap();
-    for cmd in ["demo", "load"] {
-        let o = cema(&[cmd, "--edge", m, "--foundation", m, "--edges", "1"]);
-        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
-        assert!(stderr(&o).contains("--edge"), "{cmd}: {}", stderr(&o));
-        let o = cema(&[
+    // `cmd` on CIFAR-10 here with this edge model and `foundation`, then `rest`.
+    let on_cifar = |cmd: &str, foundation: &str, rest: &[&str]| {
+        let mut args = vec![
+            "-q",
             cmd,
             "--dataset",
             "cifar10",
@@ -417,12 +356,66 @@ fn demo_and_load_run_real_processes_on_cifar10() {
             "--edge",
             m,
             "--foundation",
-            fashion,
+            foundation,
+        ];
+        args.extend_from_slice(rest);
+        cema(&args)
+    };
+
+    // One cloud and one edge as real processes on loopback, on the 64-image CIFAR-10 test batch
+    // (fog generated at 32×32×3); the same model serves as edge and foundation.
+    let report = root.join("demo.json");
+    let r = report.to_str().unwrap();
+    let demo = ["--edges", "1", "--corruptions", "fog", "--limit", "64"];
+    ok(&on_cifar("demo", m, &[&demo[..], &["--json", r]].concat()));
+    let edge = &read_json(&report)["edges"][0];
+    assert_eq!(edge["corruption"], "fog");
+    assert_eq!(edge["images"], 64);
+    let acc = edge["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{edge}");
+
+    // The synthetic edges upload CIFAR images the cloud accepts for a 32×32×3 model.
+    let report = root.join("load.json");
+    let r = report.to_str().unwrap();
+    let load = ["--edges", "2", "--seconds", "2", "--interval-ms", "300"];
+    ok(&on_cifar("load", m, &[&load[..], &["--json", r]].concat()));
+    let load = read_json(&report);
+    assert!(load["uploads_acked"].as_u64().unwrap() > 0, "{load}");
+    assert_eq!(load["errors"], 0, "{load}");
+
+    // Refused before any process starts, naming the flag: a CIFAR model with the default dataset
+    // (Fashion-MNIST, 28×28×1); the shipped Fashion-MNIST foundation beside a CIFAR edge model;
+    // a data folder without the CIFAR-10 files.
+    let fashion = common::repo().join("models/foundation.safetensors");
+    let fashion = fashion.to_str().unwrap();
+    let empty = root.join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    for cmd in ["demo", "load"] {
+        let o = cema(&[cmd, "--edge", m, "--foundation", m, "--edges", "1"]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--edge"), "{cmd}: {}", stderr(&o));
+        let o = on_cifar(cmd, fashion, &["--edges", "1"]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--foundation"), "{cmd}: {}", stderr(&o));
+        let o = cema(&[
+            cmd,
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            empty.to_str().unwrap(),
+            "--edge",
+            m,
+            "--foundation",
+            m,
             "--edges",
             "1",
         ]);
         assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
-        assert!(stderr(&o).contains("--foundation"), "{cmd}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--data-dir") && stderr(&o).contains("test_batch.bin"),
+            "{cmd}: {}",
+            stderr(&o)
+        );
     }
     // `cema cloud` itself refuses to start with a foundation that cannot teach its edge model
     // (before, it started and answered every device's session with a 500).
