@@ -2,7 +2,8 @@
 # A long episodic `cema bench` in resumable chunks of five corruptions: each chunk writes its own
 # results (OUT/chunk-N), a chunk already done is skipped on a rerun, and the chunks are merged into
 # OUT/results.json at the end (bench/merge_results.py). For the full severity-5 benchmark, which
-# takes hours on two cores and should survive an interrupted session.
+# takes hours on two cores and should survive an interrupted session. Kept for the commands in
+# RESULTS.md that used it; `cema bench --resume` now does the same for one results folder.
 # Usage: bench/chunked.sh OUT [cema bench options other than --corruptions/--out/--protocol]
 # e.g.   bench/chunked.sh runs/full-s5-cema --methods cema,random_upload --severity 5
 set -euo pipefail

@@ -72,10 +72,10 @@ fn bench(edge: &Path, out: &Path, methods: &str) -> Value {
     bench_with(edge, out, methods, &[])
 }
 
-/// [`bench`] with extra flags.
-fn bench_with(edge: &Path, out: &Path, methods: &str, extra: &[&str]) -> Value {
+/// The arguments of [`bench_with`].
+fn bench_args(edge: &Path, out: &Path, methods: &str, extra: &[&str]) -> Vec<String> {
     let foundation = foundation();
-    let mut args = vec![
+    let mut args: Vec<String> = [
         "bench",
         "--edge",
         edge.to_str().unwrap(),
@@ -94,9 +94,18 @@ fn bench_with(edge: &Path, out: &Path, methods: &str, extra: &[&str]) -> Value {
         "--out",
         out.to_str().unwrap(),
         "-q",
-    ];
-    args.extend_from_slice(extra);
-    let o = cema(&args);
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// [`bench`] with extra flags.
+fn bench_with(edge: &Path, out: &Path, methods: &str, extra: &[&str]) -> Value {
+    let args = bench_args(edge, out, methods, extra);
+    let o = cema(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -539,4 +548,188 @@ fn diagnose_teacher_reports_both_groups_and_changes_no_result() {
     }
     // The per-stream entries carry it too.
     assert!(!b["corruptions"]["fog"]["teacher_diagnosis"].is_null());
+}
+
+/// Copies the files of `from` into `to`, recursively.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+/// Every count and accuracy of every (method, stream) of `a` equals `b`'s (not the timings).
+fn assert_same_results(a: &Value, b: &Value, what: &str) {
+    let methods = a["methods"].as_object().unwrap();
+    assert_eq!(
+        methods.keys().collect::<Vec<_>>(),
+        b["methods"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (m, v) in methods {
+        for (c, r) in v["corruptions"].as_object().unwrap() {
+            for key in [
+                "accuracy",
+                "uploaded",
+                "selected",
+                "bytes_up",
+                "bytes_down",
+                "updates",
+                "batch_correct",
+                "dropped",
+            ] {
+                assert_eq!(
+                    r[key], b["methods"][m]["corruptions"][c][key],
+                    "{what}: {m}.{c}.{key}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn an_interrupted_bench_resumes_from_its_stream_records() {
+    if !have_inputs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let edge = tiny_edge(dir.path());
+    let methods = "source,cema,random_upload";
+    let a = bench(&edge, &dir.path().join("a"), methods);
+    for m in ["source", "cema", "random_upload"] {
+        for c in ["gaussian_noise", "fog"] {
+            let record = read_json(&dir.path().join(format!("a/streams/{m}/{c}.json")));
+            assert_eq!(
+                record["result"]["correct"].as_f64().unwrap() / 64.0,
+                a["methods"][m]["corruptions"][c]["accuracy"]
+                    .as_f64()
+                    .unwrap(),
+                "{m}/{c}"
+            );
+            assert_eq!(record["fingerprint"]["method"], m);
+        }
+    }
+
+    // Killed while CEMA ran on fog: the results, the manifest and fog's CEMA and random upload
+    // records are not there. --resume loads the other four and measures those two again.
+    let b = dir.path().join("b");
+    copy_tree(&dir.path().join("a"), &b);
+    for f in [
+        "results.json",
+        "manifest.json",
+        "streams/cema/fog.json",
+        "streams/random_upload/fog.json",
+    ] {
+        std::fs::remove_file(b.join(f)).unwrap();
+    }
+    let resumed = bench_with(&edge, &b, methods, &["--resume"]);
+    assert_same_results(&a, &resumed, "resumed after losing fog's cema");
+    let manifest = read_json(&b.join("manifest.json"));
+    assert_eq!(
+        manifest["resumed"],
+        serde_json::json!([
+            "source/gaussian_noise",
+            "cema/gaussian_noise",
+            "random_upload/gaussian_noise",
+            "source/fog"
+        ])
+    );
+    // A loaded result keeps the wall time it was measured in.
+    assert_eq!(
+        resumed["methods"]["cema"]["corruptions"]["gaussian_noise"]["seconds"],
+        a["methods"]["cema"]["corruptions"]["gaussian_noise"]["seconds"]
+    );
+
+    // A real interruption: SIGKILL once the first record is written (or after the run, if it is
+    // faster than the poll), then --resume in the same folder.
+    let k = dir.path().join("k");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args(bench_args(&edge, &k, methods, &[]))
+        .env("CEMA_THREADS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = k.join("streams/source/gaussian_noise.json");
+    let t0 = std::time::Instant::now();
+    while !first.exists() && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let after_kill = bench_with(&edge, &k, methods, &["--resume"]);
+    assert_same_results(&a, &after_kill, "resumed after SIGKILL");
+
+    // Records from another configuration are refused, naming the flag, the file and the field.
+    let refused = |extra: &[&str]| {
+        let args = bench_args(&edge, &b, methods, extra);
+        let o = cema(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("--resume") && e.contains("gaussian_noise.json"),
+            "{e}"
+        );
+        e
+    };
+    let e = refused(&["--resume", "--seed", "1"]);
+    assert!(e.contains("seed was 0, now 1"), "{e}");
+    let e = refused(&["--resume", "--cema-student-lr", "0.01"]);
+    assert!(e.contains("hyperparameters"), "{e}");
+    std::fs::write(b.join("streams/source/gaussian_noise.json"), "{ truncated").unwrap();
+    let e = refused(&["--resume"]);
+    assert!(e.contains("not a stream record"), "{e}");
+
+    // Without --resume the records of an earlier run are cleared, and the run starts over.
+    let stale = b.join("streams/tent/snow.json");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, "{}").unwrap();
+    let fresh = bench(&edge, &b, methods);
+    assert_same_results(&a, &fresh, "rerun without --resume");
+    assert!(!stale.exists());
+    assert_eq!(
+        read_json(&b.join("manifest.json"))["resumed"],
+        serde_json::json!([])
+    );
+
+    // Continual: a method's state runs through every stream, so a method missing one record
+    // starts over from the first stream; one recorded on all is loaded.
+    let ca = dir.path().join("ca");
+    let continual = ["--protocol", "continual"];
+    let full = bench_with(&edge, &ca, "source,cema", &continual);
+    let cb = dir.path().join("cb");
+    copy_tree(&ca, &cb);
+    std::fs::remove_file(cb.join("streams/cema/fog.json")).unwrap();
+    let resumed = bench_with(
+        &edge,
+        &cb,
+        "source,cema",
+        &["--protocol", "continual", "--resume"],
+    );
+    assert_same_results(&full, &resumed, "continual, resumed");
+    assert_eq!(
+        read_json(&cb.join("manifest.json"))["resumed"],
+        serde_json::json!(["source/gaussian_noise", "source/fog"])
+    );
+    // The episodic records of another --out are not a continual run's.
+    copy_tree(&dir.path().join("a/streams"), &cb.join("streams"));
+    let args = bench_args(
+        &edge,
+        &cb,
+        "source",
+        &["--protocol", "continual", "--resume"],
+    );
+    let o = cema(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("protocol was \"episodic\", now \"continual\""),
+        "{}",
+        stderr(&o)
+    );
 }

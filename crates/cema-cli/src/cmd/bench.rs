@@ -19,6 +19,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::corrupt::{expand, parse_selection, Selection};
@@ -219,10 +220,18 @@ pub struct Args {
     /// per batch, outside the method's timings.
     #[arg(long)]
     diagnose_teacher: bool,
+    /// Continue an interrupted run in the same --out. Every (method, stream) result is recorded
+    /// in --out/streams/<method>/<stream>.json as soon as it is measured; with --resume, those
+    /// recorded by a run with the same configuration, checkpoints, binary and thread count are
+    /// loaded instead of rerun (continual protocol: only a method recorded on every stream; the
+    /// others start over). A record from another configuration is refused (exit 2). Without
+    /// --resume, an earlier run's records in --out are cleared first.
+    #[arg(long)]
+    resume: bool,
 }
 
 /// One method's numbers on one stream.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct StreamResult {
     images: usize,
     correct: usize,
@@ -245,7 +254,7 @@ struct StreamResult {
 }
 
 /// The teacher against the edge on one group of samples (`--diagnose-teacher`).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct TeacherCounts {
     samples: usize,
     edge_correct: usize,
@@ -619,6 +628,87 @@ fn load_model(path: &Path, flag: &str, device: &Device) -> Result<(Model, String
     Ok((model, sha))
 }
 
+/// Where `cema bench` records one (method, stream) result as soon as it is measured.
+fn record_path(out: &Path, method: MethodKey, stream: &str) -> PathBuf {
+    out.join("streams")
+        .join(method.key())
+        .join(format!("{stream}.json"))
+}
+
+/// One recorded (method, stream) result: what it was measured under, where its stream's images
+/// came from (`file` or `generated`), and the numbers.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    fingerprint: Value,
+    source: String,
+    result: StreamResult,
+}
+
+/// `value` as it reads back from its JSON text. serde_json's default float parser may differ
+/// from the written value in the last bit, so a fingerprint is compared only after the same trip
+/// through text that the recorded one made.
+fn through_text(value: &Value) -> Value {
+    serde_json::from_str(&value.to_string()).expect("a Value serialises to valid JSON")
+}
+
+fn save_record(
+    path: &Path,
+    fingerprint: Value,
+    source: &str,
+    result: &StreamResult,
+) -> Result<(), CliError> {
+    let record = Record {
+        fingerprint,
+        source: source.to_string(),
+        result: result.clone(),
+    };
+    let text = serde_json::to_string(&record).run_err("serialising a stream record")?;
+    write_atomic(path, text.as_bytes()).usage_err(format!("--out {}", path.display()))
+}
+
+/// The result recorded at `path` if there is one, provided it was measured under `fingerprint`.
+fn load_record(path: &Path, fingerprint: &Value) -> Result<Option<Record>, CliError> {
+    let refuse = |why: String| {
+        CliError::usage(anyhow::anyhow!(
+            "--resume: {}: {why}; rerun without --resume to start over, or choose another --out",
+            path.display()
+        ))
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(refuse(e.to_string())),
+    };
+    let record: Record = serde_json::from_str(&text)
+        .map_err(|e| refuse(format!("not a stream record of cema bench ({e})")))?;
+    let now = through_text(fingerprint);
+    if record.fingerprint != now {
+        let clip = |v: &Value| {
+            let t = v.to_string();
+            match t.char_indices().nth(160) {
+                Some((i, _)) => format!("{}…", &t[..i]),
+                None => t,
+            }
+        };
+        let diff = now
+            .as_object()
+            .into_iter()
+            .flatten()
+            .find(|(k, v)| record.fingerprint.get(k.as_str()) != Some(*v))
+            .map_or_else(
+                || "its fingerprint has other fields".to_string(),
+                |(k, v)| {
+                    let was = record.fingerprint.get(k.as_str()).unwrap_or(&Value::Null);
+                    format!("{k} was {}, now {}", clip(was), clip(v))
+                },
+            );
+        return Err(refuse(format!(
+            "measured under another configuration ({diff})"
+        )));
+    }
+    Ok(Some(record))
+}
+
 fn git_revision() -> (String, Option<bool>) {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
@@ -756,20 +846,92 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         json!({ "path": p, "sha256": sha })
     });
 
+    let records = args.out.join("streams");
+    if !args.resume {
+        match std::fs::remove_dir_all(&records) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(CliError::usage(anyhow::anyhow!(
+                    "--out: cannot clear an earlier run's records in {}: {e}",
+                    records.display()
+                )))
+            }
+        }
+    }
+    // What a recorded result depends on besides its method and stream (see `fingerprint`).
+    let binary_sha = binary
+        .as_ref()
+        .and_then(|b| b.get("sha256"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let run_fingerprint = json!({
+        "protocol": args.protocol.name(),
+        "sequence": match args.protocol {
+            Protocol::Episodic => Value::Null,
+            Protocol::Continual => json!(streams.iter().map(|(_, _, k)| k).collect::<Vec<_>>()),
+        },
+        "seed": args.seed,
+        "corruption_seed": args.corruption_seed,
+        "batch": args.batch,
+        "images_per_stream": order.len(),
+        "dataset": args.data.dataset().name(),
+        "data_dir": args.data.dir(),
+        "corrupted": corrupted,
+        "binary_sha256": binary_sha,
+        "threads": rayon::current_num_threads(),
+        "backend": ctx.backend,
+        "diagnose_teacher": args.diagnose_teacher,
+    });
+    let fingerprint = |m: MethodKey, c: Corruption, s: u8, key: &str, rate: f64| {
+        let mut f = run_fingerprint.clone();
+        let o = f.as_object_mut().expect("an object");
+        o.insert("method".into(), json!(m.key()));
+        o.insert("stream".into(), json!(key));
+        o.insert("corruption".into(), json!(c.name()));
+        o.insert("severity".into(), json!(s));
+        o.insert(
+            "edge_sha256".into(),
+            json!(m.needs_edge().then_some(&edge_sha)),
+        );
+        o.insert(
+            "foundation_sha256".into(),
+            json!(m.needs_foundation().then_some(&foundation_sha)),
+        );
+        o.insert(
+            "hyperparameters".into(),
+            settings.to_json(&[m])[m.key()].clone(),
+        );
+        o.insert(
+            "random_rate".into(),
+            json!((m == MethodKey::RandomUpload).then_some(rate)),
+        );
+        f
+    };
+    // Continual: a method's state runs through every stream, so its records are reused only
+    // when it was recorded on all of them.
+    let reuse: Vec<bool> = methods
+        .iter()
+        .map(|&m| {
+            args.resume
+                && (args.protocol == Protocol::Episodic
+                    || streams
+                        .iter()
+                        .all(|(_, _, key)| record_path(&args.out, m, key).exists()))
+        })
+        .collect();
+
     let total = (streams.len() * methods.len() * order.len()) as u64;
     let progress = Progress::new(total, "img", ctx.quiet);
     let mut live: Vec<Option<Runner>> = methods.iter().map(|_| None).collect();
     let mut results: Vec<Vec<StreamResult>> = methods.iter().map(|_| Vec::new()).collect();
     let mut sources = Map::new();
     let mut random_rates = Map::new();
+    let mut resumed = Vec::new();
     let t0 = Instant::now();
     for (c, s, key) in &streams {
-        progress.set_message(format!("{key}: corrupting"));
-        let (set, from) = stream(&corrupted, &test, &order, *c, *s, args.corruption_seed)
-            .usage_err(format!("{} severity {s}", c.name()))?;
-        sources.insert(key.clone(), json!(from));
+        let mut set = None;
         for (mi, &m) in methods.iter().enumerate() {
-            progress.set_message(format!("{key}: {}", m.key()));
             let rate = match (m, args.random_rate) {
                 (MethodKey::RandomUpload, Some(r)) => r,
                 (MethodKey::RandomUpload, None) if given_rates.is_some() => {
@@ -787,6 +949,32 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             if m == MethodKey::RandomUpload {
                 random_rates.insert(key.clone(), json!(rate));
             }
+            let fp = fingerprint(m, *c, *s, key, rate);
+            let path = record_path(&args.out, m, key);
+            if reuse[mi] {
+                if let Some(record) = load_record(&path, &fp)? {
+                    progress.inc(record.result.images as u64);
+                    sources.insert(key.clone(), json!(record.source));
+                    resumed.push(format!("{}/{key}", m.key()));
+                    results[mi].push(record.result);
+                    continue;
+                }
+                if args.protocol == Protocol::Continual {
+                    return Err(CliError::failed(anyhow::anyhow!(
+                        "--resume: {} vanished while resuming",
+                        path.display()
+                    )));
+                }
+            }
+            if set.is_none() {
+                progress.set_message(format!("{key}: corrupting"));
+                let loaded = stream(&corrupted, &test, &order, *c, *s, args.corruption_seed)
+                    .usage_err(format!("{} severity {s}", c.name()))?;
+                sources.insert(key.clone(), json!(loaded.1));
+                set = Some(loaded);
+            }
+            let (set, from) = set.as_ref().expect("loaded above");
+            progress.set_message(format!("{key}: {}", m.key()));
             let fresh = args.protocol == Protocol::Episodic || live[mi].is_none();
             if fresh {
                 live[mi] = Some(
@@ -798,8 +986,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             if let Runner::Random(r) = runner {
                 r.set_rate(rate);
             }
-            let r = run_stream(runner.method(), &set, args.batch, &progress)
+            let r = run_stream(runner.method(), set, args.batch, &progress)
                 .run_err(format!("{} on {key}", m.key()))?;
+            save_record(&path, fp, from, &r)?;
             results[mi].push(r);
         }
     }
@@ -959,6 +1148,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "dropped": "samples the selection dropped, per criterion (too_uncertain: E >= E_max; too_certain: E <= E_min; redundant: the cosine filter); cema and eata only, null otherwise",
         "selected_accuracy": "the method's own online accuracy on the samples it selected (null when none): what is left for a teacher to correct there",
         "teacher_diagnosis": "with --diagnose-teacher (cema, random_upload): on the uploaded and on the dropped samples, the edge's and the teacher's accuracy (the cloud's foundation before that batch's round) and the fraction where the teacher is right and the edge wrong; null otherwise",
+        "records": "every (method, stream) result is also in streams/<method>/<stream>.json beside this file, with the configuration it was measured under; `cema bench --resume` reuses them",
+        "resumed": resumed,
         "seconds": seconds,
     });
     write_json(&args.out.join("manifest.json"), &manifest, "--out")?;
