@@ -4,7 +4,9 @@
 A method's online accuracy on the first N images of a stream is in the full run's `batch_correct`
 (correct predictions per batch, in stream order), and a `--limit N` run sees exactly those images in
 the same order. For N a multiple of the batch size and the same thread count it makes the same
-predictions, so the prefix of the full run *is* the quick run's accuracy, without running it.
+predictions, so the prefix of the full run *is* the quick run's accuracy, without running it. One
+exception: random_upload uploads at CEMA's rate on the stream it ran, which in a --limit run is
+CEMA's rate on the first N images, so its row is the full run's random upload, cut at N.
 Prints, per method, the mean over streams of (accuracy on the first N images − accuracy on the
 whole stream), in points, and the smallest listed N from which every method stays within ±2.
 Usage: bench/prefix_accuracy.py results.json [N ...]   (N rounded down to whole batches)"""
