@@ -628,11 +628,10 @@ fn load_model(path: &Path, flag: &str, device: &Device) -> Result<(Model, String
     Ok((model, sha))
 }
 
-/// Where `cema bench` records one (method, stream) result as soon as it is measured.
-fn record_path(out: &Path, method: MethodKey, stream: &str) -> PathBuf {
-    out.join("streams")
-        .join(method.key())
-        .join(format!("{stream}.json"))
+/// Where `cema bench` records one (method, stream) result as soon as it is measured, under the
+/// run's `records` folder (`<out>/streams`).
+fn record_path(records: &Path, method: MethodKey, stream: &str) -> PathBuf {
+    records.join(method.key()).join(format!("{stream}.json"))
 }
 
 /// One recorded (method, stream) result: what it was measured under, where its stream's images
@@ -917,7 +916,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
                 && (args.protocol == Protocol::Episodic
                     || streams
                         .iter()
-                        .all(|(_, _, key)| record_path(&args.out, m, key).exists()))
+                        .all(|(_, _, key)| record_path(&records, m, key).exists()))
         })
         .collect();
 
@@ -950,7 +949,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
                 random_rates.insert(key.clone(), json!(rate));
             }
             let fp = fingerprint(m, *c, *s, key, rate);
-            let path = record_path(&args.out, m, key);
+            let path = record_path(&records, m, key);
             if reuse[mi] {
                 if let Some(record) = load_record(&path, &fp)? {
                     progress.inc(record.result.images as u64);
