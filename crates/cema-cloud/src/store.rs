@@ -1,7 +1,7 @@
 //! Durable session state. The cloud acknowledges an upload only after [`SessionStore::append_upload`]
 //! returned, and publishes a version only after [`SessionStore::commit_round`] returned, so a
 //! process killed at any instant restarts with every acknowledged upload and no version
-//! regression. Behind a trait so that a fleet store (ARCHITECTURE.md, "Past one machine") is an
+//! regression. Behind a trait so that a fleet store (`docs/design/past-one-machine.md`) is an
 //! addition, not a rewrite.
 
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Pure-Rust port of the ImageNet-C / CIFAR-10-C common corruptions (Hendrycks & Dietterich,
 //! ICLR 2019): the 15 benchmark corruptions and the 4 held-out ones, severities 1–5.
 //!
-//! The implementation spec is `shared/CORRUPTIONS.md` (cited as §n below). Statistical parity with
+//! The implementation spec is `docs/corruptions.md` (cited as §n below). Statistical parity with
 //! the Python originals is the goal, not bit parity (§6: the original never seeded anything).
 //!
 //! # Tables

@@ -1,5 +1,5 @@
-//! Severity tables, copied from CORRUPTIONS.md §3 (CIFAR-10-C rows from HR-C, ImageNet-C rows
-//! from HR-I). Index 0 is severity 1.
+//! Severity tables, copied from `docs/corruptions.md` §3 (CIFAR-10-C rows from HR-C, ImageNet-C
+//! rows from HR-I). Index 0 is severity 1.
 
 use crate::Table;
 
