@@ -323,7 +323,7 @@ impl CloudAdapter {
             })?;
         let lr = self.config.foundation_lr;
         self.foundation_sgd
-            .step_host(self.foundation.net.store_mut(), out.grads, lr);
+            .step_host(self.foundation.store_mut(), out.grads, lr);
         self.counters.foundation_steps += 1;
         Ok(out.loss)
     }
@@ -341,7 +341,7 @@ impl CloudAdapter {
             })?;
         let lr = self.config.student_lr;
         self.student_sgd
-            .step_host(self.student.net.store_mut(), out.grads, lr);
+            .step_host(self.student.store_mut(), out.grads, lr);
         self.counters.distillation_steps += 1;
         Ok(out.loss)
     }
@@ -444,12 +444,12 @@ impl CloudAdapter {
         prefixed("foundation", foundation.tensors, &mut tensors);
         prefixed(
             "student_sgd",
-            self.student_sgd.state(self.student.net.store()),
+            self.student_sgd.state(self.student.store()),
             &mut tensors,
         );
         prefixed(
             "foundation_sgd",
-            self.foundation_sgd.state(self.foundation.net.store()),
+            self.foundation_sgd.state(self.foundation.store()),
             &mut tensors,
         );
         CloudSnapshot {
@@ -494,13 +494,13 @@ impl CloudAdapter {
         next.foundation.apply_norm_state(&state("foundation"))?;
         next.student_sgd
             .load_state(
-                next.student.net.store(),
+                next.student.store(),
                 &unprefixed("student_sgd", &snap.tensors),
             )
             .map_err(AdaptError::Snapshot)?;
         next.foundation_sgd
             .load_state(
-                next.foundation.net.store(),
+                next.foundation.store(),
                 &unprefixed("foundation_sgd", &snap.tensors),
             )
             .map_err(AdaptError::Snapshot)?;

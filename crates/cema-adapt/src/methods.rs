@@ -206,7 +206,7 @@ impl Method for Tent {
             })?;
         let predictions = argmax(&out.logits, &self.model);
         self.sgd
-            .step_host(self.model.net.store_mut(), out.grads, self.config.lr);
+            .step_host(self.model.store_mut(), out.grads, self.config.lr);
         Ok(MethodBatch::local(predictions, true))
     }
     fn model(&self) -> &Model {
@@ -281,7 +281,7 @@ impl Method for Eata {
         let kept = selection.map_or_else(Vec::new, |s| s.kept);
         if !kept.is_empty() {
             self.sgd
-                .step_host(self.model.net.store_mut(), out.grads, self.config.lr);
+                .step_host(self.model.store_mut(), out.grads, self.config.lr);
         }
         let updated = !kept.is_empty();
         Ok(MethodBatch {

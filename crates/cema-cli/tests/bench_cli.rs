@@ -52,7 +52,7 @@ fn tiny_edge(dir: &Path) -> PathBuf {
         history: None,
     };
     let mut model = Model::init(card, &cpu(), 4).unwrap();
-    let store = model.net.store_mut();
+    let store = model.store_mut();
     for name in ["fc.weight", "fc.bias"] {
         let i = store.index_of(name).unwrap();
         let v: Vec<f32> = store.values(i).iter().map(|x| x * 20.0).collect();

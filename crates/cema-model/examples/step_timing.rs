@@ -7,7 +7,7 @@ fn main() {
         .collect();
     let (depth, width, batch) = (a[0], a[1], a[2]);
     let device = cpu();
-    let mut net = ResNet::new(
+    let mut net = Net::new(
         &Arch::CifarResnet {
             depth,
             width,

@@ -8,7 +8,12 @@
 //! no weight gradient at all: per layer it is the BatchNorm backward (two per-channel sums and
 //! one element-wise pass) and the input gradient of a frozen convolution, which for a stride-1
 //! convolution is another convolution (flipped, transposed kernel) on the same padded NHWC
-//! machinery as the inference path ([`crate::nhwc`]), and for a strided one a GEMM plus col2im.
+//! machinery as the inference path ([`crate::nhwc`]), for a strided one a GEMM plus col2im,
+//! and for a depthwise one a scatter of the same taps.
+//!
+//! The pass runs the network's [`Plan`] (its graph fused into units), so it serves every
+//! architecture the graph describes; the units are walked forward, then backward in reverse,
+//! gradients of values read twice (a residual's input) summed.
 //!
 //! The BatchNorm backward, per channel over the `M = N·H·W` positions of the batch, with
 //! `ẑ = (z − μ_B)/σ_B` the batch-normalised conv output and `g` the gradient at the norm's output:
@@ -19,19 +24,22 @@
 //!   turns batch norm's `γ/σ_B` into `γ/σ_run`), and `(γ/σ_f)·g` for `Running`.
 //!
 //! Tests hold every gradient, loss, logit and running-statistics update to burn's autodiff of
-//! the generic forward ([`crate::ResNet::backward`]).
+//! the generic forward ([`crate::Net::backward`]).
 
 use rayon::prelude::*;
 
-use crate::checkpoint::Model;
 use crate::error::Result;
 use crate::gemm::gemm_acc;
+use crate::graph::{Act, ValueId};
 use crate::input::{check_pixels, pixel_affine, to_input};
+use crate::model::Model;
+use crate::net::Net;
 use crate::nhwc::{
-    finish, images_per_task, load_pixels, max_pool_3x3_s2, sum_interior, ConvScratch, FConv, Geo,
+    finish, images_per_task, load_pixels, max_pool, max_pool_backward, reborder, sum_interior,
+    ConvScratch, Geo, Kernel,
 };
-use crate::norm::{NormKind, NormMode, BN_EPS};
-use crate::resnet::{Conv, ResNet};
+use crate::norm::NormMode;
+use crate::plan::{conv_kernel, Plan, Unit, UnitKind};
 use crate::store::{tensor_to_vec, Trainable};
 
 /// The result of [`Model::norm_affine_backward`], on the host.
@@ -46,45 +54,52 @@ pub struct HostBackward {
 
 /// A frozen convolution and the BatchNorm after it.
 struct Layer {
-    conv: FConv,
+    conv: Kernel,
     back: Back,
     norm: usize,
+    act: Option<Act>,
 }
 
 /// How a layer's input gradient is computed.
 enum Back {
-    /// Stride 1: a convolution of the output gradient.
-    Conv(FConv),
+    /// Stride 1, symmetric padding: a convolution of the output gradient.
+    Conv(Kernel),
     /// Strided: output gradient × `wᵀ` (this matrix), scattered back by col2im.
     Col2im(Vec<f32>),
-    /// The stem: nothing upstream has parameters, so its input gradient is never needed.
+    /// Depthwise: each output's gradient scattered back through the same taps.
+    Depthwise,
+    /// The network's input: nothing upstream has parameters, so its gradient is never needed.
     None,
 }
 
 impl Layer {
-    fn new(net: &ResNet, (conv, norm): &(Conv, usize), need_input_grad: bool) -> Layer {
-        let conv = FConv::raw(&net.store, conv);
-        let back = if !need_input_grad {
-            Back::None
-        } else if let Some(t) = conv.transposed() {
-            Back::Conv(t)
-        } else {
-            Back::Col2im(conv.weight_t())
+    fn new(net: &Net, plan: &Plan, unit: &Unit, backward: bool) -> Layer {
+        let UnitKind::Conv { norm, act, .. } = &unit.kind else {
+            unreachable!("a convolution unit")
+        };
+        let conv = conv_kernel(&net.store, &net.norms, &unit.kind, false);
+        let x = unit.inputs[0];
+        let back = match &conv {
+            _ if !backward || x == 0 => Back::None,
+            Kernel::Depthwise(_) => Back::Depthwise,
+            Kernel::Dense(f) => match f.transposed() {
+                // The transposed convolution reads the output gradient's border.
+                Some(t) if t.win.border() <= plan.border[unit.output] => {
+                    Back::Conv(Kernel::Dense(t))
+                }
+                _ => Back::Col2im(f.weight_t()),
+            },
         };
         Layer {
             conv,
             back,
-            norm: *norm,
+            norm: norm.expect("the native pass needs a norm after every convolution"),
+            act: *act,
         }
     }
 }
 
-struct TBlock {
-    layers: Vec<Layer>,
-    downsample: Option<Layer>,
-}
-
-/// What the forward keeps of one layer for the backward.
+/// What the forward keeps of one convolution unit for the backward.
 struct Saved {
     /// The convolution's output (padded, border zero).
     z: Vec<f32>,
@@ -95,9 +110,6 @@ struct Saved {
 
 /// A host loss: logits → (value, ∂value/∂logits).
 type LossFn = fn(&[f32]) -> (f32, Vec<f32>);
-
-/// A block's main-path layers, its shortcut's, and the ReLU outputs between its layers.
-type SavedBlock = (Vec<Saved>, Option<Saved>, Vec<Vec<f32>>);
 
 /// One BatchNorm's per-channel numbers for this batch.
 struct Stats {
@@ -120,38 +132,47 @@ struct Pass {
     momentum: Option<f32>,
 }
 
-impl ResNet {
-    /// True when every norm layer is a BatchNorm with running statistics, which is what the
-    /// hand-written pass implements.
-    pub(crate) fn native_backward_supported(&self) -> bool {
-        self.norms.iter().all(|l| {
-            l.kind == NormKind::BatchNorm2d && l.running_mean.is_some() && l.running_var.is_some()
-        })
+impl Net {
+    /// The plan the hand-written pass runs for `spec`'s images, `None` when the graph has
+    /// something it does not implement: a norm layer other than a BatchNorm with running
+    /// statistics, a convolution without one, an op the plan does not know.
+    pub(crate) fn native_plan(&self, spec: &crate::InputSpec) -> Option<Plan> {
+        self.hand_written_plan(spec).ok()
     }
 
-    /// The layers, with what their input gradients need when `backward`.
-    fn layers(&self, backward: bool) -> (Layer, Vec<TBlock>) {
-        let stem = Layer::new(self, &self.stem, false);
-        let blocks = self
-            .blocks
-            .iter()
-            .map(|b| TBlock {
-                layers: b
-                    .layers
-                    .iter()
-                    .map(|l| Layer::new(self, l, backward))
-                    .collect(),
-                downsample: b.downsample.as_ref().map(|d| Layer::new(self, d, backward)),
-            })
-            .collect();
-        (stem, blocks)
+    /// [`Net::native_plan`], or why there is none.
+    pub(crate) fn hand_written_plan(
+        &self,
+        spec: &crate::InputSpec,
+    ) -> std::result::Result<Plan, String> {
+        let plan = Plan::new(
+            &self.graph,
+            &self.store,
+            &self.norms,
+            spec.height,
+            spec.width,
+        )?;
+        match plan.units.iter().find_map(|u| match u.kind {
+            UnitKind::Conv {
+                norm: None, weight, ..
+            } => Some(weight),
+            _ => None,
+        }) {
+            Some(w) => Err(format!(
+                "{}: a convolution without a BatchNorm after it",
+                self.store.name(w)
+            )),
+            None => Ok(plan),
+        }
     }
 
     /// The hand-written forward and backward (see the module doc); `pixels` are validated.
     /// With `loss_fn` `None`, a forward only (logits, and the running statistics moved when
     /// `momentum` is given): BN-adapt's predictions and an edge tracking its statistics.
+    #[allow(clippy::too_many_arguments)]
     fn native_pass<F>(
         &mut self,
+        plan: &Plan,
         spec: &crate::InputSpec,
         pixels: &[u8],
         n: usize,
@@ -166,118 +187,115 @@ impl ResNet {
             mode,
             momentum: momentum.filter(|_| mode != NormMode::Running),
         };
-        let (stem, blocks) = self.layers(loss_fn.is_some());
+        let backward = loss_fn.is_some();
+        let layers: Vec<Option<Layer>> = plan
+            .units
+            .iter()
+            .map(|u| {
+                matches!(u.kind, UnitKind::Conv { .. }).then(|| Layer::new(self, plan, u, backward))
+            })
+            .collect();
         let group = images_per_task(spec.height, spec.width, n);
 
         // ---- forward ----
-        let mut g = Geo {
-            n,
-            h: spec.height,
-            w: spec.width,
-            pad: stem.conv.pad,
-        };
+        let mut values: Vec<Option<Vec<f32>>> = (0..plan.shapes.len()).map(|_| None).collect();
         let mut input = pool::take(0);
         let (scale, shift) = pixel_affine(spec);
-        load_pixels(pixels, (&scale, &shift), g, &mut input);
+        load_pixels(pixels, (&scale, &shift), plan.geo(0, n), &mut input);
+        values[0] = Some(input);
+        let mut saved: Vec<Option<Saved>> = Vec::with_capacity(plan.units.len());
         let mut stat_updates = Vec::new();
-        let stem_saved = self.layer_forward(&stem, &input, g, pass, group, &mut stat_updates);
-        pool::give(input);
-        let mut stem_out = pool::take_dirty(stem_saved.z.len());
-        bn_apply(&stem_saved, &mut stem_out, None, true, group);
-        g = stem_saved.out;
-        let pooled_geo = if self.max_pool {
-            let mut p = pool::take(0);
-            let pg = max_pool_3x3_s2(&stem_out, g, stem.conv.cout, &mut p);
-            Some((g, pg, p))
-        } else {
-            None
-        };
-        if let Some((_, pg, _)) = &pooled_geo {
-            g = *pg;
-        }
-        // Per block: the saved layers (main path), the shortcut's, the inner ReLU outputs, and
-        // the block's output (the next block's input, and its ReLU mask in the backward).
-        let mut saved_blocks: Vec<SavedBlock> = Vec::new();
-        let mut outs: Vec<Vec<f32>> = Vec::with_capacity(blocks.len());
-        for block in &blocks {
-            let x: &[f32] = match (outs.last(), &pooled_geo) {
-                (Some(o), _) => o,
-                (None, Some((_, _, p))) => p,
-                (None, None) => &stem_out,
-            };
-            let ds = block.downsample.as_ref().map(|d| {
-                let s = self.layer_forward(d, x, g, pass, group, &mut stat_updates);
-                let mut o = pool::take_dirty(s.z.len());
-                bn_apply(&s, &mut o, None, false, group);
-                (s, o)
-            });
-            let last = block.layers.len() - 1;
-            let mut saved = Vec::with_capacity(block.layers.len());
-            let mut acts: Vec<Vec<f32>> = Vec::with_capacity(last);
-            let mut out = Vec::new();
-            let mut bg = g;
-            for (li, layer) in block.layers.iter().enumerate() {
-                let src: &[f32] = if li == 0 { x } else { &acts[li - 1] };
-                let s = self.layer_forward(layer, src, bg, pass, group, &mut stat_updates);
-                bg = s.out;
-                let mut a = pool::take_dirty(s.z.len());
-                if li == last {
-                    let residual = ds.as_ref().map_or(x, |(_, o)| o);
-                    bn_apply(&s, &mut a, Some(residual), true, group);
-                    out = a;
-                } else {
-                    bn_apply(&s, &mut a, None, true, group);
-                    acts.push(a);
+        for (unit, layer) in plan.units.iter().zip(&layers) {
+            let x_v = unit.inputs[0];
+            let x = values[x_v].as_deref().expect("computed before use");
+            let out_v = unit.output;
+            let mut s = None;
+            let out = match (&unit.kind, layer) {
+                (UnitKind::Conv { .. }, Some(layer)) => {
+                    let sv = self.layer_forward(
+                        layer,
+                        x,
+                        plan.geo(x_v, n),
+                        plan.border[out_v],
+                        pass,
+                        group,
+                        &mut stat_updates,
+                    );
+                    let mut a = pool::take_dirty(sv.z.len());
+                    let rebordered;
+                    let residual = match unit.residual() {
+                        Some(r) if plan.geo(r, n) == sv.out => values[r].as_deref(),
+                        Some(r) => {
+                            let mut t = pool::take_dirty(sv.z.len());
+                            let src = values[r].as_deref().expect("computed before use");
+                            reborder(
+                                src,
+                                plan.geo(r, n),
+                                &mut t,
+                                sv.out,
+                                layer.conv.cout(),
+                                false,
+                            );
+                            rebordered = t;
+                            Some(&rebordered[..])
+                        }
+                        None => None,
+                    };
+                    bn_apply(&sv, &mut a, residual, layer.act, group);
+                    s = Some(sv);
+                    a
                 }
-                saved.push(s);
-            }
-            g = bg;
-            let ds = ds.map(|(s, o)| {
-                pool::give(o);
-                s
-            });
-            outs.push(out);
-            saved_blocks.push((saved, ds, acts));
+                (UnitKind::MaxPool { win }, _) => {
+                    let mut d = pool::take_dirty(plan.len(out_v, n));
+                    let c = plan.channels(x_v);
+                    max_pool(x, plan.geo(x_v, n), c, *win, plan.geo(out_v, n), &mut d);
+                    d
+                }
+                (UnitKind::GlobalAvgPool, _) => {
+                    let (c, g) = (plan.channels(x_v), plan.geo(x_v, n));
+                    let hw = (g.h * g.w) as f32;
+                    let mut pooled = vec![0f32; n * c];
+                    for (img, p) in pooled.chunks_exact_mut(c).enumerate() {
+                        sum_interior(x, g, c, img, p);
+                        p.iter_mut().for_each(|v| *v /= hw);
+                    }
+                    pooled
+                }
+                (UnitKind::Linear { weight, bias }, _) => {
+                    let c = plan.channels(x_v);
+                    let classes = plan.channels(out_v);
+                    let w = self.store.values(*weight);
+                    let b = bias.map_or_else(|| vec![0.0; classes], |b| self.store.values(b));
+                    let mut logits = Vec::with_capacity(n * classes);
+                    for p in x.chunks_exact(c) {
+                        for j in 0..classes {
+                            let w = &w[j * c..(j + 1) * c];
+                            logits.push(b[j] + p.iter().zip(w).map(|(a, b)| a * b).sum::<f32>());
+                        }
+                    }
+                    logits
+                }
+                (UnitKind::Add { act }, _) => {
+                    let b_v = unit.inputs[1];
+                    let b = values[b_v].as_deref().expect("computed before use");
+                    let mut d = pool::take_dirty(plan.len(out_v, n));
+                    crate::folded::add_values(plan, (x, x_v), (b, b_v), out_v, n, &mut d, *act);
+                    d
+                }
+                (UnitKind::Act(a), _) => x.iter().map(|v| a.apply(*v)).collect(),
+                _ => unreachable!("a layer for every convolution unit"),
+            };
+            values[out_v] = Some(out);
+            saved.push(s);
         }
-        let c = blocks
-            .last()
-            .map_or(stem.conv.cout, |b| b.layers[b.layers.len() - 1].conv.cout);
-        let x: &[f32] = match (outs.last(), &pooled_geo) {
-            (Some(o), _) => o,
-            (None, Some((_, _, p))) => p,
-            (None, None) => &stem_out,
-        };
-        let classes = self.store.shape(self.fc_weight)[0];
-        let fc_w = self.store.values(self.fc_weight);
-        let fc_b = self.store.values(self.fc_bias);
-        let hw = (g.h * g.w) as f32;
-        let mut pooled = vec![0f32; n * c];
-        for (img, p) in pooled.chunks_exact_mut(c).enumerate() {
-            sum_interior(x, g, c, img, p);
-            p.iter_mut().for_each(|v| *v /= hw);
-        }
-        let mut logits = Vec::with_capacity(n * classes);
-        for p in pooled.chunks_exact(c) {
-            for j in 0..classes {
-                let w = &fc_w[j * c..(j + 1) * c];
-                logits.push(fc_b[j] + p.iter().zip(w).map(|(a, b)| a * b).sum::<f32>());
-            }
-        }
+        let logits = values[plan.output].clone().expect("the output is computed");
         for (i, v) in stat_updates {
             self.store.set_values(i, v);
         }
 
         let Some(loss_fn) = loss_fn else {
-            for (saved, ds, acts) in saved_blocks {
-                saved.into_iter().chain(ds).for_each(|s| pool::give(s.z));
-                acts.into_iter().for_each(pool::give);
-            }
-            outs.into_iter().for_each(pool::give);
-            if let Some((_, _, p)) = pooled_geo {
-                pool::give(p);
-            }
-            pool::give(stem_out);
-            pool::give(stem_saved.z);
+            values.into_iter().flatten().for_each(pool::give);
+            saved.into_iter().flatten().for_each(|s| pool::give(s.z));
             return HostBackward {
                 loss: 0.0,
                 logits,
@@ -286,6 +304,7 @@ impl ResNet {
         };
 
         // ---- loss ----
+        let classes = plan.channels(plan.output);
         let (loss, g_logits) = loss_fn(&logits);
         assert_eq!(
             g_logits.len(),
@@ -295,99 +314,134 @@ impl ResNet {
 
         // ---- backward ----
         let mut grads = Vec::new();
-        let mut g_pooled = vec![0f32; n * c];
-        gemm_acc(&mut g_pooled, &g_logits, &fc_w, (n, classes, c), 1);
-        let mut ga = pool::take(g.rows() * c);
-        for (img, gp) in g_pooled.chunks_exact(c).enumerate() {
-            for y in 0..g.h {
-                for xx in 0..g.w {
-                    let at = g.at(img, y, xx) * c;
-                    ga[at..at + c]
-                        .iter_mut()
-                        .zip(gp)
-                        .for_each(|(d, v)| *d = v / hw);
-                }
-            }
-        }
-        for block in blocks.iter().rev() {
-            let (saved, ds, acts) = saved_blocks.pop().expect("one entry per block");
-            let out = outs.pop().expect("one output per block");
-            relu_mask(&mut ga, &out, group);
-            pool::give(out);
-            let last = block.layers.len() - 1;
-            // ∂L/∂(block input) starts as the shortcut's gradient: `ga` itself for an identity
-            // shortcut (it is free once the last layer's norm has read it), else the downsample
-            // convolution's input gradient.
-            let mut gz = self.bn_backward(
-                &block.layers[last],
-                &saved[last],
-                &ga,
-                None,
-                pass,
-                group,
-                &mut grads,
-            );
-            let in_geo = saved[0].input;
-            let mut g_in = match (&ds, &block.downsample) {
-                (Some(s), Some(layer)) => {
-                    let gz_ds = self.bn_backward(layer, s, &ga, None, pass, group, &mut grads);
-                    pool::give(ga);
-                    let mut gi = pool::take(in_geo.rows() * layer.conv.cin);
-                    input_grad(layer, &gz_ds, s, &mut gi, group);
-                    pool::give(gz_ds);
-                    gi
-                }
-                _ => ga,
+        let mut g: Vec<Option<Vec<f32>>> = (0..plan.shapes.len()).map(|_| None).collect();
+        g[plan.output] = Some(g_logits);
+        for ((unit, layer), s) in plan.units.iter().zip(&layers).zip(saved).rev() {
+            let x_v = unit.inputs[0];
+            let out_v = unit.output;
+            let Some(mut gout) = g[out_v].take() else {
+                // Nothing downstream of this value reaches the loss.
+                s.into_iter().for_each(|s| pool::give(s.z));
+                continue;
             };
-            for li in (0..=last).rev() {
-                let layer = &block.layers[li];
-                let s = &saved[li];
-                if li == 0 {
-                    input_grad(layer, &gz, s, &mut g_in, group);
-                } else {
-                    let mut gx = pool::take(s.input.rows() * layer.conv.cin);
-                    input_grad(layer, &gz, s, &mut gx, group);
+            let wants = |v: ValueId| v != 0;
+            match (&unit.kind, layer, s) {
+                (UnitKind::Conv { .. }, Some(layer), Some(s)) => {
+                    let out = values[out_v].as_deref().expect("kept for the backward");
+                    let residual = unit.residual();
+                    // The activation's mask rides inside the norm's backward unless the gradient
+                    // at its input is needed on its own (for the residual) or needs the
+                    // pre-activation (smooth activations).
+                    let mut mask = None;
+                    if let Some(act) = layer.act {
+                        let from_output = act.passes_from_output(0.0).is_some();
+                        if residual.is_none() && from_output {
+                            mask = Some((out, act));
+                        } else if from_output {
+                            act_mask(&mut gout, out, act, group);
+                        } else {
+                            let res = residual.map(|r| {
+                                let v = values[r].as_deref().expect("kept for the backward");
+                                (v, plan.geo(r, n))
+                            });
+                            let pre = self.pre_activation(&s, res);
+                            act_grad(&mut gout, &pre, act);
+                            pool::give(pre);
+                        }
+                    }
+                    let gz = self.bn_backward(layer, &s, &gout, mask, pass, group, &mut grads);
+                    if let Some(r) = residual {
+                        accumulate(&mut g, r, gout, s.out, plan, n);
+                    } else {
+                        pool::give(gout);
+                    }
+                    if !matches!(layer.back, Back::None) {
+                        let dx = g[x_v].get_or_insert_with(|| pool::take(plan.len(x_v, n)));
+                        input_grad(layer, &gz, &s, dx, group);
+                    }
                     pool::give(gz);
-                    let prev = &block.layers[li - 1];
-                    // The ReLU between the two layers is applied inside the norm's backward.
-                    gz = self.bn_backward(
-                        prev,
-                        &saved[li - 1],
-                        &gx,
-                        Some(&acts[li - 1]),
-                        pass,
-                        group,
-                        &mut grads,
-                    );
-                    pool::give(gx);
+                    pool::give(s.z);
                 }
+                (UnitKind::MaxPool { win }, _, _) if wants(x_v) => {
+                    let x = values[x_v].as_deref().expect("kept for the backward");
+                    let gx = g[x_v].get_or_insert_with(|| pool::take(plan.len(x_v, n)));
+                    let c = plan.channels(x_v);
+                    max_pool_backward(x, plan.geo(x_v, n), c, *win, plan.geo(out_v, n), &gout, gx);
+                    pool::give(gout);
+                }
+                (UnitKind::GlobalAvgPool, _, _) if wants(x_v) => {
+                    let (c, gg) = (plan.channels(x_v), plan.geo(x_v, n));
+                    let hw = (gg.h * gg.w) as f32;
+                    let gx = g[x_v].get_or_insert_with(|| pool::take(plan.len(x_v, n)));
+                    for (img, gp) in gout.chunks_exact(c).enumerate() {
+                        for y in 0..gg.h {
+                            for xx in 0..gg.w {
+                                let at = gg.at(img, y, xx) * c;
+                                gx[at..at + c]
+                                    .iter_mut()
+                                    .zip(gp)
+                                    .for_each(|(d, v)| *d += v / hw);
+                            }
+                        }
+                    }
+                }
+                (UnitKind::Linear { weight, .. }, _, _) if wants(x_v) => {
+                    let (c, classes) = (plan.channels(x_v), plan.channels(out_v));
+                    let w = self.store.values(*weight);
+                    let gx = g[x_v].get_or_insert_with(|| pool::take(plan.len(x_v, n)));
+                    gemm_acc(gx, &gout, &w, (n, classes, c), 1);
+                }
+                (UnitKind::Add { act }, _, _) => {
+                    if let Some(act) = act {
+                        match act.passes_from_output(0.0) {
+                            Some(_) => {
+                                let out = values[out_v].as_deref().expect("kept");
+                                act_mask(&mut gout, out, *act, group);
+                            }
+                            None => {
+                                let mut pre = pool::take(gout.len());
+                                let (a, b) = (unit.inputs[0], unit.inputs[1]);
+                                let va = values[a].as_deref().expect("kept");
+                                let vb = values[b].as_deref().expect("kept");
+                                crate::folded::add_values(
+                                    plan,
+                                    (va, a),
+                                    (vb, b),
+                                    out_v,
+                                    n,
+                                    &mut pre,
+                                    None,
+                                );
+                                act_grad(&mut gout, &pre, *act);
+                                pool::give(pre);
+                            }
+                        }
+                    }
+                    let shape_geo =
+                        matches!(plan.shapes[out_v], crate::graph::Shape::Spatial { .. })
+                            .then(|| plan.geo(out_v, n));
+                    let b_v = unit.inputs[1];
+                    if wants(b_v) {
+                        let copy = gout.clone();
+                        accumulate_any(&mut g, b_v, copy, shape_geo, plan, n);
+                    }
+                    if wants(x_v) {
+                        accumulate_any(&mut g, x_v, gout, shape_geo, plan, n);
+                    }
+                }
+                (UnitKind::Act(a), _, _) if wants(x_v) => {
+                    let x = values[x_v].as_deref().expect("kept for the backward");
+                    act_grad(&mut gout, x, *a);
+                    accumulate_any(&mut g, x_v, gout, None, plan, n);
+                }
+                _ => pool::give(gout),
             }
-            pool::give(gz);
-            for s in saved.into_iter().chain(ds) {
-                pool::give(s.z);
+            if let Some(v) = values[out_v].take() {
+                pool::give(v);
             }
-            acts.into_iter().for_each(pool::give);
-            ga = g_in;
         }
-        // The stem: through the pool and the ReLU to its BatchNorm.
-        if let Some((sg, pg, p)) = pooled_geo {
-            pool::give(p);
-            let gp = max_pool_backward(&stem_out, sg, pg, stem.conv.cout, &ga);
-            pool::give(std::mem::replace(&mut ga, gp));
-        }
-        let unused = self.bn_backward(
-            &stem,
-            &stem_saved,
-            &ga,
-            Some(&stem_out),
-            pass,
-            group,
-            &mut grads,
-        );
-        pool::give(unused);
-        pool::give(ga);
-        pool::give(stem_out);
-        pool::give(stem_saved.z);
+        values.into_iter().flatten().for_each(pool::give);
+        g.into_iter().flatten().for_each(pool::give);
         grads.sort_by_key(|(i, _)| *i);
         HostBackward {
             loss,
@@ -396,20 +450,39 @@ impl ResNet {
         }
     }
 
+    /// A convolution unit's pre-activation `γ·(z − μ_f)/σ_f + β [+ residual]`, for the backward
+    /// of an activation whose derivative the output does not tell.
+    fn pre_activation(&self, s: &Saved, residual: Option<(&[f32], Geo)>) -> Vec<f32> {
+        let mut pre = pool::take_dirty(s.z.len());
+        let group = s.out.n.max(1);
+        match residual {
+            Some((src, geo)) => {
+                let mut t = pool::take_dirty(s.z.len());
+                reborder(src, geo, &mut t, s.out, s.stats.gamma.len(), false);
+                bn_apply(s, &mut pre, Some(&t), None, group);
+                pool::give(t);
+            }
+            None => bn_apply(s, &mut pre, None, None, group),
+        }
+        pre
+    }
+
     /// Convolution, batch statistics, and the statistics the forward normalises with; queues
     /// the running-statistics update when the pass moves them.
+    #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         layer: &Layer,
         x: &[f32],
         g: Geo,
+        border: usize,
         pass: Pass,
         group: usize,
         updates: &mut Vec<(usize, Vec<f32>)>,
     ) -> Saved {
-        let mut z = pool::take_dirty(layer.conv.out_geo(g).rows() * layer.conv.cout);
-        let out = conv_batch(&layer.conv, x, g, &mut z, group);
-        let c = layer.conv.cout;
+        let c = layer.conv.cout();
+        let mut z = pool::take_dirty(layer.conv.win().out_geo(g, border).rows() * c);
+        let out = conv_batch(&layer.conv, x, g, border, &mut z, group);
         let norm = &self.norms[layer.norm];
         let (rm_i, rv_i) = (
             norm.running_mean.expect("batch norm"),
@@ -420,7 +493,7 @@ impl ResNet {
         let count = out.n * out.h * out.w;
         let sigma = |v: &[f32]| -> Vec<f32> {
             v.iter()
-                .map(|v| (*v as f64 + BN_EPS).sqrt() as f32)
+                .map(|v| (*v as f64 + norm.eps).sqrt() as f32)
                 .collect()
         };
         let sigma_b = sigma(&var_b);
@@ -463,16 +536,17 @@ impl ResNet {
         }
     }
 
-    /// The BatchNorm backward for the gradient `gy` at its output — or, with `relu_out`, at the
-    /// output of the ReLU after it (`gy` is then masked by `relu_out > 0` on the fly): pushes
-    /// `∂L/∂γ`, `∂L/∂β` and returns `∂L/∂z` (padded, border zero).
+    /// The BatchNorm backward for the gradient `gy` at its output — or, with `mask`, at the
+    /// output `y` of the piecewise-linear activation after it (`gy` is then masked where that
+    /// activation's slope is 0, on the fly): pushes `∂L/∂γ`, `∂L/∂β` and returns `∂L/∂z`
+    /// (padded, border zero; empty when the layer's input needs no gradient).
     #[allow(clippy::too_many_arguments)]
     fn bn_backward(
         &self,
         layer: &Layer,
         s: &Saved,
         gy: &[f32],
-        relu_out: Option<&[f32]>,
+        mask: Option<(&[f32], Act)>,
         pass: Pass,
         group: usize,
         grads: &mut Vec<(usize, Vec<f32>)>,
@@ -481,6 +555,7 @@ impl ResNet {
         let c = st.gamma.len();
         let g = s.out;
         let inv_sb: Vec<f32> = st.sigma_b.iter().map(|v| 1.0 / v).collect();
+        let passes = |act: Act, y: f32| act.passes_from_output(y).unwrap_or(true);
         // Σ g and Σ g·ẑ per channel, over the interior.
         let sums = per_channel_sums(g, c, group, |img, acc| {
             let (s1, s2) = acc.split_at_mut(c);
@@ -495,11 +570,11 @@ impl ResNet {
                         s2[ch] += gv * zh;
                     }
                 };
-                match relu_out {
+                match mask {
                     None => rows.for_each(|(gr, zr)| add(gr, zr, &|_| true)),
-                    Some(r) => rows
+                    Some((r, act)) => rows
                         .zip(r[a..b].chunks_exact(c))
-                        .for_each(|((gr, zr), ar)| add(gr, zr, &|ch| ar[ch] > 0.0)),
+                        .for_each(|((gr, zr), ar)| add(gr, zr, &|ch| passes(act, ar[ch]))),
                 }
             }
         });
@@ -513,8 +588,7 @@ impl ResNet {
             .collect();
         grads.push((norm.weight, dgamma));
         grads.push((norm.bias, s1.iter().map(|v| *v as f32).collect()));
-        if matches!(layer.back, Back::None) && pass.mode != NormMode::Running {
-            // The stem's ∂L/∂z is never used.
+        if matches!(layer.back, Back::None) {
             return pool::take(0);
         }
         // ∂L/∂z = A·g + B·z + C per channel.
@@ -541,7 +615,10 @@ impl ResNet {
             .zip(s.z.par_chunks(group * per))
             .enumerate()
             .for_each(|(k, ((d, gr), zr))| {
-                let ar = relu_out.map_or(empty, |r| &r[k * group * per..][..d.len()]);
+                let (ar, act) = match mask {
+                    Some((r, act)) => (&r[k * group * per..][..d.len()], act),
+                    None => (empty, Act::Relu),
+                };
                 let (ca, cb, cc) = (&coef[..c], &coef[c..2 * c], &coef[2 * c..]);
                 for (p, ((d, gr), zr)) in d
                     .chunks_exact_mut(c)
@@ -554,10 +631,10 @@ impl ResNet {
                             d[ch] = ca[ch] * gr[ch] + cb[ch] * zr[ch] + cc[ch];
                         }
                     } else {
-                        // The ReLU mask: where the activation was cut, the incoming gradient is 0.
+                        // The mask: where the activation was flat, the incoming gradient is 0.
                         let ar = &ar[p * c..(p + 1) * c];
                         for ch in 0..c {
-                            let gv = if ar[ch] > 0.0 { gr[ch] } else { 0.0 };
+                            let gv = if passes(act, ar[ch]) { gr[ch] } else { 0.0 };
                             d[ch] = ca[ch] * gv + cb[ch] * zr[ch] + cc[ch];
                         }
                     }
@@ -566,15 +643,63 @@ impl ResNet {
                     n: d.len() / per,
                     ..g
                 };
-                finish(d, gg, c, false);
+                finish(d, gg, c, None);
             });
         gz
     }
 }
 
-/// `dst ← γ·(z − μ_f)/σ_f + β [+ residual]`, then ReLU if asked, border zero. `dst` must
-/// already have `z`'s length.
-fn bn_apply(s: &Saved, dst: &mut [f32], residual: Option<&[f32]>, relu: bool, group: usize) {
+/// `g[v] += grad` (taking `grad` over when `g[v]` is empty and the geometries agree), where
+/// `grad` is in geometry `from` and `g[v]` in `v`'s.
+fn accumulate(
+    g: &mut [Option<Vec<f32>>],
+    v: ValueId,
+    grad: Vec<f32>,
+    from: Geo,
+    plan: &Plan,
+    n: usize,
+) {
+    let to = plan.geo(v, n);
+    let c = plan.channels(v);
+    match &mut g[v] {
+        None if from == to => g[v] = Some(grad),
+        None => {
+            let mut d = pool::take(plan.len(v, n));
+            reborder(&grad, from, &mut d, to, c, false);
+            pool::give(grad);
+            g[v] = Some(d);
+        }
+        Some(d) => {
+            reborder(&grad, from, d, to, c, true);
+            pool::give(grad);
+        }
+    }
+}
+
+/// [`accumulate`] for a spatial (`Some(geometry)`) or flat (`None`) value.
+fn accumulate_any(
+    g: &mut [Option<Vec<f32>>],
+    v: ValueId,
+    grad: Vec<f32>,
+    from: Option<Geo>,
+    plan: &Plan,
+    n: usize,
+) {
+    match from {
+        Some(from) => accumulate(g, v, grad, from, plan, n),
+        None => match &mut g[v] {
+            None => g[v] = Some(grad),
+            Some(d) => {
+                d.iter_mut().zip(&grad).for_each(|(d, v)| *d += v);
+                pool::give(grad);
+            }
+        },
+    }
+}
+
+/// `dst ← act(γ·(z − μ_f)/σ_f + β [+ residual])`, border zero. `dst` and `residual` must
+/// already have `z`'s length and geometry.
+fn bn_apply(s: &Saved, dst: &mut [f32], residual: Option<&[f32]>, act: Option<Act>, group: usize) {
     let st = &s.stats;
     let c = st.gamma.len();
     let g = s.out;
@@ -601,15 +726,25 @@ fn bn_apply(s: &Saved, dst: &mut [f32], residual: Option<&[f32]>, relu: bool, gr
                 n: d.len() / per,
                 ..g
             };
-            finish(d, gg, c, relu);
+            finish(d, gg, c, act);
         });
 }
 
 /// The convolution over the whole batch, image groups in parallel.
-fn conv_batch(conv: &FConv, x: &[f32], g: Geo, dst: &mut Vec<f32>, group: usize) -> Geo {
-    let out = conv.out_geo(g);
-    dst.resize(out.rows() * conv.cout, 0.0);
-    let (per_in, per_out) = (g.rows() / g.n * conv.cin, out.rows() / out.n * conv.cout);
+fn conv_batch(
+    conv: &Kernel,
+    x: &[f32],
+    g: Geo,
+    border: usize,
+    dst: &mut Vec<f32>,
+    group: usize,
+) -> Geo {
+    let out = conv.win().out_geo(g, border);
+    dst.resize(out.rows() * conv.cout(), 0.0);
+    let (per_in, per_out) = (
+        g.rows() / g.n * conv.cin(),
+        out.rows() / out.n * conv.cout(),
+    );
     x.par_chunks(group * per_in)
         .zip(dst.par_chunks_mut(group * per_out))
         .for_each_init(ConvScratch::default, |s, (xc, dc)| {
@@ -617,7 +752,7 @@ fn conv_batch(conv: &FConv, x: &[f32], g: Geo, dst: &mut Vec<f32>, group: usize)
                 n: xc.len() / per_in,
                 ..g
             };
-            conv.run(xc, gg, dc, s, false, false, 1);
+            conv.run(xc, gg, dc, border, s, false, None, 1);
         });
     out
 }
@@ -626,8 +761,8 @@ fn conv_batch(conv: &FConv, x: &[f32], g: Geo, dst: &mut Vec<f32>, group: usize)
 fn input_grad(layer: &Layer, gz: &[f32], s: &Saved, dx: &mut [f32], group: usize) {
     let (g, out) = (s.input, s.out);
     let (per_in, per_out) = (
-        g.rows() / g.n * layer.conv.cin,
-        out.rows() / out.n * layer.conv.cout,
+        g.rows() / g.n * layer.conv.cin(),
+        out.rows() / out.n * layer.conv.cout(),
     );
     dx.par_chunks_mut(group * per_in)
         .zip(gz.par_chunks(group * per_out))
@@ -636,13 +771,14 @@ fn input_grad(layer: &Layer, gz: &[f32], s: &Saved, dx: &mut [f32], group: usize
                 n: dc.len() / per_in,
                 ..g
             };
-            match &layer.back {
-                Back::Conv(t) => {
-                    let og = Geo { n: gg.n, ..out };
-                    t.run(gc, og, dc, scr, true, false, 1);
+            let og = Geo { n: gg.n, ..out };
+            match (&layer.back, &layer.conv) {
+                (Back::Conv(t), _) => {
+                    t.run(gc, og, dc, gg.pad, scr, true, None, 1);
                 }
-                Back::Col2im(w_t) => layer.conv.col2im_add(gc, w_t, gg, dc, scr),
-                Back::None => unreachable!("the stem's input gradient is never computed"),
+                (Back::Col2im(w_t), Kernel::Dense(f)) => f.col2im_add(gc, og, w_t, gg, dc, scr),
+                (Back::Depthwise, Kernel::Depthwise(d)) => d.input_grad_add(gc, og, gg, dc),
+                _ => unreachable!("the network input's gradient is never computed"),
             }
         });
 }
@@ -708,52 +844,35 @@ fn channel_stats(z: &[f32], g: Geo, c: usize, group: usize) -> (Vec<f32>, Vec<f3
     (mean, var)
 }
 
-/// `g ← g · [a > 0]`: the ReLU's backward given its output `a`.
-fn relu_mask(g: &mut [f32], a: &[f32], group: usize) {
+/// `g ← g · act'`, read from the activation's output `y` (piecewise-linear activations).
+fn act_mask(g: &mut [f32], y: &[f32], act: Act, group: usize) {
     let chunk = (g.len() / 64).max(group * 1024);
     g.par_chunks_mut(chunk)
-        .zip(a.par_chunks(chunk))
-        .for_each(|(g, a)| {
-            g.iter_mut().zip(a).for_each(|(g, a)| {
-                if *a <= 0.0 {
+        .zip(y.par_chunks(chunk))
+        .for_each(|(g, y)| {
+            g.iter_mut().zip(y).for_each(|(g, y)| {
+                if act.passes_from_output(*y) != Some(true) {
                     *g = 0.0;
                 }
             })
         });
 }
 
-/// The backward of [`max_pool_3x3_s2`]: each output's gradient goes to the first maximum of
-/// its window (PyTorch's choice among ties).
-fn max_pool_backward(x: &[f32], g: Geo, out: Geo, c: usize, gy: &[f32]) -> Vec<f32> {
-    let mut gx = pool::take(g.rows() * c);
-    for img in 0..g.n {
-        for oy in 0..out.h {
-            for ox in 0..out.w {
-                let go = &gy[out.at(img, oy, ox) * c..][..c];
-                for ch in 0..c {
-                    let mut best = g.row(img, 2 * oy, 2 * ox);
-                    for y in 2 * oy..2 * oy + 3 {
-                        for xx in 2 * ox..2 * ox + 3 {
-                            let r = g.row(img, y, xx);
-                            if x[r * c + ch] > x[best * c + ch] {
-                                best = r;
-                            }
-                        }
-                    }
-                    gx[best * c + ch] += go[ch];
-                }
-            }
-        }
-    }
-    finish(&mut gx, g, c, false);
-    gx
+/// `g ← g · act'(pre)`, from the pre-activation.
+fn act_grad(g: &mut [f32], pre: &[f32], act: Act) {
+    g.iter_mut()
+        .zip(pre)
+        .for_each(|(g, x)| *g *= act.derivative(*x));
 }
 
 impl Model {
-    /// Whether the hand-written pass serves `n` images of this model: enabled, on the CPU, every
-    /// norm layer one it implements, and a non-empty batch.
-    fn native_pass_applies(&self, n: usize) -> bool {
-        self.native_backward_enabled() && self.net.native_backward_supported() && n > 0
+    /// The plan of the hand-written pass when it serves `n` images of this model: enabled, on
+    /// the CPU, every op and norm layer one it implements, and a non-empty batch.
+    fn native_pass_plan(&self, n: usize) -> Option<Plan> {
+        if !self.native_backward_enabled() || n == 0 {
+            return None;
+        }
+        self.net.native_plan(&self.card.input)
     }
 
     /// Batch-statistics or TBR logits through the hand-written pass, the running statistics
@@ -766,20 +885,21 @@ impl Model {
         mode: NormMode,
         momentum: Option<f32>,
     ) -> Option<Vec<f32>> {
-        if !self.native_pass_applies(n) || mode == NormMode::Running {
+        if mode == NormMode::Running {
             return None;
         }
+        let plan = self.native_pass_plan(n)?;
         let spec = self.card.input.clone();
         let none: Option<LossFn> = None;
         Some(
             self.net
-                .native_pass(&spec, pixels, n, mode, momentum, none)
+                .native_pass(&plan, &spec, pixels, n, mode, momentum, none)
                 .logits,
         )
     }
 
     /// One forward in `mode` (running statistics move when `update_stats`, as in
-    /// [`ResNet::forward`]), `loss_fn(logits) → (loss, ∂loss/∂logits)` on the host, and the
+    /// [`Net::forward`]), `loss_fn(logits) → (loss, ∂loss/∂logits)` on the host, and the
     /// gradients of every norm weight and bias; the convolutions and classifier are constants.
     ///
     /// Runs the hand-written pass of this module unless [`Model::set_native_backward`] turned
@@ -797,12 +917,18 @@ impl Model {
         F: FnOnce(&[f32]) -> (f32, Vec<f32>),
     {
         check_pixels(&self.card.input, pixels, n)?;
-        if self.native_pass_applies(n) {
+        if let Some(plan) = self.native_pass_plan(n) {
             let spec = self.card.input.clone();
             let momentum = update_stats.then_some(self.net.stats_momentum);
-            return Ok(self
-                .net
-                .native_pass(&spec, pixels, n, mode, momentum, Some(loss_fn)));
+            return Ok(self.net.native_pass(
+                &plan,
+                &spec,
+                pixels,
+                n,
+                mode,
+                momentum,
+                Some(loss_fn),
+            ));
         }
         let x = to_input(&self.card.input, pixels, n, self.net.device())?;
         let mut host_loss = 0f32;

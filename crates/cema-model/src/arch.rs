@@ -20,20 +20,10 @@ pub enum Arch {
         in_channels: usize,
         num_classes: usize,
     },
-}
-
-/// How one residual block is built; the shared vocabulary of both families.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BlockKind {
-    Basic,
-    Bottleneck,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct StageSpec {
-    pub blocks: usize,
-    pub width: usize,
-    pub stride: usize,
+    /// EfficientNet-Lite0–4 (RGB input): depthwise-separable inverted residuals, ReLU6,
+    /// TensorFlow "SAME" padding; Lite0 is the edge model of the ImageNet pair, Lite2 the cloud's.
+    #[serde(rename = "efficientnet_lite")]
+    EfficientNetLite { variant: usize, num_classes: usize },
 }
 
 impl Arch {
@@ -63,19 +53,39 @@ impl Arch {
         }
     }
 
+    /// EfficientNet-Lite `variant` (0–4) with `num_classes` outputs.
+    pub fn efficientnet_lite(variant: usize, num_classes: usize) -> Self {
+        Arch::EfficientNetLite {
+            variant,
+            num_classes,
+        }
+    }
+
     pub fn in_channels(&self) -> usize {
         match self {
             Arch::CifarResnet { in_channels, .. } | Arch::TorchvisionResnet { in_channels, .. } => {
                 *in_channels
             }
+            Arch::EfficientNetLite { .. } => 3,
         }
     }
 
     pub fn num_classes(&self) -> usize {
         match self {
-            Arch::CifarResnet { num_classes, .. } | Arch::TorchvisionResnet { num_classes, .. } => {
-                *num_classes
+            Arch::CifarResnet { num_classes, .. }
+            | Arch::TorchvisionResnet { num_classes, .. }
+            | Arch::EfficientNetLite { num_classes, .. } => *num_classes,
+        }
+    }
+
+    /// The input side the architecture was designed (and its published weights trained) for,
+    /// where it has one.
+    pub fn native_resolution(&self) -> Option<usize> {
+        match self {
+            Arch::EfficientNetLite { variant, .. } => {
+                crate::efficientnet::coefficients(*variant).map(|c| c.2)
             }
+            _ => None,
         }
     }
 
@@ -115,52 +125,37 @@ impl Arch {
                     );
                 }
             }
+            Arch::EfficientNetLite {
+                variant,
+                num_classes,
+            } => {
+                if crate::efficientnet::coefficients(variant).is_none() {
+                    return Err(format!(
+                        "efficientnet_lite variant must be 0, 1, 2, 3 or 4, got {variant}"
+                    ));
+                }
+                if num_classes == 0 {
+                    return Err("efficientnet_lite num_classes must be positive".into());
+                }
+            }
         }
         Ok(())
     }
 
-    pub(crate) fn block_kind(&self) -> BlockKind {
+    /// Emits this architecture's graph and initial weights.
+    pub(crate) fn build(&self, b: &mut crate::graph::Builder) {
         match self {
-            Arch::TorchvisionResnet { depth: 50, .. } => BlockKind::Bottleneck,
-            _ => BlockKind::Basic,
+            Arch::CifarResnet { .. } | Arch::TorchvisionResnet { .. } => {
+                crate::resnet::build(self, b)
+            }
+            Arch::EfficientNetLite { .. } => crate::efficientnet::build(self, b),
         }
     }
 
-    pub(crate) fn stages(&self) -> Vec<StageSpec> {
-        match *self {
-            Arch::CifarResnet { depth, width, .. } => {
-                let n = (depth - 2) / 6;
-                [(1, 1), (2, 2), (4, 2)]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &(m, s))| StageSpec {
-                        blocks: n,
-                        width: width * m,
-                        stride: if i == 0 { 1 } else { s },
-                    })
-                    .collect()
-            }
-            Arch::TorchvisionResnet { depth, .. } => {
-                let counts = match depth {
-                    18 => [2, 2, 2, 2],
-                    _ => [3, 4, 6, 3],
-                };
-                counts
-                    .iter()
-                    .zip([64, 128, 256, 512])
-                    .enumerate()
-                    .map(|(i, (&blocks, width))| StageSpec {
-                        blocks,
-                        width,
-                        stride: if i == 0 { 1 } else { 2 },
-                    })
-                    .collect()
-            }
-        }
-    }
-
-    /// Multiply-accumulates of one forward pass at `height × width` (convolutions and the classifier).
+    /// Multiply-accumulates of one forward pass at `height × width` (convolutions and the
+    /// classifier), counted on the graph.
     pub fn macs(&self, height: usize, width: usize) -> u64 {
-        crate::resnet::count_macs(self, height, width)
+        let net = crate::Net::new(self, &crate::cpu(), 0).expect("valid arch");
+        net.shapes(height, width).map_or(0, |(_, macs)| macs)
     }
 }

@@ -2,13 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::arch::Arch;
 use crate::error::{ModelError, Result};
-use crate::resnet::ResNet;
+use crate::net::Net;
 use crate::store::Store;
 use crate::tensors::{self, first_non_finite, HostTensor, NamedTensors};
 
@@ -122,20 +121,6 @@ impl ModelCard {
     }
 }
 
-/// A loaded model: weights on a device plus its card.
-#[derive(Debug, Clone)]
-pub struct Model {
-    pub net: ResNet,
-    pub card: ModelCard,
-    /// The BatchNorm-folded inference net ([`crate::FoldedNet`]) for eval-mode logits, with the
-    /// weight-store generation and input spec it was folded from; `None` until first used.
-    folded: Option<(u64, InputSpec, std::sync::Arc<crate::FoldedNet>)>,
-    /// Eval-mode logits through the folded net (default) or burn's generic forward.
-    fold_inference: bool,
-    /// Norm-affine gradients through the hand-written pass (default) or burn's autodiff.
-    native_backward: bool,
-}
-
 /// `models/edge.safetensors` → `models/edge.json`.
 pub fn card_path(weights: &Path) -> PathBuf {
     weights.with_extension("json")
@@ -154,143 +139,6 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         source,
     })?;
     Ok(sha256_hex(&bytes))
-}
-
-impl Model {
-    /// A network and its card (the card is trusted to describe the network).
-    pub fn new(net: ResNet, card: ModelCard) -> Model {
-        Model {
-            net,
-            card,
-            folded: None,
-            fold_inference: true,
-            native_backward: true,
-        }
-    }
-
-    /// Chooses how eval-mode logits are computed: through the BatchNorm-folded net (`true`, the
-    /// default) or burn's generic forward (`false`; for comparisons and debugging).
-    pub fn set_fold_inference(&mut self, on: bool) {
-        self.fold_inference = on;
-    }
-
-    pub(crate) fn fold_inference_enabled(&self) -> bool {
-        self.fold_inference && self.on_cpu()
-    }
-
-    /// Chooses how [`Model::norm_affine_backward`] computes gradients: the hand-written pass
-    /// (`true`, the default) or burn's autodiff of the generic forward (`false`).
-    pub fn set_native_backward(&mut self, on: bool) {
-        self.native_backward = on;
-    }
-
-    pub(crate) fn native_backward_enabled(&self) -> bool {
-        self.native_backward && self.on_cpu()
-    }
-
-    /// The hand-written paths (folded inference, the adaptation backward) are CPU code: on
-    /// another device (the `cuda` feature) the generic burn path keeps the work there.
-    pub(crate) fn on_cpu(&self) -> bool {
-        *self.net.device() == crate::cpu()
-    }
-
-    /// The folded net for the current weights and norm state, refolded if either has changed
-    /// since the last call; `None` when the net cannot be folded (see [`ResNet::fold`]).
-    pub fn folded(&mut self) -> Option<std::sync::Arc<crate::FoldedNet>> {
-        let generation = self.net.store().generation();
-        match &self.folded {
-            Some((g, input, f)) if *g == generation && *input == self.card.input => Some(f.clone()),
-            _ => {
-                let f = std::sync::Arc::new(self.net.fold(&self.card.input)?);
-                self.folded = Some((generation, self.card.input.clone(), f.clone()));
-                Some(f)
-            }
-        }
-    }
-
-    /// Loads `<path>` (safetensors or .pth) and its card `<path>.json`, validating every tensor.
-    pub fn load(path: &Path, device: &Device) -> Result<Model> {
-        let card_file = card_path(path);
-        let text = std::fs::read_to_string(&card_file).map_err(|source| ModelError::Io {
-            path: card_file.clone(),
-            source,
-        })?;
-        let card: ModelCard = serde_json::from_str(&text).map_err(|e| ModelError::Card {
-            path: card_file.clone(),
-            reason: e.to_string(),
-        })?;
-        card.validate().map_err(|reason| ModelError::Card {
-            path: card_file.clone(),
-            reason,
-        })?;
-        if let Some(expected) = &card.sha256 {
-            let found = sha256_file(path)?;
-            if &found != expected {
-                return Err(ModelError::Checksum {
-                    source_name: path.display().to_string(),
-                    expected: expected.clone(),
-                    found,
-                });
-            }
-        }
-        let tensors = tensors::read_file(path)?;
-        Self::from_tensors(card, &tensors, &path.display().to_string(), device)
-    }
-
-    /// Builds a model from a card and named tensors (strict: every tensor present, right shape,
-    /// finite, nothing extra).
-    pub fn from_tensors(
-        card: ModelCard,
-        tensors: &NamedTensors,
-        source: &str,
-        device: &Device,
-    ) -> Result<Model> {
-        let mut net = ResNet::new(&card.architecture, device, 0).map_err(ModelError::Arch)?;
-        load_into(&mut net, tensors, source, false)?;
-        Ok(Model::new(net, card))
-    }
-
-    /// A freshly initialised model (for training).
-    pub fn init(card: ModelCard, device: &Device, seed: u64) -> Result<Model> {
-        card.validate().map_err(|reason| ModelError::Card {
-            path: "<new model>".into(),
-            reason,
-        })?;
-        let net = ResNet::new(&card.architecture, device, seed).map_err(ModelError::Arch)?;
-        Ok(Model::new(net, card))
-    }
-
-    /// All weights and statistics by PyTorch name.
-    pub fn state_dict(&self) -> NamedTensors {
-        let s = self.net.store();
-        (0..s.len())
-            .map(|i| {
-                (
-                    s.name(i).to_string(),
-                    HostTensor {
-                        shape: s.shape(i).to_vec(),
-                        data: s.values(i),
-                    },
-                )
-            })
-            .collect()
-    }
-
-    /// Writes `<path>` (safetensors) and `<path>.json`; fills in `sha256` and `parameters`.
-    pub fn save(&mut self, path: &Path) -> Result<()> {
-        let bytes = tensors::to_safetensors(&self.state_dict(), None);
-        self.card.sha256 = Some(sha256_hex(&bytes));
-        self.card.parameters = Some(self.net.store().parameter_count());
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
-                path: dir.into(),
-                source,
-            })?;
-        }
-        write_atomic(path, &bytes)?;
-        let card = serde_json::to_string_pretty(&self.card).expect("card serialises");
-        write_atomic(&card_path(path), card.as_bytes())
-    }
 }
 
 /// Write-then-rename, so a reader sees the old file or the new one, never half of one. The
@@ -345,7 +193,7 @@ pub(crate) fn check_tensor(store: &Store, i: usize, t: &HostTensor, source: &str
 }
 
 pub(crate) fn load_into(
-    net: &mut ResNet,
+    net: &mut Net,
     tensors: &NamedTensors,
     source: &str,
     partial: bool,

@@ -1,5 +1,6 @@
-//! The inference path: a ResNet with every BatchNorm folded into its convolution, run
-//! channels-last (NHWC) with the bias, the residual and the ReLU fused into each convolution.
+//! The inference path: a network with every BatchNorm folded into its convolution, run
+//! channels-last (NHWC) with the bias, the residual and the activation fused into each
+//! convolution.
 //!
 //! Why a separate path: in eval mode a BatchNorm is an affine map per channel, so it can be
 //! multiplied into the preceding convolution's weights once per norm-state change (the edge
@@ -17,36 +18,35 @@ use rayon::prelude::*;
 
 use crate::checkpoint::InputSpec;
 use crate::input::pixel_affine;
-use crate::nhwc::{load_pixels, max_pool_3x3_s2, sum_interior, ConvScratch, FConv, Geo};
-use crate::resnet::{Conv, ResNet};
+use crate::net::Net;
+use crate::nhwc::{load_pixels, max_pool, reborder, sum_interior, ConvScratch, Kernel};
+use crate::plan::{conv_kernel, Plan, UnitKind};
 
-#[derive(Debug, Clone)]
-struct FBlock {
-    /// ReLU after each but the last, which accumulates onto the shortcut and then takes ReLU.
-    layers: Vec<FConv>,
-    downsample: Option<FConv>,
+/// One unit, ready to run.
+#[derive(Clone)]
+enum Step {
+    Conv(Kernel, Option<crate::graph::Act>),
+    /// `[features, out]` weights and the bias.
+    Linear(Vec<f32>, Vec<f32>),
+    Other,
 }
 
-/// A ResNet folded for eval-mode inference. Built by [`ResNet::fold`]; immutable.
+/// A network folded for eval-mode inference. Built by [`Net::fold`]; immutable.
 #[derive(Clone)]
 pub struct FoldedNet {
     input: InputSpec,
     /// `to_input`'s normalisation (`crate::input::pixel_affine`), computed once per fold.
     pixel_scale: Vec<f32>,
     pixel_shift: Vec<f32>,
-    stem: FConv,
-    max_pool: bool,
-    blocks: Vec<FBlock>,
-    /// `[features, classes]`.
-    fc_w: Vec<f32>,
-    fc_b: Vec<f32>,
+    plan: Plan,
+    steps: Vec<Step>,
     classes: usize,
 }
 
 impl std::fmt::Debug for FoldedNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FoldedNet")
-            .field("blocks", &self.blocks.len())
+            .field("units", &self.steps.len())
             .field("classes", &self.classes)
             .finish_non_exhaustive()
     }
@@ -55,49 +55,71 @@ impl std::fmt::Debug for FoldedNet {
 /// Per-task buffers, reused across layers and images.
 #[derive(Default)]
 struct Scratch {
-    x: Vec<f32>,
-    t1: Vec<f32>,
-    t2: Vec<f32>,
-    out: Vec<f32>,
+    free: Vec<Vec<f32>>,
     conv: ConvScratch,
 }
 
-impl ResNet {
+impl Scratch {
+    /// A buffer of `len` floats, contents unspecified.
+    fn take(&mut self, len: usize) -> Vec<f32> {
+        let best = (0..self.free.len())
+            .filter(|&i| self.free[i].capacity() >= len)
+            .min_by_key(|&i| self.free[i].capacity());
+        let mut v = match best {
+            Some(i) => self.free.swap_remove(i),
+            None => self.free.pop().unwrap_or_default(),
+        };
+        v.resize(len, 0.0);
+        v.truncate(len);
+        v
+    }
+}
+
+impl Net {
     /// This network with every BatchNorm folded into its convolution, for `input`-shaped images.
-    /// `None` when a norm layer cannot be folded (no running statistics, e.g. LayerNorm).
+    /// `None` when the graph has an op the NHWC path does not implement, or a norm layer that
+    /// cannot be folded (no running statistics, e.g. LayerNorm).
     pub fn fold(&self, input: &InputSpec) -> Option<FoldedNet> {
+        let plan = Plan::new(
+            &self.graph,
+            &self.store,
+            &self.norms,
+            input.height,
+            input.width,
+        )
+        .ok()?;
         let store = &self.store;
-        let fold = |(c, n): &(Conv, usize)| FConv::fold(store, c, &self.norms[*n]);
-        let stem = fold(&self.stem)?;
-        let mut blocks = Vec::with_capacity(self.blocks.len());
-        for b in &self.blocks {
-            blocks.push(FBlock {
-                layers: b.layers.iter().map(fold).collect::<Option<_>>()?,
-                downsample: match &b.downsample {
-                    Some(d) => Some(fold(d)?),
-                    None => None,
-                },
-            });
-        }
-        let shape = store.shape(self.fc_weight);
-        let (classes, feat) = (shape[0], shape[1]);
-        let w = store.values(self.fc_weight);
-        let mut fc_w = vec![0f32; feat * classes];
-        for j in 0..classes {
-            for c in 0..feat {
-                fc_w[c * classes + j] = w[j * feat + c];
-            }
-        }
+        let steps = plan
+            .units
+            .iter()
+            .map(|u| match &u.kind {
+                UnitKind::Conv { act, .. } => {
+                    Step::Conv(conv_kernel(store, &self.norms, &u.kind, true), *act)
+                }
+                UnitKind::Linear { weight, bias } => {
+                    let shape = store.shape(*weight);
+                    let (out, feat) = (shape[0], shape[1]);
+                    let w = store.values(*weight);
+                    let mut wt = vec![0f32; feat * out];
+                    for j in 0..out {
+                        for c in 0..feat {
+                            wt[c * out + j] = w[j * feat + c];
+                        }
+                    }
+                    let b = bias.map_or_else(|| vec![0.0; out], |b| store.values(b));
+                    Step::Linear(wt, b)
+                }
+                _ => Step::Other,
+            })
+            .collect();
         let (pixel_scale, pixel_shift) = pixel_affine(input);
+        let classes = plan.channels(plan.output);
         Some(FoldedNet {
             input: input.clone(),
             pixel_scale,
             pixel_shift,
-            stem,
-            max_pool: self.max_pool,
-            blocks,
-            fc_w,
-            fc_b: store.values(self.fc_bias),
+            plan,
+            steps,
             classes,
         })
     }
@@ -141,63 +163,132 @@ impl FoldedNet {
     }
 
     fn forward_group(&self, pixels: &[u8], logits: &mut [f32], s: &mut Scratch, threads: usize) {
-        let spec = &self.input;
-        let mut g = Geo {
-            n: logits.len() / self.classes,
-            h: spec.height,
-            w: spec.width,
-            pad: self.stem.pad,
-        };
-        load_pixels(pixels, (&self.pixel_scale, &self.pixel_shift), g, &mut s.x);
-        g = self
-            .stem
-            .run_vec(&s.x, g, &mut s.out, &mut s.conv, false, true, threads);
-        std::mem::swap(&mut s.x, &mut s.out);
-        if self.max_pool {
-            g = max_pool_3x3_s2(&s.x, g, self.stem.cout, &mut s.out);
-            std::mem::swap(&mut s.x, &mut s.out);
-        }
-        let mut c = self.stem.cout;
-        for block in &self.blocks {
-            let last = block.layers.len() - 1;
-            // The shortcut goes into `out` first; the last convolution accumulates onto it.
-            match &block.downsample {
-                Some(d) => {
-                    d.run_vec(&s.x, g, &mut s.out, &mut s.conv, false, false, threads);
+        let plan = &self.plan;
+        let n = logits.len() / self.classes;
+        let mut uses = plan.uses.clone();
+        let mut values: Vec<Option<Vec<f32>>> = vec![None; plan.shapes.len()];
+        let mut x = s.take(0);
+        load_pixels(
+            pixels,
+            (&self.pixel_scale, &self.pixel_shift),
+            plan.geo(0, n),
+            &mut x,
+        );
+        values[0] = Some(x);
+        for (unit, step) in plan.units.iter().zip(&self.steps) {
+            let out_v = unit.output;
+            let x_v = unit.inputs[0];
+            let mut dst;
+            {
+                let x = values[x_v].as_deref().expect("computed before use");
+                match (&unit.kind, step) {
+                    (UnitKind::Conv { .. }, Step::Conv(kernel, act)) => {
+                        let gd = plan.geo(out_v, n);
+                        let residual = unit.residual();
+                        dst = match residual {
+                            // The residual's last reader writes over it in place.
+                            Some(r) if uses[r] == 1 && plan.geo(r, n) == gd => {
+                                values[r].take().expect("computed before use")
+                            }
+                            Some(r) => {
+                                let mut d = s.take(plan.len(out_v, n));
+                                let src = values[r].as_deref().expect("computed before use");
+                                reborder(src, plan.geo(r, n), &mut d, gd, kernel.cout(), false);
+                                d
+                            }
+                            None => s.take(plan.len(out_v, n)),
+                        };
+                        let x = values[x_v].as_deref().expect("computed before use");
+                        kernel.run(
+                            x,
+                            plan.geo(x_v, n),
+                            &mut dst,
+                            gd.pad,
+                            &mut s.conv,
+                            residual.is_some(),
+                            *act,
+                            threads,
+                        );
+                    }
+                    (UnitKind::MaxPool { win }, _) => {
+                        dst = s.take(plan.len(out_v, n));
+                        let c = plan.channels(x_v);
+                        max_pool(x, plan.geo(x_v, n), c, *win, plan.geo(out_v, n), &mut dst);
+                    }
+                    (UnitKind::GlobalAvgPool, _) => {
+                        let c = plan.channels(x_v);
+                        let g = plan.geo(x_v, n);
+                        let hw = (g.h * g.w) as f32;
+                        dst = s.take(n * c);
+                        for (img, p) in dst.chunks_exact_mut(c).enumerate() {
+                            sum_interior(x, g, c, img, p);
+                            p.iter_mut().for_each(|v| *v /= hw);
+                        }
+                    }
+                    (UnitKind::Linear { .. }, Step::Linear(wt, b)) => {
+                        let (feat, out) = (plan.channels(x_v), b.len());
+                        dst = s.take(n * out);
+                        for (row, xr) in dst.chunks_exact_mut(out).zip(x.chunks_exact(feat)) {
+                            row.copy_from_slice(b);
+                            for (ci, p) in xr.iter().enumerate() {
+                                let w = &wt[ci * out..(ci + 1) * out];
+                                row.iter_mut().zip(w).for_each(|(o, w)| *o += p * w);
+                            }
+                        }
+                    }
+                    (UnitKind::Add { act }, _) => {
+                        let b_v = unit.inputs[1];
+                        dst = s.take(plan.len(out_v, n));
+                        let b = values[b_v].as_deref().expect("computed before use");
+                        add_values(plan, (x, x_v), (b, b_v), out_v, n, &mut dst, *act);
+                    }
+                    (UnitKind::Act(a), _) => {
+                        dst = s.take(x.len());
+                        dst.iter_mut().zip(x).for_each(|(d, v)| *d = a.apply(*v));
+                    }
+                    _ => unreachable!("steps follow units"),
                 }
-                None => {
-                    s.out.clear();
-                    s.out.extend_from_slice(&s.x);
+            }
+            for &v in &unit.inputs {
+                uses[v] -= 1;
+                if uses[v] == 0 {
+                    if let Some(buf) = values[v].take() {
+                        s.free.push(buf);
+                    }
                 }
             }
-            let mut bg = g;
-            for (li, conv) in block.layers.iter().enumerate() {
-                // `t1` holds the previous layer's output; a middle layer writes `t2`, then swaps.
-                let src: &[f32] = if li == 0 { &s.x } else { &s.t1 };
-                bg = if li == last {
-                    conv.run_vec(src, bg, &mut s.out, &mut s.conv, true, true, threads)
-                } else if li == 0 {
-                    conv.run_vec(&s.x, bg, &mut s.t1, &mut s.conv, false, true, threads)
-                } else {
-                    let next = conv.run_vec(src, bg, &mut s.t2, &mut s.conv, false, true, threads);
-                    std::mem::swap(&mut s.t1, &mut s.t2);
-                    next
-                };
-            }
-            (g, c) = (bg, block.layers[last].cout);
-            std::mem::swap(&mut s.x, &mut s.out);
+            values[out_v] = Some(dst);
         }
-        // Global average pool over the interior, then the classifier.
-        let hw = (g.h * g.w) as f32;
-        let mut pooled = vec![0f32; c];
-        for (img, out) in logits.chunks_exact_mut(self.classes).enumerate() {
-            sum_interior(&s.x, g, c, img, &mut pooled);
-            out.copy_from_slice(&self.fc_b);
-            for (ci, p) in pooled.iter().enumerate() {
-                let p = p / hw;
-                let row = &self.fc_w[ci * self.classes..(ci + 1) * self.classes];
-                out.iter_mut().zip(row).for_each(|(o, w)| *o += p * w);
-            }
+        let out = values[plan.output].take().expect("the output is computed");
+        logits.copy_from_slice(&out);
+        s.free.push(out);
+        s.free.extend(values.into_iter().flatten());
+    }
+}
+
+/// `dst ← act(a + b)` for two values of the same shape (any borders), in `out`'s geometry.
+pub(crate) fn add_values(
+    plan: &Plan,
+    (a, a_v): (&[f32], usize),
+    (b, b_v): (&[f32], usize),
+    out: usize,
+    n: usize,
+    dst: &mut [f32],
+    act: Option<crate::graph::Act>,
+) {
+    match plan.shapes[out] {
+        crate::graph::Shape::Flat { .. } => {
+            dst.iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(d, (a, b))| *d = a + b);
         }
+        crate::graph::Shape::Spatial { c, .. } => {
+            let gd = plan.geo(out, n);
+            reborder(a, plan.geo(a_v, n), dst, gd, c, false);
+            reborder(b, plan.geo(b_v, n), dst, gd, c, true);
+        }
+    }
+    if let Some(act) = act {
+        dst.iter_mut().for_each(|v| *v = act.apply(*v));
     }
 }

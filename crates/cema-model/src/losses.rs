@@ -2,7 +2,7 @@
 //! softmax/entropy on `&[f32]` logits (what the edge's selection filters need).
 //!
 //! Every loss takes logits `[n, C]` and returns a one-element tensor, so it can be the closure of
-//! [`crate::ResNet::backward`]. Weights are *constants* (SPEC §3: "no gradient through them"):
+//! [`crate::Net::backward`]. Weights are *constants* (SPEC §3: "no gradient through them"):
 //! weights passed in are built as plain tensors; weights derived from the logits themselves are
 //! computed on detached values.
 

@@ -9,9 +9,53 @@
 //! of that copy, [`FConv::col2im_add`], is the input gradient of a strided convolution.
 
 use crate::gemm::{gemm_acc, gemm_acc_lhs_stride};
-use crate::norm::{NormKind, NormLayer, BN_EPS};
-use crate::resnet::Conv;
-use crate::store::Store;
+use crate::graph::Act;
+
+/// A convolution's window: kernel side, stride and the padding on each side (top, bottom, left,
+/// right), resolved for one input geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub(crate) k: usize,
+    pub(crate) stride: usize,
+    pub(crate) pads: [usize; 4],
+}
+
+impl Window {
+    pub(crate) fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        let [t, b, l, r] = self.pads;
+        (
+            (h + t + b - self.k) / self.stride + 1,
+            (w + l + r - self.k) / self.stride + 1,
+        )
+    }
+
+    /// The output geometry for input geometry `g`, inside a border of `border`.
+    pub(crate) fn out_geo(&self, g: Geo, border: usize) -> Geo {
+        let (h, w) = self.out_hw(g.h, g.w);
+        Geo {
+            n: g.n,
+            h,
+            w,
+            pad: border,
+        }
+    }
+
+    /// The border an input needs for this window's reads to stay inside its buffer.
+    pub(crate) fn border(&self) -> usize {
+        self.pads.into_iter().max().unwrap_or(0)
+    }
+
+    fn symmetric(&self) -> Option<usize> {
+        let [t, b, l, r] = self.pads;
+        (t == b && l == r && t == l).then_some(t)
+    }
+
+    /// Row offsets (y, x) of the window's top-left tap inside an input buffer with border `pad`.
+    fn offsets(&self, pad: usize) -> (usize, usize) {
+        debug_assert!(pad >= self.border());
+        (pad - self.pads[0], pad - self.pads[2])
+    }
+}
 
 /// A convolution over padded NHWC activations: `w` is `[k·k·cin, cout]` (rows ordered ky, kx,
 /// cin to match NHWC im2col rows), `b` a bias added to every output pixel (the folded
@@ -20,43 +64,22 @@ use crate::store::Store;
 pub(crate) struct FConv {
     pub(crate) cin: usize,
     pub(crate) cout: usize,
-    pub(crate) k: usize,
-    pub(crate) stride: usize,
-    pub(crate) pad: usize,
+    pub(crate) win: Window,
     w: Vec<f32>,
     b: Vec<f32>,
 }
 
 impl FConv {
-    /// The convolution with its BatchNorm (running statistics) multiplied in.
-    pub(crate) fn fold(store: &Store, conv: &Conv, norm: &NormLayer) -> Option<FConv> {
-        if norm.kind != NormKind::BatchNorm2d {
-            return None;
-        }
-        let gamma = store.values(norm.weight);
-        let beta = store.values(norm.bias);
-        let mean = store.values(norm.running_mean?);
-        let var = store.values(norm.running_var?);
-        // f64 for the fold itself: the folded weights are used for thousands of images.
-        let scale: Vec<f64> = (0..gamma.len())
-            .map(|o| gamma[o] as f64 / (var[o] as f64 + BN_EPS).sqrt())
-            .collect();
-        let b = (0..gamma.len())
-            .map(|o| (beta[o] as f64 - mean[o] as f64 * scale[o]) as f32)
-            .collect();
-        Some(Self::with_scale(store, conv, &scale, b))
-    }
-
-    /// The convolution alone (no norm, no bias): what a batch-statistics forward needs.
-    pub(crate) fn raw(store: &Store, conv: &Conv) -> FConv {
-        let cout = store.shape(conv.weight)[0];
-        Self::with_scale(store, conv, &vec![1.0; cout], vec![0.0; cout])
-    }
-
-    fn with_scale(store: &Store, conv: &Conv, scale: &[f64], b: Vec<f32>) -> FConv {
-        let shape = store.shape(conv.weight);
+    /// From PyTorch's `[cout, cin, k, k]` weights, output channel `o` scaled by `scale[o]` (a
+    /// folded BatchNorm; f64 because the folded weights serve thousands of images), plus `b`.
+    pub(crate) fn new(
+        weight: &[f32],
+        shape: &[usize],
+        win: Window,
+        scale: &[f64],
+        b: Vec<f32>,
+    ) -> FConv {
         let (cout, cin, k) = (shape[0], shape[1], shape[2]);
-        let w = store.values(conv.weight);
         let mut fw = vec![0f32; k * k * cin * cout];
         for o in 0..cout {
             for i in 0..cin {
@@ -64,7 +87,7 @@ impl FConv {
                     for kx in 0..k {
                         let src = ((o * cin + i) * k + ky) * k + kx;
                         let row = (ky * k + kx) * cin + i;
-                        fw[row * cout + o] = (w[src] as f64 * scale[o]) as f32;
+                        fw[row * cout + o] = (weight[src] as f64 * scale[o]) as f32;
                     }
                 }
             }
@@ -72,22 +95,23 @@ impl FConv {
         FConv {
             cin,
             cout,
-            k,
-            stride: conv.stride,
-            pad: conv.padding,
+            win,
             w: fw,
             b,
         }
     }
 
-    /// For a stride-1 convolution, the convolution that maps output gradients to input
-    /// gradients: the kernel flipped in both axes, input and output channels swapped, padding
-    /// `k − 1 − pad`. `None` for a strided one (that needs [`FConv::col2im_add`]).
+    /// For a stride-1 convolution with the same padding on every side, the convolution that maps
+    /// output gradients to input gradients: the kernel flipped in both axes, input and output
+    /// channels swapped, padding `k − 1 − pad`. `None` otherwise (that needs
+    /// [`FConv::col2im_add`]).
     pub(crate) fn transposed(&self) -> Option<FConv> {
-        if self.stride != 1 || self.pad + 1 > self.k {
+        let k = self.win.k;
+        let pad = self.win.symmetric()?;
+        if self.win.stride != 1 || pad + 1 > k {
             return None;
         }
-        let (k, cin, cout) = (self.k, self.cin, self.cout);
+        let (cin, cout) = (self.cin, self.cout);
         let mut w = vec![0f32; self.w.len()];
         for ky in 0..k {
             for kx in 0..k {
@@ -100,12 +124,15 @@ impl FConv {
                 }
             }
         }
+        let p = k - 1 - pad;
         Some(FConv {
             cin: cout,
             cout: cin,
-            k,
-            stride: 1,
-            pad: k - 1 - self.pad,
+            win: Window {
+                k,
+                stride: 1,
+                pads: [p; 4],
+            },
             w,
             b: vec![0.0; cin],
         })
@@ -114,7 +141,7 @@ impl FConv {
     /// `w` transposed to `[cout, k·k·cin]`: output-pixel gradients times this are the gradients
     /// of the im2col rows, which [`FConv::col2im_add`] scatters back.
     pub(crate) fn weight_t(&self) -> Vec<f32> {
-        let rows = self.k * self.k * self.cin;
+        let rows = self.win.k * self.win.k * self.cin;
         let mut t = vec![0f32; rows * self.cout];
         for r in 0..rows {
             for o in 0..self.cout {
@@ -124,42 +151,29 @@ impl FConv {
         t
     }
 
-    pub(crate) fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        let o = |s: usize| (s + 2 * self.pad - self.k) / self.stride + 1;
-        (o(h), o(w))
-    }
-
-    /// The output geometry for input geometry `g` (always a border of 1).
-    pub(crate) fn out_geo(&self, g: Geo) -> Geo {
-        let (h, w) = self.out_hw(g.h, g.w);
-        Geo {
-            n: g.n,
-            h,
-            w,
-            pad: 1,
-        }
-    }
-
-    /// `dst ← [dst +] x ⊛ w + b`, then ReLU if asked. `x` is `g`'s images with `cin` channels;
-    /// `dst` is the output images, `cout` channels, padded by 1 (`out_geo(g).rows() · cout`
-    /// floats). With `accumulate` it must already hold exactly that (the residual branch).
+    /// `dst ← act([dst +] x ⊛ w + b)`. `x` is `g`'s images with `cin` channels; `dst` is the
+    /// output images, `cout` channels, inside a border of `border` (`win.out_geo(g, border)`).
+    /// With `accumulate` it must already hold exactly that (the residual branch).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(
         &self,
         x: &[f32],
         g: Geo,
         dst: &mut [f32],
+        border: usize,
         s: &mut ConvScratch,
         accumulate: bool,
-        relu: bool,
+        act: Option<Act>,
         threads: usize,
     ) -> Geo {
-        let out = self.out_geo(g);
+        let out = self.win.out_geo(g, border);
         let (ho, wo) = (out.h, out.w);
-        let cout = self.cout;
+        let (k, cout) = (self.win.k, self.cout);
         assert_eq!(dst.len(), out.rows() * cout, "conv: output buffer size");
-        let shifted = self.k == 3 && self.stride == 1 && self.pad == 1 && g.pad == 1;
-        let pointwise = self.k == 1 && self.stride == 1 && self.pad == 0 && g.pad == 1;
+        let sym = self.win.symmetric();
+        let shifted =
+            k == 3 && self.win.stride == 1 && sym == Some(1) && g.pad == 1 && out.pad == 1;
+        let pointwise = k == 1 && self.win.stride == 1 && sym == Some(0) && g.pad == out.pad;
         if (shifted && self.cin >= 4) || pointwise {
             // Same padded geometry in and out: every padded position gets a row.
             let rows = out.rows();
@@ -170,7 +184,7 @@ impl FConv {
             } else {
                 fill_rows(dst, &self.b);
             }
-            let par = threads_for(threads, rows * self.k * self.k * self.cin * cout);
+            let par = threads_for(threads, rows * k * k * self.cin * cout);
             if pointwise {
                 gemm_acc(dst, x, &self.w, (rows, self.cin, cout), par);
             } else {
@@ -192,7 +206,7 @@ impl FConv {
             let m = g.n * ho * wo;
             s.tmp.resize(m * cout, 0.0);
             fill_rows(&mut s.tmp, &self.b);
-            let kk = self.k * self.k * self.cin;
+            let kk = k * k * self.cin;
             let par = threads_for(threads, m * kk * cout);
             gemm_acc(&mut s.tmp, &s.col, &self.w, (m, kk, cout), par);
             if !accumulate {
@@ -208,34 +222,15 @@ impl FConv {
                 }
             }
         }
-        finish(dst, out, cout, relu);
+        finish(dst, out, cout, act);
         out
-    }
-
-    /// [`FConv::run`] into a growable buffer, sized here unless accumulating.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn run_vec(
-        &self,
-        x: &[f32],
-        g: Geo,
-        dst: &mut Vec<f32>,
-        s: &mut ConvScratch,
-        accumulate: bool,
-        relu: bool,
-        threads: usize,
-    ) -> Geo {
-        if !accumulate {
-            dst.resize(self.out_geo(g).rows() * self.cout, 0.0);
-        }
-        self.run(x, g, dst, s, accumulate, relu, threads)
     }
 
     /// One row per output pixel: the k×k×cin patch it sees. The input's zero border (at least
     /// this convolution's padding) makes every patch row one contiguous k·cin copy.
     fn im2col(&self, x: &[f32], g: Geo, (ho, wo): (usize, usize), col: &mut Vec<f32>) {
-        let (k, c, st) = (self.k, self.cin, self.stride);
-        debug_assert!(g.pad >= self.pad);
-        let off = g.pad - self.pad;
+        let (k, c, st) = (self.win.k, self.cin, self.win.stride);
+        let (oy0, ox0) = self.win.offsets(g.pad);
         let row_len = k * k * c;
         col.clear();
         col.resize(g.n * ho * wo * row_len, 0.0);
@@ -243,28 +238,29 @@ impl FConv {
             let img = r / (ho * wo);
             let (oy, ox) = ((r / wo) % ho, r % wo);
             for ky in 0..k {
-                let src = g.row(img, oy * st + ky + off, ox * st + off) * c;
+                let src = g.row(img, oy * st + ky + oy0, ox * st + ox0) * c;
                 row[ky * k * c..(ky + 1) * k * c].copy_from_slice(&x[src..src + k * c]);
             }
         }
     }
 
     /// Input gradient of this convolution: `dx += col2im(dy · wᵀ)`, where `dy` is the output
-    /// gradient in the padded output geometry (border zero), `w_t` is [`FConv::weight_t`], `g`
-    /// the input geometry and `dx` its padded buffer. The border of `dx` receives the padding's
-    /// gradient, which means nothing: it is zeroed on return.
+    /// gradient in geometry `out` (border zero), `w_t` is [`FConv::weight_t`], `g` the input
+    /// geometry and `dx` its padded buffer. The border of `dx` receives the padding's gradient,
+    /// which means nothing: it is zeroed on return.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn col2im_add(
         &self,
         dy: &[f32],
+        out: Geo,
         w_t: &[f32],
         g: Geo,
         dx: &mut [f32],
         s: &mut ConvScratch,
     ) {
-        let out = self.out_geo(g);
         let (ho, wo, cout) = (out.h, out.w, self.cout);
-        let (k, c, st) = (self.k, self.cin, self.stride);
-        let off = g.pad - self.pad;
+        let (k, c, st) = (self.win.k, self.cin, self.win.stride);
+        let (oy0, ox0) = self.win.offsets(g.pad);
         let m = g.n * ho * wo;
         // The interior output rows, packed.
         s.tmp.clear();
@@ -282,14 +278,165 @@ impl FConv {
             let img = r / (ho * wo);
             let (oy, ox) = ((r / wo) % ho, r % wo);
             for ky in 0..k {
-                let dst = g.row(img, oy * st + ky + off, ox * st + off) * c;
+                let dst = g.row(img, oy * st + ky + oy0, ox * st + ox0) * c;
                 dx[dst..dst + k * c]
                     .iter_mut()
                     .zip(&row[ky * k * c..(ky + 1) * k * c])
                     .for_each(|(d, v)| *d += v);
             }
         }
-        finish(dx, g, c, false);
+        finish(dx, g, c, None);
+    }
+}
+
+/// A depthwise convolution (one k×k filter per channel, `groups = channels`): `w` is `[k·k, c]`
+/// (rows ordered ky, kx), `b` a per-channel bias. Vectorised over channels, which NHWC keeps
+/// contiguous: a GEMM would have an inner dimension of k² and waste most of its work.
+#[derive(Debug, Clone)]
+pub(crate) struct DwConv {
+    pub(crate) c: usize,
+    pub(crate) win: Window,
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl DwConv {
+    /// From PyTorch's `[c, 1, k, k]` weights, channel `o` scaled by `scale[o]`, plus `b`.
+    pub(crate) fn new(
+        weight: &[f32],
+        shape: &[usize],
+        win: Window,
+        scale: &[f64],
+        b: Vec<f32>,
+    ) -> Self {
+        let (c, k) = (shape[0], shape[2]);
+        let mut w = vec![0f32; k * k * c];
+        for o in 0..c {
+            for t in 0..k * k {
+                w[t * c + o] = (weight[o * k * k + t] as f64 * scale[o]) as f32;
+            }
+        }
+        DwConv { c, win, w, b }
+    }
+
+    /// `dst ← act([dst +] x ⊛ w + b)`, as [`FConv::run`].
+    pub(crate) fn run(
+        &self,
+        x: &[f32],
+        g: Geo,
+        dst: &mut [f32],
+        border: usize,
+        accumulate: bool,
+        act: Option<Act>,
+    ) -> Geo {
+        let out = self.win.out_geo(g, border);
+        let (k, st, c) = (self.win.k, self.win.stride, self.c);
+        let (oy0, ox0) = self.win.offsets(g.pad);
+        assert_eq!(
+            dst.len(),
+            out.rows() * c,
+            "depthwise conv: output buffer size"
+        );
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        for img in 0..g.n {
+            for oy in 0..out.h {
+                for ox in 0..out.w {
+                    let at = out.at(img, oy, ox) * c;
+                    let d = &mut dst[at..at + c];
+                    d.iter_mut().zip(&self.b).for_each(|(d, b)| *d += b);
+                    for ky in 0..k {
+                        let src = g.row(img, oy * st + ky + oy0, ox * st + ox0) * c;
+                        let xs = &x[src..src + k * c];
+                        let ws = &self.w[ky * k * c..(ky + 1) * k * c];
+                        for (xv, wv) in xs.chunks_exact(c).zip(ws.chunks_exact(c)) {
+                            d.iter_mut()
+                                .zip(xv.iter().zip(wv))
+                                .for_each(|(d, (x, w))| *d += x * w);
+                        }
+                    }
+                }
+            }
+        }
+        finish(dst, out, c, act);
+        out
+    }
+
+    /// `dx += ∂L/∂x` given the output gradient `dy` (geometry `out`); `dx` in geometry `g`.
+    pub(crate) fn input_grad_add(&self, dy: &[f32], out: Geo, g: Geo, dx: &mut [f32]) {
+        let (k, st, c) = (self.win.k, self.win.stride, self.c);
+        let (oy0, ox0) = self.win.offsets(g.pad);
+        for img in 0..g.n {
+            for oy in 0..out.h {
+                for ox in 0..out.w {
+                    let at = out.at(img, oy, ox) * c;
+                    let gy = &dy[at..at + c];
+                    for ky in 0..k {
+                        let dst = g.row(img, oy * st + ky + oy0, ox * st + ox0) * c;
+                        let ws = &self.w[ky * k * c..(ky + 1) * k * c];
+                        for (dv, wv) in dx[dst..dst + k * c]
+                            .chunks_exact_mut(c)
+                            .zip(ws.chunks_exact(c))
+                        {
+                            dv.iter_mut()
+                                .zip(gy.iter().zip(wv))
+                                .for_each(|(d, (g, w))| *d += g * w);
+                        }
+                    }
+                }
+            }
+        }
+        finish(dx, g, c, None);
+    }
+}
+
+/// A convolution as the NHWC paths run it.
+#[derive(Debug, Clone)]
+pub(crate) enum Kernel {
+    Dense(FConv),
+    Depthwise(DwConv),
+}
+
+impl Kernel {
+    pub(crate) fn cin(&self) -> usize {
+        match self {
+            Kernel::Dense(f) => f.cin,
+            Kernel::Depthwise(d) => d.c,
+        }
+    }
+
+    pub(crate) fn cout(&self) -> usize {
+        match self {
+            Kernel::Dense(f) => f.cout,
+            Kernel::Depthwise(d) => d.c,
+        }
+    }
+
+    pub(crate) fn win(&self) -> Window {
+        match self {
+            Kernel::Dense(f) => f.win,
+            Kernel::Depthwise(d) => d.win,
+        }
+    }
+
+    /// See [`FConv::run`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run(
+        &self,
+        x: &[f32],
+        g: Geo,
+        dst: &mut [f32],
+        border: usize,
+        s: &mut ConvScratch,
+        accumulate: bool,
+        act: Option<Act>,
+        threads: usize,
+    ) -> Geo {
+        match self {
+            Kernel::Dense(f) => f.run(x, g, dst, border, s, accumulate, act, threads),
+            Kernel::Depthwise(d) => d.run(x, g, dst, border, accumulate, act),
+        }
     }
 }
 
@@ -334,10 +481,12 @@ pub(crate) fn threads_for(threads: usize, macs: usize) -> usize {
     }
 }
 
-/// ReLU (if asked), then the border back to zero.
-pub(crate) fn finish(dst: &mut [f32], g: Geo, c: usize, relu: bool) {
-    if relu {
-        dst.iter_mut().for_each(|v| *v = v.max(0.0));
+/// The activation (if any), then the border back to zero.
+pub(crate) fn finish(dst: &mut [f32], g: Geo, c: usize, act: Option<Act>) {
+    match act {
+        None => {}
+        Some(Act::Relu) => dst.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Some(a) => dst.iter_mut().for_each(|v| *v = a.apply(*v)),
     }
     let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
     for img in 0..g.n {
@@ -353,6 +502,33 @@ pub(crate) fn finish(dst: &mut [f32], g: Geo, c: usize, relu: bool) {
     }
 }
 
+/// `dst ← src` (or `dst += src`), two buffers of the same images inside different borders.
+pub(crate) fn reborder(src: &[f32], gs: Geo, dst: &mut [f32], gd: Geo, c: usize, add: bool) {
+    debug_assert_eq!((gs.n, gs.h, gs.w), (gd.n, gd.h, gd.w));
+    if gs == gd {
+        if add {
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+        } else {
+            dst.copy_from_slice(src);
+        }
+        return;
+    }
+    if !add {
+        dst.fill(0.0);
+    }
+    for img in 0..gs.n {
+        for y in 0..gs.h {
+            let s = &src[gs.at(img, y, 0) * c..gs.at(img, y, gs.w) * c];
+            let d = &mut dst[gd.at(img, y, 0) * c..gd.at(img, y, gd.w) * c];
+            if add {
+                d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+            } else {
+                d.copy_from_slice(s);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct ConvScratch {
     col: Vec<f32>,
@@ -362,33 +538,71 @@ pub(crate) struct ConvScratch {
 /// Below this many multiply-adds a convolution is not worth splitting across threads.
 pub(crate) const PAR_GEMM_MACS: usize = 1 << 20;
 
-/// torchvision's stem pool: 3×3, stride 2, padding 1, on a ReLU output with a border of 1. The
-/// inputs are ≥ 0, so the zero border never changes a maximum and the windows need no clipping.
-pub(crate) fn max_pool_3x3_s2(x: &[f32], g: Geo, c: usize, dst: &mut Vec<f32>) -> Geo {
-    debug_assert_eq!(g.pad, 1);
-    let out = Geo {
-        n: g.n,
-        h: (g.h - 1) / 2 + 1,
-        w: (g.w - 1) / 2 + 1,
-        pad: 1,
-    };
-    dst.clear();
-    dst.resize(out.rows() * c, 0.0);
+/// Max pooling (`k×k`, stride, symmetric padding that never wins a maximum, as PyTorch's):
+/// each window is clipped to the interior. `out` is the output geometry.
+pub(crate) fn max_pool(x: &[f32], g: Geo, c: usize, win: Window, out: Geo, dst: &mut [f32]) {
+    assert_eq!(dst.len(), out.rows() * c, "max pool: output buffer size");
+    dst.fill(0.0);
     for img in 0..g.n {
         for oy in 0..out.h {
+            let (y0, y1) = window_range(oy, win, g.h);
             for ox in 0..out.w {
+                let (x0, x1) = window_range(ox, win, g.w);
                 let at = out.at(img, oy, ox) * c;
                 let o = &mut dst[at..at + c];
-                for y in 2 * oy..2 * oy + 3 {
-                    let src = g.row(img, y, 2 * ox) * c;
-                    for v in x[src..src + 3 * c].chunks_exact(c) {
+                o.fill(f32::NEG_INFINITY);
+                for y in y0..y1 {
+                    let src = g.at(img, y, x0) * c;
+                    for v in x[src..src + (x1 - x0) * c].chunks_exact(c) {
                         o.iter_mut().zip(v).for_each(|(o, v)| *o = o.max(*v));
                     }
                 }
             }
         }
     }
-    out
+}
+
+/// The backward of [`max_pool`]: each output's gradient goes to the first maximum of its window
+/// (PyTorch's choice among ties), accumulated into `gx` (input geometry `g`).
+pub(crate) fn max_pool_backward(
+    x: &[f32],
+    g: Geo,
+    c: usize,
+    win: Window,
+    out: Geo,
+    gy: &[f32],
+    gx: &mut [f32],
+) {
+    for img in 0..g.n {
+        for oy in 0..out.h {
+            let (y0, y1) = window_range(oy, win, g.h);
+            for ox in 0..out.w {
+                let (x0, x1) = window_range(ox, win, g.w);
+                let go = &gy[out.at(img, oy, ox) * c..][..c];
+                for ch in 0..c {
+                    let mut best = g.at(img, y0, x0);
+                    for y in y0..y1 {
+                        for xx in x0..x1 {
+                            let r = g.at(img, y, xx);
+                            if x[r * c + ch] > x[best * c + ch] {
+                                best = r;
+                            }
+                        }
+                    }
+                    gx[best * c + ch] += go[ch];
+                }
+            }
+        }
+    }
+}
+
+/// The interior positions `[start, end)` a pooling window at output position `o` covers.
+fn window_range(o: usize, win: Window, len: usize) -> (usize, usize) {
+    let start = (o * win.stride).saturating_sub(win.pads[0]);
+    let end = (o * win.stride + win.k)
+        .saturating_sub(win.pads[0])
+        .min(len);
+    (start, end)
 }
 
 /// u8 NHWC images → `(u8 · scale − shift)` per channel inside the zero border of `g`.

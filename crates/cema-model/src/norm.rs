@@ -64,6 +64,9 @@ pub struct NormLayer {
     pub name: String,
     pub kind: NormKind,
     pub channels: usize,
+    /// Added to the variance before the square root (PyTorch's default 1e-5; TensorFlow-trained
+    /// models such as EfficientNet-Lite use 1e-3).
+    pub eps: f64,
     #[serde(skip)]
     pub(crate) weight: usize,
     #[serde(skip)]
@@ -79,7 +82,7 @@ pub const BN_EPS: f64 = 1e-5;
 pub const BN_MOMENTUM: f32 = 0.1;
 
 impl NormLayer {
-    pub(crate) fn batch_norm(store: &mut Store, name: &str, channels: usize) -> Self {
+    pub(crate) fn batch_norm(store: &mut Store, name: &str, channels: usize, eps: f64) -> Self {
         let weight = store.push(
             format!("{name}.weight"),
             Kind::NormWeight,
@@ -108,6 +111,7 @@ impl NormLayer {
             name: name.to_string(),
             kind: NormKind::BatchNorm2d,
             channels,
+            eps,
             weight,
             bias,
             running_mean: Some(rm),
@@ -131,11 +135,11 @@ impl NormLayer {
         );
         match mode {
             NormMode::Running => {
-                batch_norm(x, gamma, beta, store.get1(rm_i), store.get1(rv_i), BN_EPS)
+                batch_norm(x, gamma, beta, store.get1(rm_i), store.get1(rv_i), self.eps)
             }
             NormMode::Batch => {
                 let [n, _, h, w] = x.dims();
-                let out = batch_norm_train(x, gamma, beta, BN_EPS);
+                let out = batch_norm_train(x, gamma, beta, self.eps);
                 if let Some(m) = update_stats {
                     self.update_running(store, out.mean, out.variance, n * h * w, m);
                 }
@@ -148,8 +152,8 @@ impl NormLayer {
                 let mu = x.clone().mean_dims(&[0, 2, 3]);
                 let centered = x - mu.clone();
                 let var = centered.clone().powf_scalar(2.0).mean_dims(&[0, 2, 3]);
-                let sigma = (var.clone() + BN_EPS).sqrt();
-                let sigma_run = (rv + BN_EPS).sqrt();
+                let sigma = (var.clone() + self.eps).sqrt();
+                let sigma_run = (rv + self.eps).sqrt();
                 // r and d are constants (stop-gradient): the value equals running-statistics
                 // normalisation, the gradient is that of batch normalisation scaled by r.
                 let r = sigma.clone().detach() / sigma_run.clone();

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::checkpoint::{load_into, Model};
+use crate::checkpoint::load_into;
 use crate::error::{ModelError, Result};
+use crate::model::Model;
 use crate::store::Kind;
 use crate::tensors::{self, HostTensor, NamedTensors};
 

@@ -10,12 +10,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{write_atomic, Model};
+use crate::checkpoint::write_atomic;
 use crate::error::{ModelError, Result};
 use crate::input::to_input;
+use crate::model::Model;
+use crate::net::{argmax_rows, cross_entropy};
 use crate::norm::NormMode;
 use crate::optim::{Sgd, SgdConfig};
-use crate::step::{argmax_rows, cross_entropy};
 use crate::store::{tensor_to_vec, Trainable};
 use crate::tensors;
 

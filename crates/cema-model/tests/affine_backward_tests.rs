@@ -13,7 +13,7 @@ use cema_model::{
 use common::*;
 
 fn norm_state(m: &Model) -> Vec<(String, Vec<f32>)> {
-    let s = m.net.store();
+    let s = m.store();
     (0..s.len())
         .filter(|&i| s.kind(i).is_norm_state())
         .map(|i| (s.name(i).to_string(), s.values(i)))
@@ -39,10 +39,21 @@ fn compare(a: &HostBackward, b: &HostBackward, m: &Model, what: &str) {
     let mut ib = ids(b);
     ib.sort();
     assert_eq!(ids(a), ib, "{what}: the same parameters get gradients");
+    // A gradient that is zero analytically (β of a BatchNorm whose output feeds a 1×1
+    // convolution and another batch-statistics BatchNorm: the shift cancels) holds only rounding
+    // noise, of the order of the other gradients times ε; it is compared at that scale.
+    let largest = b
+        .grads
+        .iter()
+        .flat_map(|(_, g)| g.iter())
+        .fold(0f32, |m, v| m.max(v.abs()));
     for (i, g) in &a.grads {
         let other = &b.grads.iter().find(|(j, _)| j == i).unwrap().1;
-        let name = m.net.store().name(*i).to_string();
-        assert_close(g, other, 2e-3, &format!("{what}: ∂L/∂{name}"));
+        let name = m.store().name(*i).to_string();
+        let floor = vec![0.01 * largest];
+        let with_floor: Vec<f32> = other.iter().chain(&floor).copied().collect();
+        let mine: Vec<f32> = g.iter().chain(&floor).copied().collect();
+        assert_close(&mine, &with_floor, 2e-3, &format!("{what}: ∂L/∂{name}"));
     }
     assert!(
         a.grads
@@ -58,6 +69,7 @@ fn check(arch: Arch, input: InputSpec, n: usize, mode: NormMode, update: bool) {
     card.input = input;
     let per = card.input.height * card.input.width * card.input.channels;
     let mut native = Model::init(card, &cpu(), 3).unwrap();
+    native.hand_written_paths().unwrap();
     perturb_norms(&mut native, 1);
     let mut reference = native.clone();
     reference.set_native_backward(false);
@@ -171,11 +183,9 @@ fn shipped_edge_model_tbr_step_matches_autodiff_with_burns_own_loss() {
         })
         .unwrap();
     let x = cema_model::to_input(&reference.card.input, &px, n, &cpu()).unwrap();
-    let out = reference
-        .net
-        .backward(x, NormMode::Tbr, true, Trainable::NormAffine, |s| {
-            cema_distill_loss(s, &teacher, e0, k)
-        });
+    let out = reference.backward(x, NormMode::Tbr, true, Trainable::NormAffine, |s| {
+        cema_distill_loss(s, &teacher, e0, k)
+    });
     let b = HostBackward {
         loss: out.loss,
         logits: out
@@ -208,7 +218,7 @@ fn tent_loss_through_both_paths_gives_the_same_step() {
         .norm_affine_backward(&px, 8, NormMode::Batch, false, |l| mean_entropy_grad(l, 10))
         .unwrap();
     let x = cema_model::to_input(&reference.card.input, &px, 8, &cpu()).unwrap();
-    let out = reference.net.backward(
+    let out = reference.backward(
         x,
         NormMode::Batch,
         false,
@@ -294,4 +304,23 @@ fn forward_only_passes_match_burns() {
             assert_close(x, y, 1e-4, &format!("{what}: {name}"));
         }
     }
+}
+
+fn rgb(side: usize) -> InputSpec {
+    InputSpec {
+        height: side,
+        width: side,
+        channels: 3,
+        mean: vec![127.0 / 255.0; 3],
+        std: vec![128.0 / 255.0; 3],
+    }
+}
+
+#[test]
+fn efficientnet_lite_matches_autodiff() {
+    // Depthwise convolutions (their input gradient is a scatter), TensorFlow "SAME" padding
+    // (asymmetric at 40 px, partly symmetric at 33), ReLU6 masks, residuals with no activation.
+    let arch = Arch::efficientnet_lite(0, 6);
+    check(arch.clone(), rgb(40), 3, NormMode::Tbr, true);
+    check(arch, rgb(33), 2, NormMode::Batch, false);
 }

@@ -30,6 +30,7 @@ fn check(arch: Arch, input: InputSpec, batches: &[usize]) {
     card.input = input;
     let per = card.input.height * card.input.width * card.input.channels;
     let mut m = Model::init(card, &cpu(), 3).unwrap();
+    m.hand_written_paths().unwrap();
     perturb_norms(&mut m, 1);
     for &n in batches {
         let px = pixels(n, per, n);
@@ -113,7 +114,7 @@ fn refolds_when_the_norm_state_or_weights_change() {
         "the cached fold was reused"
     );
     // A non-norm weight changes too.
-    let store = m.net.store_mut();
+    let store = m.store_mut();
     let fc = store.index_of("fc.bias").unwrap();
     store.set_values(fc, vec![1.0; 10]);
     let (f2, g2) = both(&mut m, &px, 4);
@@ -135,4 +136,23 @@ fn wrong_pixel_count_is_an_input_error() {
     let err = m.logits(&[0u8; 100], 1, NormMode::Running).unwrap_err();
     assert!(matches!(err, ModelError::Input(_)), "{err}");
     assert!(err.to_string().contains("expected 784"), "{err}");
+}
+
+fn rgb(side: usize) -> InputSpec {
+    InputSpec {
+        height: side,
+        width: side,
+        channels: 3,
+        mean: vec![127.0 / 255.0; 3],
+        std: vec![128.0 / 255.0; 3],
+    }
+}
+
+#[test]
+fn efficientnet_lite_matches_the_generic_forward() {
+    // Depthwise 3×3 and 5×5 convolutions, inverted residuals without an activation after the
+    // add, ReLU6. At 48 px TensorFlow's "SAME" pads every stride-2 layer asymmetrically; at 33 px
+    // the odd sizes make some of them symmetric.
+    check(Arch::efficientnet_lite(0, 7), rgb(48), &[1, 3]);
+    check(Arch::efficientnet_lite(2, 5), rgb(33), &[2]);
 }

@@ -71,13 +71,11 @@ fn norm_affine_gradients_match_pytorch() {
     let g = golden();
     let mut m = small_from_pth();
     let x = cema_model::to_input(&m.card.input, &px, 8, &cpu()).unwrap();
-    let out = m
-        .net
-        .backward(x, NormMode::Batch, false, Trainable::NormAffine, |l| {
-            cross_entropy(l, &labels)
-        });
+    let out = m.backward(x, NormMode::Batch, false, Trainable::NormAffine, |l| {
+        cross_entropy(l, &labels)
+    });
     assert!((out.loss - g["resnet8_w4_batch_ce"].as_f64().unwrap() as f32).abs() < 1e-4);
-    let store = m.net.store();
+    let store = m.store();
     let grad = |name: &str| {
         let i = store.index_of(name).unwrap();
         let (_, t) = out
@@ -118,15 +116,13 @@ fn norm_affine_step_changes_only_norm_state() {
     let mut m = small_from_pth();
     let before = m.state_dict();
     let x = cema_model::to_input(&m.card.input, &px, 16, &cpu()).unwrap();
-    let out = m
-        .net
-        .backward(x, NormMode::Tbr, true, Trainable::NormAffine, |l| {
-            cross_entropy(l, &labels)
-        });
+    let out = m.backward(x, NormMode::Tbr, true, Trainable::NormAffine, |l| {
+        cross_entropy(l, &labels)
+    });
     let mut sgd = Sgd::new(SgdConfig::momentum(0.01, 0.9));
-    sgd.step(m.net.store_mut(), out.grads, 0.01);
+    sgd.step(m.store_mut(), out.grads, 0.01);
     let after = m.state_dict();
-    let store = m.net.store();
+    let store = m.store();
     for (name, t) in &before {
         let kind = store.kind(store.index_of(name).unwrap());
         let changed = t.data != after[name].data;
@@ -158,11 +154,11 @@ fn tbr_forward_equals_running_statistics_and_gradient_equals_batch_norm_when_sta
     // so iterate BN-train updates to convergence): then r = 1, d = 0 and TBR's gradient is BN's.
     for _ in 0..200 {
         let x = cema_model::to_input(&m.card.input, &px, 16, &cpu()).unwrap();
-        m.net.forward(x, NormMode::Batch, true);
+        m.forward(x, NormMode::Batch, true);
     }
     let grad_of = |m: &mut Model, mode| {
         let x = cema_model::to_input(&m.card.input, &px, 16, &cpu()).unwrap();
-        let out = m.net.backward(x, mode, false, Trainable::NormAffine, |l| {
+        let out = m.backward(x, mode, false, Trainable::NormAffine, |l| {
             cross_entropy(l, &labels)
         });
         let mut all = Vec::new();
@@ -186,7 +182,7 @@ fn tbr_forward_equals_running_statistics_and_gradient_equals_batch_norm_when_sta
 fn norm_state_round_trips_and_rejects_bad_updates_without_changing_the_model() {
     let mut m = small_from_pth();
     let state = m.norm_state("edge", 3);
-    assert_eq!(state.tensors.len(), m.net.norm_layers().len() * 4);
+    assert_eq!(state.tensors.len(), m.norm_layers().len() * 4);
     let bytes = state.to_bytes();
     let back = NormState::from_bytes(&bytes, "blob").unwrap();
     assert_eq!(back, state);
@@ -294,7 +290,7 @@ fn tracking_forward_predicts_from_running_statistics_then_moves_them_toward_the_
     );
     let mut reference = small_from_pth();
     let x = cema_model::to_input(&reference.card.input, &px, 16, &cpu()).unwrap();
-    reference.net.forward(x, NormMode::Tbr, true);
+    reference.forward(x, NormMode::Tbr, true);
     let after = m.state_dict();
     for (name, t) in &after {
         if name.ends_with("running_mean") || name.ends_with("running_var") {
@@ -371,7 +367,7 @@ fn checkpoint_errors_name_the_tensor() {
 #[test]
 fn torchvision_layouts_have_pytorch_names_and_parameter_counts() {
     // torchvision's published parameter counts.
-    let r18 = cema_model::ResNet::new(&Arch::resnet18(1000), &cpu(), 0).unwrap();
+    let r18 = cema_model::Net::new(&Arch::resnet18(1000), &cpu(), 0).unwrap();
     assert_eq!(r18.store().parameter_count(), 11_689_512);
     let names: Vec<&str> = r18.store().names().collect();
     assert_eq!(
@@ -388,7 +384,7 @@ fn torchvision_layouts_have_pytorch_names_and_parameter_counts() {
     ] {
         assert!(names.contains(&n), "{n}");
     }
-    let r50 = cema_model::ResNet::new(&Arch::resnet50(1000), &cpu(), 0).unwrap();
+    let r50 = cema_model::Net::new(&Arch::resnet50(1000), &cpu(), 0).unwrap();
     assert_eq!(r50.store().parameter_count(), 25_557_032);
     assert!(r50
         .store()
@@ -429,8 +425,8 @@ fn shipped_foundation_has_at_least_four_times_the_edge_flops() {
     let f = foundation();
     let found = f.card.architecture.macs(28, 28);
     assert!(found >= 4 * edge, "foundation {found} MACs vs edge {edge}");
-    assert!(f.net.store().names().all(|n| !n.is_empty()));
-    assert_eq!(f.net.store().kind(0), Kind::ConvWeight);
+    assert!(f.store().names().all(|n| !n.is_empty()));
+    assert_eq!(f.store().kind(0), Kind::ConvWeight);
 }
 
 #[test]
@@ -454,4 +450,41 @@ fn device_specs_name_cpu_or_cuda_and_refuse_anything_else() {
         let e = cema_model::device(spec).unwrap_err();
         assert!(e.to_string().contains("--features cuda"), "{e}");
     }
+}
+
+#[test]
+fn efficientnet_lite_layouts_have_the_reference_names_counts_and_macs() {
+    // Numbers counted on the reference PyTorch modules (efficientnet-lite-pytorch 0.1.0):
+    // parameters without running statistics, BatchNorm layers, multiply-accumulates at the
+    // native resolution (convolutions and classifier).
+    for (variant, params, norms, macs, side) in [
+        (0, 4_652_008, 49, 385_187_552u64, 224),
+        (2, 6_092_072, 64, 859_736_272, 260),
+    ] {
+        let arch = Arch::efficientnet_lite(variant, 1000);
+        assert_eq!(arch.native_resolution(), Some(side));
+        let net = cema_model::Net::new(&arch, &cpu(), 0).unwrap();
+        assert_eq!(
+            net.store().parameter_count(),
+            params,
+            "lite{variant} parameters"
+        );
+        assert_eq!(net.norm_layers().len(), norms, "lite{variant} norm layers");
+        assert!(net.norm_layers().iter().all(|l| l.eps == 1e-3));
+        assert_eq!(arch.macs(side, side), macs, "lite{variant} MACs");
+        let names: Vec<&str> = net.store().names().collect();
+        for name in [
+            "_conv_stem.weight",
+            "_bn0.running_var",
+            "_blocks.0._depthwise_conv.weight",
+            "_blocks.1._expand_conv.weight",
+            "_blocks.1._bn2.bias",
+            "_conv_head.weight",
+            "_bn1.weight",
+            "_fc.bias",
+        ] {
+            assert!(names.contains(&name), "lite{variant}: {name}");
+        }
+    }
+    assert!(Arch::efficientnet_lite(5, 10).validate().is_err());
 }

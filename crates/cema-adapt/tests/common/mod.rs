@@ -31,7 +31,7 @@ pub fn tiny_foundation(seed: u64) -> Model {
 /// Scales the classifier so predictions are confident (low entropy): a random model's outputs
 /// are near uniform and every sample would fail `E < E_max`.
 pub fn sharpen(model: &mut Model, factor: f32) {
-    let store = model.net.store_mut();
+    let store = model.store_mut();
     for name in ["fc.weight", "fc.bias"] {
         let i = store.index_of(name).unwrap();
         let v: Vec<f32> = store.values(i).iter().map(|x| x * factor).collect();
@@ -67,7 +67,7 @@ pub fn assert_only(
     allowed: impl Fn(cema_model::Kind) -> bool,
 ) {
     let after = model.state_dict();
-    let store = model.net.store();
+    let store = model.store();
     for name in changed(before, &after) {
         let kind = store.kind(store.index_of(&name).unwrap());
         assert!(allowed(kind), "{name} ({kind:?}) changed but must not");
@@ -76,7 +76,7 @@ pub fn assert_only(
 
 pub fn kind_changed(model: &Model, before: &NamedTensors, kind: cema_model::Kind) -> bool {
     let after = model.state_dict();
-    let store = model.net.store();
+    let store = model.store();
     changed(before, &after)
         .iter()
         .any(|n| store.kind(store.index_of(n).unwrap()) == kind)

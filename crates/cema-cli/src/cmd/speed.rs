@@ -395,7 +395,7 @@ fn tbr_step(w: Workload, mut model: Model, seconds: f64) -> Result<Map<String, V
                 cross_entropy_grad(l, classes as usize, &labels)
             })
             .run_err("step")?;
-        sgd.step_host(model.net.store_mut(), out.grads, 0.00025);
+        sgd.step_host(model.store_mut(), out.grads, 0.00025);
         Ok(())
     })?;
     let what = "Model::norm_affine_backward (u8 pixels, TBR forward + backward, norm affine only), cross-entropy, SGD momentum step, batch 128";

@@ -126,7 +126,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     progress.note(format!(
         "training {} ({} parameters) on {} images for {} epochs; checkpoint {}",
         args.out.display(),
-        model.net.store().parameter_count(),
+        model.store().parameter_count(),
         train_set.len(),
         args.epochs,
         ckpt.display()

@@ -49,7 +49,7 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// Deterministic non-trivial values: γ around 1, β and means around 0, variances positive.
 pub fn perturb_norms(m: &mut Model, seed: u32) {
-    let store = m.net.store_mut();
+    let store = m.store_mut();
     for i in 0..store.len() {
         let kind = store.kind(i);
         if !kind.is_norm_state() {
