@@ -43,6 +43,7 @@ fn tiny_edge(dir: &Path) -> PathBuf {
             mean: vec![0.286],
             std: vec![0.353],
         },
+        preprocess: None,
         classes: vec![],
         dataset: "fashion-mnist".into(),
         clean_accuracy: None,

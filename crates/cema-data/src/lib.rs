@@ -33,6 +33,7 @@ mod fsutil;
 pub mod idx;
 mod imageset;
 pub mod npy;
+pub mod photo;
 
 pub use dataset::Dataset;
 pub use error::{DataError, Result};

@@ -21,6 +21,13 @@ pub struct InputSpec {
     pub std: Vec<f32>,
 }
 
+/// TensorFlow's evaluation recipe for ImageNet models: the central `crop_fraction` of the shorter
+/// side (a square), resized to the input size with a bicubic filter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    pub crop_fraction: f32,
+}
+
 /// The model card: everything needed to use and reproduce a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelCard {
@@ -30,6 +37,10 @@ pub struct ModelCard {
     pub role: String,
     pub architecture: Arch,
     pub input: InputSpec,
+    /// How a photograph of another size becomes an input (`cema predict`); absent for models of
+    /// fixed-size datasets, whose images must already have the input size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<Preprocess>,
     pub classes: Vec<String>,
     #[serde(default)]
     pub dataset: String,
@@ -84,6 +95,7 @@ impl ModelCard {
             role: role.into(),
             architecture,
             input,
+            preprocess: None,
             classes,
             dataset: dataset.into(),
             clean_accuracy: None,

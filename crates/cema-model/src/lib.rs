@@ -45,7 +45,8 @@ pub use affine_backward::HostBackward;
 pub use arch::Arch;
 pub use burn::tensor::{Device, Tensor};
 pub use checkpoint::{
-    card_path, sha256_file, sha256_hex, InputSpec, ModelCard, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+    card_path, sha256_file, sha256_hex, InputSpec, ModelCard, Preprocess, FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
 };
 pub use error::{ModelError, Result};
 pub use folded::FoldedNet;

@@ -28,6 +28,7 @@ pub mod edge;
 pub mod eval;
 pub mod load;
 pub mod plot;
+pub mod predict;
 pub mod speed;
 pub mod train;
 
@@ -168,6 +169,7 @@ commands! {
     Eval(eval::Args),
     Load(load::Args),
     Plot(plot::Args),
+    Predict(predict::Args),
     Speed(speed::Args),
     Train(train::Args),
 }
