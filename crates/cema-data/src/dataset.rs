@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::cifar::{self, Cifar100Label};
-use crate::error::Result;
-use crate::{fashion_mnist, ImageSet, Split};
+use crate::error::{DataError, Result};
+use crate::{fashion_mnist, photo, ImageSet, Split};
 
 /// Where the CIFAR loaders look without a folder: `data/` holding the extracted tarball folder
 /// (`data/cifar-10-batches-bin`, `data/cifar-100-binary`), beside `data/fashion-mnist-c`.
@@ -24,10 +24,18 @@ pub enum Dataset {
     Cifar10,
     /// CIFAR-100, binary version, fine labels: 32×32 RGB, 100 classes.
     Cifar100,
+    /// A few labelled ImageNet photographs (`scripts/setup.sh` installs 20), each as 16 views of
+    /// 224×224 RGB, 1000 classes; a test split only ([`crate::photo::load_imagenet_photos`]).
+    ImagenetPhotos,
 }
 
 impl Dataset {
-    pub const ALL: [Dataset; 3] = [Dataset::FashionMnist, Dataset::Cifar10, Dataset::Cifar100];
+    pub const ALL: [Dataset; 4] = [
+        Dataset::FashionMnist,
+        Dataset::Cifar10,
+        Dataset::Cifar100,
+        Dataset::ImagenetPhotos,
+    ];
 
     /// The name model cards, manifests and `--dataset` use.
     pub fn name(self) -> &'static str {
@@ -35,6 +43,7 @@ impl Dataset {
             Dataset::FashionMnist => "fashion-mnist",
             Dataset::Cifar10 => "cifar10",
             Dataset::Cifar100 => "cifar100",
+            Dataset::ImagenetPhotos => "imagenet-photos",
         }
     }
 
@@ -48,6 +57,9 @@ impl Dataset {
         match self {
             Dataset::FashionMnist => (fashion_mnist::SIDE, fashion_mnist::SIDE, 1),
             Dataset::Cifar10 | Dataset::Cifar100 => (cifar::SIDE, cifar::SIDE, 3),
+            Dataset::ImagenetPhotos => {
+                (photo::IMAGENET_PHOTOS_SIDE, photo::IMAGENET_PHOTOS_SIDE, 3)
+            }
         }
     }
 
@@ -56,6 +68,7 @@ impl Dataset {
             Dataset::FashionMnist => fashion_mnist::CLASSES.len(),
             Dataset::Cifar10 => cifar::CIFAR10_CLASSES.len(),
             Dataset::Cifar100 => Cifar100Label::Fine.num_classes() as usize,
+            Dataset::ImagenetPhotos => 1000,
         }
     }
 
@@ -68,6 +81,9 @@ impl Dataset {
             Dataset::Cifar10 | Dataset::Cifar100 => dir
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from(CIFAR_DEFAULT_DIR)),
+            Dataset::ImagenetPhotos => dir
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(photo::IMAGENET_PHOTOS_DIR)),
         }
     }
 
@@ -78,6 +94,17 @@ impl Dataset {
             Dataset::FashionMnist => fashion_mnist::load(Some(&dir), split),
             Dataset::Cifar10 => cifar::load_cifar10(&dir, split),
             Dataset::Cifar100 => cifar::load_cifar100(&dir, split, Cifar100Label::Fine),
+            Dataset::ImagenetPhotos => match split {
+                Split::Test => photo::load_imagenet_photos(
+                    &dir,
+                    photo::IMAGENET_PHOTOS_SIDE,
+                    photo::IMAGENET_PHOTOS_VIEWS,
+                ),
+                Split::Train => Err(DataError::InvalidArgument {
+                    path: dir,
+                    reason: "imagenet-photos has a test split only (20 photographs)".into(),
+                }),
+            },
         }
     }
 
@@ -89,6 +116,8 @@ impl Dataset {
         match self {
             Dataset::FashionMnist => owned(&fashion_mnist::CLASSES),
             Dataset::Cifar10 => owned(&cifar::CIFAR10_CLASSES),
+            // The names are in the ImageNet models' cards; the labels are class indices.
+            Dataset::ImagenetPhotos => (0..1000).map(|i| i.to_string()).collect(),
             Dataset::Cifar100 => {
                 let n = self.num_classes();
                 let dir = self.resolve_dir(dir);

@@ -122,3 +122,93 @@ fn io_error(path: &Path, e: std::io::Error) -> DataError {
         }
     }
 }
+
+/// Where `cema` looks for the labelled ImageNet photographs (`scripts/setup.sh` links foolbox's
+/// 20 there): files named `…_<label>.<ext>`, the label an ImageNet class index.
+pub const IMAGENET_PHOTOS_DIR: &str = "data/imagenet-photos";
+/// Side of the views [`load_imagenet_photos`] makes (EfficientNet-Lite0's and ResNets' input).
+pub const IMAGENET_PHOTOS_SIDE: usize = 224;
+/// Views per photograph: the evaluation crop and 15 random crops, half of them mirrored.
+pub const IMAGENET_PHOTOS_VIEWS: usize = 16;
+
+/// A small labelled ImageNet test set from a folder of photographs: each photograph as
+/// `views` `side × side` RGB views — view 0 its evaluation centre crop (87.5 %), the others a
+/// random square crop of 50–100 % of the shorter side, mirrored with probability ½, resized
+/// bicubically — ordered view-major, so any prefix mixes the classes. Deterministic: view `v` of
+/// photograph `i` draws from a hash of (`i`, `v`). A smoke test for real models, not a benchmark:
+/// the views of one photograph are not independent images.
+pub fn load_imagenet_photos(dir: &Path, side: usize, views: usize) -> Result<crate::ImageSet> {
+    let paths = photo_paths(dir)?;
+    let mut labelled = Vec::with_capacity(paths.len());
+    for path in paths {
+        let label = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.rsplit('_').next())
+            .and_then(|s| s.parse::<u32>().ok())
+            .filter(|&l| l < 1000)
+            .ok_or_else(|| DataError::InvalidArgument {
+                path: path.clone(),
+                reason: "the name does not end in _<ImageNet class index 0–999>".into(),
+            })?;
+        let img = ImageReader::open(&path)
+            .map_err(|e| io_error(&path, e))?
+            .with_guessed_format()
+            .map_err(|e| io_error(&path, e))?
+            .decode()
+            .map_err(|source| DataError::Decode {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+        labelled.push((img, label));
+    }
+    let per = side * side * 3;
+    let mut images = Vec::with_capacity(views * labelled.len() * per);
+    let mut labels = Vec::with_capacity(views * labelled.len());
+    for v in 0..views {
+        for (i, (img, label)) in labelled.iter().enumerate() {
+            let (h, w) = (img.height(), img.width());
+            let short = h.min(w) as f64;
+            let mut r = splitmix64(((i as u64) << 32) ^ v as u64);
+            let mut uniform = || {
+                r = splitmix64(r);
+                (r >> 11) as f64 / (1u64 << 53) as f64
+            };
+            let (c, top, left, flip) = if v == 0 {
+                let s = side as f64;
+                let c = ((s / (s + (s * (1.0 / 0.875 - 1.0)).round())) * short) as u32;
+                (c, (h - c).div_ceil(2), (w - c).div_ceil(2), false)
+            } else {
+                let c = ((0.5 + 0.5 * uniform()) * short) as u32;
+                let top = (uniform() * (h - c + 1) as f64) as u32;
+                let left = (uniform() * (w - c + 1) as f64) as u32;
+                (c, top.min(h - c), left.min(w - c), uniform() < 0.5)
+            };
+            let mut view = img.crop_imm(left, top, c, c).resize_exact(
+                side as u32,
+                side as u32,
+                FilterType::CatmullRom,
+            );
+            if flip {
+                view = view.fliph();
+            }
+            images.extend(view.to_rgb8().into_raw());
+            labels.push(*label);
+        }
+    }
+    Ok(crate::ImageSet {
+        images,
+        labels,
+        height: side,
+        width: side,
+        channels: 3,
+    })
+}
+
+/// One step of SplitMix64 (Steele et al.): a fixed, well-mixed hash for the crop draws.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}

@@ -553,31 +553,16 @@ impl Net {
     ) -> Vec<f32> {
         let st = &s.stats;
         let c = st.gamma.len();
-        let g = s.out;
         let inv_sb: Vec<f32> = st.sigma_b.iter().map(|v| 1.0 / v).collect();
-        let passes = |act: Act, y: f32| act.passes_from_output(y).unwrap_or(true);
         // Σ g and Σ g·ẑ per channel, over the interior.
-        let sums = per_channel_sums(g, c, group, |img, acc| {
-            let (s1, s2) = acc.split_at_mut(c);
-            for y in 0..g.h {
-                let (a, b) = (g.at(img, y, 0) * c, g.at(img, y, g.w) * c);
-                let rows = gy[a..b].chunks_exact(c).zip(s.z[a..b].chunks_exact(c));
-                let mut add = |gr: &[f32], zr: &[f32], keep: &dyn Fn(usize) -> bool| {
-                    for ch in 0..c {
-                        let gv = if keep(ch) { gr[ch] } else { 0.0 };
-                        let zh = (zr[ch] - st.mu_b[ch]) * inv_sb[ch];
-                        s1[ch] += gv;
-                        s2[ch] += gv * zh;
-                    }
-                };
-                match mask {
-                    None => rows.for_each(|(gr, zr)| add(gr, zr, &|_| true)),
-                    Some((r, act)) => rows
-                        .zip(r[a..b].chunks_exact(c))
-                        .for_each(|((gr, zr), ar)| add(gr, zr, &|ch| passes(act, ar[ch]))),
-                }
-            }
-        });
+        let sums = match mask {
+            None => masked_sums(s, gy, gy, &inv_sb, group, |_| true),
+            Some((r, Act::Relu)) => masked_sums(s, gy, r, &inv_sb, group, |y| y > 0.0),
+            Some((r, Act::Relu6)) => masked_sums(s, gy, r, &inv_sb, group, |y| y > 0.0 && y < 6.0),
+            Some((r, act)) => masked_sums(s, gy, r, &inv_sb, group, move |y| {
+                act.passes_from_output(y).unwrap_or(true)
+            }),
+        };
         let (s1, s2) = sums.split_at(c);
         let norm = &self.norms[layer.norm];
         let dgamma = (0..c)
@@ -608,45 +593,110 @@ impl Net {
             coef[2 * c + ch] = cc as f32;
         }
         let mut gz = pool::take_dirty(gy.len());
-        let per = g.rows() / g.n * c;
-        let empty: &[f32] = &[];
-        gz.par_chunks_mut(group * per)
-            .zip(gy.par_chunks(group * per))
-            .zip(s.z.par_chunks(group * per))
-            .enumerate()
-            .for_each(|(k, ((d, gr), zr))| {
-                let (ar, act) = match mask {
-                    Some((r, act)) => (&r[k * group * per..][..d.len()], act),
-                    None => (empty, Act::Relu),
-                };
-                let (ca, cb, cc) = (&coef[..c], &coef[c..2 * c], &coef[2 * c..]);
-                for (p, ((d, gr), zr)) in d
-                    .chunks_exact_mut(c)
-                    .zip(gr.chunks_exact(c))
-                    .zip(zr.chunks_exact(c))
-                    .enumerate()
-                {
-                    if ar.is_empty() {
-                        for ch in 0..c {
-                            d[ch] = ca[ch] * gr[ch] + cb[ch] * zr[ch] + cc[ch];
-                        }
-                    } else {
-                        // The mask: where the activation was flat, the incoming gradient is 0.
-                        let ar = &ar[p * c..(p + 1) * c];
-                        for ch in 0..c {
-                            let gv = if passes(act, ar[ch]) { gr[ch] } else { 0.0 };
-                            d[ch] = ca[ch] * gv + cb[ch] * zr[ch] + cc[ch];
-                        }
-                    }
-                }
-                let gg = Geo {
-                    n: d.len() / per,
-                    ..g
-                };
-                finish(d, gg, c, None);
-            });
+        match mask {
+            None => masked_dz(&mut gz, s, gy, gy, &coef, group, |_| true),
+            Some((r, Act::Relu)) => masked_dz(&mut gz, s, gy, r, &coef, group, |y| y > 0.0),
+            Some((r, Act::Relu6)) => {
+                masked_dz(&mut gz, s, gy, r, &coef, group, |y| y > 0.0 && y < 6.0)
+            }
+            Some((r, act)) => masked_dz(&mut gz, s, gy, r, &coef, group, move |y| {
+                act.passes_from_output(y).unwrap_or(true)
+            }),
+        }
         gz
     }
+}
+
+/// `Σ g` and `Σ g·ẑ` per channel over the interior of `s.out`, `g` zeroed where `keep(y)` is
+/// false for the activation output `y` at the same position (`y` = `gy` itself when there is no
+/// mask). Generic over `keep` so each activation's test compiles into the loop, vectorised.
+fn masked_sums<K>(
+    s: &Saved,
+    gy: &[f32],
+    y: &[f32],
+    inv_sb: &[f32],
+    group: usize,
+    keep: K,
+) -> Vec<f64>
+where
+    K: Fn(f32) -> bool + Sync,
+{
+    let st = &s.stats;
+    let c = st.gamma.len();
+    let g = s.out;
+    per_channel_sums(g, c, group, |img, acc| {
+        let (s1, s2) = acc.split_at_mut(c);
+        for row in 0..g.h {
+            let (a, b) = (g.at(img, row, 0) * c, g.at(img, row, g.w) * c);
+            for ((gr, zr), yr) in gy[a..b]
+                .chunks_exact(c)
+                .zip(s.z[a..b].chunks_exact(c))
+                .zip(y[a..b].chunks_exact(c))
+            {
+                for (((((s1, s2), gv), z), yv), (mu, inv)) in s1
+                    .iter_mut()
+                    .zip(s2.iter_mut())
+                    .zip(gr)
+                    .zip(zr)
+                    .zip(yr)
+                    .zip(st.mu_b.iter().zip(inv_sb))
+                {
+                    let gv = if keep(*yv) { *gv } else { 0.0 };
+                    *s1 += gv;
+                    *s2 += gv * ((z - mu) * inv);
+                }
+            }
+        }
+    })
+}
+
+/// `gz ← A·g + B·z + C` per channel (`coef` = A, B, C, `c` each), `g` masked as in
+/// [`masked_sums`]; border zero.
+fn masked_dz<K>(
+    gz: &mut [f32],
+    s: &Saved,
+    gy: &[f32],
+    y: &[f32],
+    coef: &[f32],
+    group: usize,
+    keep: K,
+) where
+    K: Fn(f32) -> bool + Sync,
+{
+    let c = s.stats.gamma.len();
+    let g = s.out;
+    let per = g.rows() / g.n * c;
+    let (ca, cb, cc) = (&coef[..c], &coef[c..2 * c], &coef[2 * c..]);
+    gz.par_chunks_mut(group * per)
+        .zip(gy.par_chunks(group * per))
+        .zip(s.z.par_chunks(group * per))
+        .zip(y.par_chunks(group * per))
+        .for_each(|(((d, gr), zr), yr)| {
+            for (((d, gr), zr), yr) in d
+                .chunks_exact_mut(c)
+                .zip(gr.chunks_exact(c))
+                .zip(zr.chunks_exact(c))
+                .zip(yr.chunks_exact(c))
+            {
+                for (((((d, gv), z), yv), a), (b, cc)) in d
+                    .iter_mut()
+                    .zip(gr)
+                    .zip(zr)
+                    .zip(yr)
+                    .zip(ca)
+                    .zip(cb.iter().zip(cc))
+                {
+                    // The mask: where the activation was flat, the incoming gradient is 0.
+                    let gv = if keep(*yv) { *gv } else { 0.0 };
+                    *d = a * gv + b * z + cc;
+                }
+            }
+            let gg = Geo {
+                n: d.len() / per,
+                ..g
+            };
+            finish(d, gg, c, None);
+        });
 }
 
 /// `g[v] += grad` (taking `grad` over when `g[v]` is empty and the geometries agree), where
@@ -713,8 +763,13 @@ fn bn_apply(s: &Saved, dst: &mut [f32], residual: Option<&[f32]>, act: Option<Ac
         .for_each(|(k, (d, zr))| {
             let res = residual.map_or(empty, |r| &r[k * group * per..][..d.len()]);
             for (p, (d, zr)) in d.chunks_exact_mut(c).zip(zr.chunks_exact(c)).enumerate() {
-                for ch in 0..c {
-                    d[ch] = (zr[ch] - st.mu_f[ch]) * a[ch] + st.beta[ch];
+                for (((d, z), (mu, a)), beta) in d
+                    .iter_mut()
+                    .zip(zr)
+                    .zip(st.mu_f.iter().zip(&a))
+                    .zip(&st.beta)
+                {
+                    *d = (z - mu) * a + beta;
                 }
                 if !res.is_empty() {
                     d.iter_mut()
@@ -825,10 +880,10 @@ fn channel_stats(z: &[f32], g: Geo, c: usize, group: usize) -> (Vec<f32>, Vec<f3
         for y in 0..g.h {
             let line = &z[g.at(img, y, 0) * c..g.at(img, y, g.w) * c];
             for px in line.chunks_exact(c) {
-                for ch in 0..c {
-                    let d = px[ch] - shift[ch];
-                    s1[ch] += d;
-                    s2[ch] += d * d;
+                for (((s1, s2), v), k) in s1.iter_mut().zip(s2.iter_mut()).zip(px).zip(shift) {
+                    let d = v - k;
+                    *s1 += d;
+                    *s2 += d * d;
                 }
             }
         }
@@ -965,7 +1020,7 @@ mod pool {
     use std::cell::RefCell;
 
     /// What one thread keeps between steps, at most.
-    const MAX_BYTES: usize = 1 << 30;
+    const MAX_BYTES: usize = 4 << 30;
 
     thread_local! {
         static FREE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };

@@ -59,7 +59,26 @@ struct Scratch {
     conv: ConvScratch,
 }
 
+thread_local! {
+    /// Kept across calls: an edge predicts batch after batch, and fresh buffers of this size
+    /// come from `mmap` with a page fault per 4 KiB on first touch.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// What one thread's scratch keeps between calls, at most.
+const SCRATCH_KEEP_BYTES: usize = 256 << 20;
+
 impl Scratch {
+    /// Drops free buffers beyond [`SCRATCH_KEEP_BYTES`], largest first.
+    fn trim(&mut self) {
+        self.free.sort_by_key(|v| v.capacity());
+        let mut held: usize = self.free.iter().map(|v| v.capacity() * 4).sum();
+        while held > SCRATCH_KEEP_BYTES {
+            let v = self.free.pop().expect("held > 0");
+            held -= v.capacity() * 4;
+        }
+    }
+
     /// A buffer of `len` floats, contents unspecified.
     fn take(&mut self, len: usize) -> Vec<f32> {
         let best = (0..self.free.len())
@@ -142,21 +161,26 @@ impl FoldedNet {
         // the im2col matrix stays in cache.
         let group = (2048 / (spec.height * spec.width)).clamp(1, 16);
         if n <= group || threads == 1 {
-            let mut s = Scratch::default();
-            for (px, out) in pixels
-                .chunks(group * per)
-                .zip(logits.chunks_mut(group * self.classes))
-            {
-                self.forward_group(px, out, &mut s, threads);
-            }
+            SCRATCH.with_borrow_mut(|s| {
+                for (px, out) in pixels
+                    .chunks(group * per)
+                    .zip(logits.chunks_mut(group * self.classes))
+                {
+                    self.forward_group(px, out, s, threads);
+                }
+                s.trim();
+            });
         } else {
             // Spread the batch over the pool, at least one group per thread.
             let group = group.min(n.div_ceil(threads));
             pixels
                 .par_chunks(group * per)
                 .zip(logits.par_chunks_mut(group * self.classes))
-                .for_each_init(Scratch::default, |s, (px, out)| {
-                    self.forward_group(px, out, s, 1)
+                .for_each(|(px, out)| {
+                    SCRATCH.with_borrow_mut(|s| {
+                        self.forward_group(px, out, s, 1);
+                        s.trim();
+                    })
                 });
         }
         logits

@@ -319,7 +319,9 @@ impl DwConv {
         DwConv { c, win, w, b }
     }
 
-    /// `dst ← act([dst +] x ⊛ w + b)`, as [`FConv::run`].
+    /// `dst ← act([dst +] x ⊛ w + b)`, as [`FConv::run`]. Output rows are split over `threads`
+    /// when the work is large enough: a batch-1 inference has nothing else to run in parallel.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(
         &self,
         x: &[f32],
@@ -328,39 +330,76 @@ impl DwConv {
         border: usize,
         accumulate: bool,
         act: Option<Act>,
+        threads: usize,
     ) -> Geo {
         let out = self.win.out_geo(g, border);
-        let (k, st, c) = (self.win.k, self.win.stride, self.c);
-        let (oy0, ox0) = self.win.offsets(g.pad);
+        let c = self.c;
         assert_eq!(
             dst.len(),
             out.rows() * c,
             "depthwise conv: output buffer size"
         );
-        if !accumulate {
-            dst.fill(0.0);
+        let row_len = (out.w + 2 * out.pad) * c;
+        let rows = out.h + 2 * out.pad;
+        let work = out.n * out.h * out.w * c * self.win.k * self.win.k;
+        let line = |(r, d): (usize, &mut [f32])| {
+            self.line(x, g, out, r / rows, r % rows, d, accumulate, act)
+        };
+        if threads_for(threads, work) > 1 {
+            use rayon::prelude::*;
+            dst.par_chunks_mut(row_len).enumerate().for_each(line);
+        } else {
+            dst.chunks_mut(row_len).enumerate().for_each(line);
         }
-        for img in 0..g.n {
-            for oy in 0..out.h {
-                for ox in 0..out.w {
-                    let at = out.at(img, oy, ox) * c;
-                    let d = &mut dst[at..at + c];
-                    d.iter_mut().zip(&self.b).for_each(|(d, b)| *d += b);
-                    for ky in 0..k {
-                        let src = g.row(img, oy * st + ky + oy0, ox * st + ox0) * c;
-                        let xs = &x[src..src + k * c];
-                        let ws = &self.w[ky * k * c..(ky + 1) * k * c];
-                        for (xv, wv) in xs.chunks_exact(c).zip(ws.chunks_exact(c)) {
-                            d.iter_mut()
-                                .zip(xv.iter().zip(wv))
-                                .for_each(|(d, (x, w))| *d += x * w);
-                        }
-                    }
+        out
+    }
+
+    /// Padded output row `y` of image `img` (`d`, border included).
+    #[allow(clippy::too_many_arguments)]
+    fn line(
+        &self,
+        x: &[f32],
+        g: Geo,
+        out: Geo,
+        img: usize,
+        y: usize,
+        d: &mut [f32],
+        accumulate: bool,
+        act: Option<Act>,
+    ) {
+        let (k, st, c, pad) = (self.win.k, self.win.stride, self.c, out.pad);
+        if y < pad || y >= pad + out.h {
+            d.fill(0.0);
+            return;
+        }
+        let oy = y - pad;
+        let (oy0, ox0) = self.win.offsets(g.pad);
+        d[..pad * c].fill(0.0);
+        d[(pad + out.w) * c..].fill(0.0);
+        for ox in 0..out.w {
+            let o = &mut d[(pad + ox) * c..(pad + ox + 1) * c];
+            if accumulate {
+                o.iter_mut().zip(&self.b).for_each(|(o, b)| *o += b);
+            } else {
+                o.copy_from_slice(&self.b);
+            }
+            for ky in 0..k {
+                let src = g.row(img, oy * st + ky + oy0, ox * st + ox0) * c;
+                let xs = &x[src..src + k * c];
+                let ws = &self.w[ky * k * c..(ky + 1) * k * c];
+                for (xv, wv) in xs.chunks_exact(c).zip(ws.chunks_exact(c)) {
+                    o.iter_mut()
+                        .zip(xv.iter().zip(wv))
+                        .for_each(|(o, (x, w))| *o += x * w);
                 }
             }
+            match act {
+                None => {}
+                Some(Act::Relu) => o.iter_mut().for_each(|v| *v = v.max(0.0)),
+                Some(Act::Relu6) => o.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+                Some(a) => o.iter_mut().for_each(|v| *v = a.apply(*v)),
+            }
         }
-        finish(dst, out, c, act);
-        out
     }
 
     /// `dx += ∂L/∂x` given the output gradient `dy` (geometry `out`); `dx` in geometry `g`.
@@ -435,7 +474,7 @@ impl Kernel {
     ) -> Geo {
         match self {
             Kernel::Dense(f) => f.run(x, g, dst, border, s, accumulate, act, threads),
-            Kernel::Depthwise(d) => d.run(x, g, dst, border, accumulate, act),
+            Kernel::Depthwise(d) => d.run(x, g, dst, border, accumulate, act, threads),
         }
     }
 }

@@ -60,13 +60,15 @@ impl Context {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataArgs {
     /// Dataset: fashion-mnist (Debian's dataset-fashion-mnist), cifar10 or cifar100 (their
-    /// "binary version" tarballs; cifar100 with its 100 fine labels).
+    /// "binary version" tarballs; cifar100 with its 100 fine labels), imagenet-photos (labelled
+    /// ImageNet photographs, test split only).
     #[arg(long, value_enum, default_value_t = DatasetArg::FashionMnist)]
     pub dataset: DatasetArg,
     /// Folder with the dataset's files. fashion-mnist: the four IDX files, .gz or not (default
     /// $CEMA_FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist); cifar10 / cifar100: the
     /// extracted cifar-10-batches-bin / cifar-100-binary folder or the folder holding it
-    /// (default data/).
+    /// (default data/); imagenet-photos: JPEG/PNG files named `…_<class index>` (default
+    /// data/imagenet-photos).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 }
@@ -77,6 +79,9 @@ pub enum DatasetArg {
     FashionMnist,
     Cifar10,
     Cifar100,
+    /// The labelled ImageNet photographs `scripts/setup.sh` installs (data/imagenet-photos), 16
+    /// views each at 224 px, for the EfficientNet-Lite pair; a test split only.
+    ImagenetPhotos,
 }
 
 impl DataArgs {
@@ -85,6 +90,7 @@ impl DataArgs {
             DatasetArg::FashionMnist => Dataset::FashionMnist,
             DatasetArg::Cifar10 => Dataset::Cifar10,
             DatasetArg::Cifar100 => Dataset::Cifar100,
+            DatasetArg::ImagenetPhotos => Dataset::ImagenetPhotos,
         }
     }
 

