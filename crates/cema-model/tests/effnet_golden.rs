@@ -85,3 +85,29 @@ fn efficientnet_lite0_imagenet_weights_match_pytorch() {
 fn efficientnet_lite2_imagenet_weights_match_pytorch() {
     check("lite2", "efficientnet-lite2");
 }
+
+#[test]
+fn a_checkpoint_of_another_architecture_is_refused_naming_the_tensor() {
+    // Lite0's weights under a card that says Lite2: the first tensor whose shape disagrees is
+    // named, and nothing is loaded.
+    let dir = tempfile::tempdir().unwrap();
+    let weights = repo_root().join("models/imagenet/efficientnet-lite0.pth");
+    assert!(
+        weights.exists(),
+        "{}: run scripts/setup.sh",
+        weights.display()
+    );
+    let link = dir.path().join("wrong.pth");
+    std::os::unix::fs::symlink(weights.canonicalize().unwrap(), &link).unwrap();
+    let card = std::fs::read_to_string(repo_root().join("models/imagenet/efficientnet-lite2.json"))
+        .unwrap();
+    let mut card: serde_json::Value = serde_json::from_str(&card).unwrap();
+    card["sha256"] = serde_json::Value::Null;
+    std::fs::write(dir.path().join("wrong.json"), card.to_string()).unwrap();
+    let err = Model::load(&link, &cpu()).unwrap_err().to_string();
+    assert!(
+        err.contains("has shape") || err.contains("is missing") || err.contains("unexpected"),
+        "{err}"
+    );
+    assert!(err.contains("_blocks.") || err.contains("_conv"), "{err}");
+}
