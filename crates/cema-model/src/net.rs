@@ -2,8 +2,8 @@
 //! generic forward (every device, every op) and autodiff w.r.t. any parameter set.
 
 use burn::tensor::activation::{hard_swish, relu, relu6, silu};
-use burn::tensor::module::{adaptive_avg_pool2d, conv2d, max_pool2d};
-use burn::tensor::ops::{ConvOptions, MaxPoolOptions, PadMode};
+use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions, PadMode};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::arch::Arch;
@@ -179,6 +179,17 @@ impl Net {
                     opts.padding = [(*padding, *padding); 2];
                     Value::Spatial(max_pool2d(take(0).spatial(), opts))
                 }
+                Op::AvgPool {
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let mut opts = AvgPoolOptions::new([*kernel; 2]);
+                    opts.stride = [*stride; 2];
+                    opts.padding = [(*padding, *padding); 2];
+                    opts.count_include_pad = true;
+                    Value::Spatial(avg_pool2d(take(0).spatial(), opts))
+                }
                 Op::GlobalAvgPool => {
                     let x = take(0).spatial();
                     let [n, c, _, _] = x.dims();
@@ -274,4 +285,40 @@ pub fn argmax_rows(logits: &[f32], classes: usize) -> Vec<u32> {
             best as u32
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Tensor, TensorData};
+
+    use crate::graph::Builder;
+    use crate::norm::NormMode;
+    use crate::plan::Plan;
+
+    #[test]
+    fn average_pooling_counts_the_padding_and_runs_on_the_generic_path_only() {
+        let device = crate::cpu();
+        let mut b = Builder::new(&device, 0);
+        let x = b.input(1);
+        let x = b.avg_pool(x, 2, 2, 1);
+        let x = b.global_avg_pool(x);
+        b.linear(x, "fc", 1);
+        let (graph, mut store) = (b.graph, b.store);
+        store.set_values(0, vec![1.0]);
+        store.set_values(1, vec![0.0]);
+        // A 2×2 image of ones: every 2×2 window at padding 1 holds one pixel, so each of the
+        // 2×2 outputs is 1/4 when the padding counts, 1 when it does not.
+        let mut net = super::Net {
+            arch: crate::Arch::resnet8(1, 1),
+            graph,
+            store,
+            norms: Vec::new(),
+            stats_momentum: crate::norm::BN_MOMENTUM,
+        };
+        let input = Tensor::<4>::from_data(TensorData::new(vec![1.0f32; 4], [1, 1, 2, 2]), &device);
+        let out = crate::store::tensor_to_vec(net.forward(input, NormMode::Running, false));
+        assert!((out[0] - 0.25).abs() < 1e-6, "{out:?}");
+        let err = Plan::new(&net.graph, &net.store, &net.norms, 2, 2).unwrap_err();
+        assert!(err.contains("average pooling"), "{err}");
+    }
 }

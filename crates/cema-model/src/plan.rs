@@ -188,6 +188,11 @@ impl Plan {
                     };
                     (UnitKind::MaxPool { win }, node.inputs.clone(), i)
                 }
+                Op::AvgPool { .. } => {
+                    return Err(format!(
+                        "node {i}: average pooling (the hand-written paths have no kernel for it)"
+                    ))
+                }
                 Op::GlobalAvgPool => (UnitKind::GlobalAvgPool, node.inputs.clone(), i),
                 Op::Add => (UnitKind::Add { act: None }, node.inputs.clone(), i),
                 Op::Linear { weight, bias } => {

@@ -306,16 +306,6 @@ fn forward_only_passes_match_burns() {
     }
 }
 
-fn rgb(side: usize) -> InputSpec {
-    InputSpec {
-        height: side,
-        width: side,
-        channels: 3,
-        mean: vec![127.0 / 255.0; 3],
-        std: vec![128.0 / 255.0; 3],
-    }
-}
-
 #[test]
 fn efficientnet_lite_matches_autodiff() {
     // Depthwise convolutions (their input gradient is a scatter), TensorFlow "SAME" padding

@@ -138,16 +138,6 @@ fn wrong_pixel_count_is_an_input_error() {
     assert!(err.to_string().contains("expected 784"), "{err}");
 }
 
-fn rgb(side: usize) -> InputSpec {
-    InputSpec {
-        height: side,
-        width: side,
-        channels: 3,
-        mean: vec![127.0 / 255.0; 3],
-        std: vec![128.0 / 255.0; 3],
-    }
-}
-
 #[test]
 fn efficientnet_lite_matches_the_generic_forward() {
     // Depthwise 3×3 and 5×5 convolutions, inverted residuals without an activation after the

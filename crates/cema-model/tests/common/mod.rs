@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 
-use cema_model::{Arch, Kind, Model, ModelCard};
+use cema_model::{Arch, InputSpec, Kind, Model, ModelCard};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -76,4 +76,15 @@ pub fn pixels(n: usize, per: usize, seed: usize) -> Vec<u8> {
     (0..n * per)
         .map(|i| ((i + seed).wrapping_mul(2_654_435_761) >> 9) as u8)
         .collect()
+}
+
+/// An RGB input of `side`×`side` with EfficientNet-Lite's normalisation, (x − 127)/128.
+pub fn rgb(side: usize) -> InputSpec {
+    InputSpec {
+        height: side,
+        width: side,
+        channels: 3,
+        mean: vec![127.0 / 255.0; 3],
+        std: vec![128.0 / 255.0; 3],
+    }
 }
