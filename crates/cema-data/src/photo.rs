@@ -212,3 +212,62 @@ fn splitmix64(x: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(path: &Path) {
+        image::RgbImage::from_pixel(40, 30, image::Rgb([10, 200, 30]))
+            .save(path)
+            .unwrap();
+    }
+
+    #[test]
+    fn photographs_become_labelled_views_and_bad_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        png(&dir.path().join("cat_281.png"));
+        png(&dir.path().join("dog_207.png"));
+        let set = load_imagenet_photos(dir.path(), 16, 3).unwrap();
+        assert_eq!(
+            (set.len(), set.height, set.width, set.channels),
+            (6, 16, 16, 3)
+        );
+        assert_eq!(set.labels, [281, 207, 281, 207, 281, 207]);
+        // A name without a class index, and one past 999: refused, naming the file.
+        png(&dir.path().join("holiday.png"));
+        let err = load_imagenet_photos(dir.path(), 16, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("holiday.png") && err.contains("class index"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join("holiday.png")).unwrap();
+        png(&dir.path().join("x_1000.png"));
+        let err = load_imagenet_photos(dir.path(), 16, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x_1000.png"), "{err}");
+        // A file that is not an image, and a folder with none.
+        std::fs::write(dir.path().join("x_1000.png"), b"not a png").unwrap();
+        let err = load_photo(&dir.path().join("x_1000.png"), (16, 16, 3), Prepare::Exact)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x_1000.png"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        let err = load_imagenet_photos(empty.path(), 16, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no images"), "{err}");
+    }
+
+    #[test]
+    fn imagenet_photos_have_no_training_split() {
+        let err = crate::Dataset::ImagenetPhotos
+            .load(Some(Path::new("/nonexistent")), crate::Split::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test split only"), "{err}");
+    }
+}

@@ -366,13 +366,18 @@ impl Builder {
     }
 
     pub fn act(&mut self, x: ValueId, act: Act) -> ValueId {
-        let c = self.channels[x];
-        self.node(Op::Act(act), vec![x], c)
+        self.unary(x, Op::Act(act))
     }
 
     pub fn add(&mut self, a: ValueId, b: ValueId) -> ValueId {
         let c = self.channels[a];
         self.node(Op::Add, vec![a, b], c)
+    }
+
+    /// A node that keeps its input's channel count.
+    fn unary(&mut self, x: ValueId, op: Op) -> ValueId {
+        let c = self.channels[x];
+        self.node(op, vec![x], c)
     }
 
     pub fn max_pool(
@@ -382,13 +387,14 @@ impl Builder {
         stride: usize,
         padding: usize,
     ) -> ValueId {
-        let c = self.channels[x];
-        let op = Op::MaxPool {
-            kernel,
-            stride,
-            padding,
-        };
-        self.node(op, vec![x], c)
+        self.unary(
+            x,
+            Op::MaxPool {
+                kernel,
+                stride,
+                padding,
+            },
+        )
     }
 
     // No architecture average-pools yet; the op is tested in net.rs.
@@ -400,18 +406,18 @@ impl Builder {
         stride: usize,
         padding: usize,
     ) -> ValueId {
-        let c = self.channels[x];
-        let op = Op::AvgPool {
-            kernel,
-            stride,
-            padding,
-        };
-        self.node(op, vec![x], c)
+        self.unary(
+            x,
+            Op::AvgPool {
+                kernel,
+                stride,
+                padding,
+            },
+        )
     }
 
     pub fn global_avg_pool(&mut self, x: ValueId) -> ValueId {
-        let c = self.channels[x];
-        self.node(Op::GlobalAvgPool, vec![x], c)
+        self.unary(x, Op::GlobalAvgPool)
     }
 
     /// PyTorch's `nn.Linear` default: U(−1/√fan_in, 1/√fan_in) for weight and bias.
