@@ -250,6 +250,10 @@ impl CloudAdapter {
     /// 4B samples. Publishes the student's norm state as version v+1, or returns `None` when
     /// there was nothing to learn from.
     pub fn step(&mut self) -> Result<Option<NormState>, AdaptError> {
+        // Refused before anything is learned: a version must never repeat or regress.
+        if self.version >= cema_wire::MAX_NORM_VERSION {
+            return Err(AdaptError::VersionExhausted(self.version));
+        }
         let b = self.config.batch;
         // The replay sampler is seeded per round from (seed, version) rather than carried along,
         // so a session restored from a snapshot draws exactly what it would have drawn.

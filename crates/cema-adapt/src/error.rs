@@ -7,6 +7,8 @@ pub enum AdaptError {
     WrongModel { expected: String, found: String },
     #[error("norm state version {offered} is not newer than the installed version {current}")]
     StaleVersion { current: u64, offered: u64 },
+    #[error("norm state version {0} is the last one the protocol allows: no next version can be published")]
+    VersionExhausted(u64),
     #[error("foundation and student are incompatible: {0}")]
     Incompatible(String),
     #[error("cloud snapshot: {0}")]

@@ -1,21 +1,31 @@
-//! The HTTP transport of protocol v1 (docs/protocol.md) over [`Cloud`], with axum.
+//! The HTTP transport of protocol v1 (docs/protocol.md) over [`Cloud`], with axum on hyper:
+//! HTTP/1.1 and HTTP/2 over cleartext (prior knowledge), with header, idle and body timeouts,
+//! a connection cap, and a shutdown that drains within a deadline.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cema_wire::{
-    encode_frame, ApiError, NORM_STATE_CONTENT_TYPE, PROTOCOL_VERSION, UPDATES_CONTENT_TYPE,
+    encode_frame, ApiError, ErrorCode, NORM_STATE_CONTENT_TYPE, PROTOCOL_VERSION,
+    UPDATES_CONTENT_TYPE,
 };
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
 
 use crate::service::{Cloud, Refusal};
 
@@ -27,15 +37,43 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 struct App {
     cloud: Arc<Cloud>,
     shutdown: watch::Receiver<bool>,
+    limits: HttpLimits,
+}
+
+/// How the transport guards itself against slow, idle and too many clients.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Open connections at most; past it a new connection gets a 503 `unavailable` and is closed.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this, and an idle keep-alive connection is closed
+    /// after it.
+    pub header_timeout: Duration,
+    /// A request body may pause at most this long between chunks ...
+    pub body_idle: Duration,
+    /// ... and must arrive whole within this (at 8 MiB, a 1.2 Mbit/s link).
+    pub body_total: Duration,
+    /// On shutdown, in-flight requests get this long to finish before connections are cut.
+    pub drain: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(20),
+            body_idle: Duration::from_secs(10),
+            body_total: Duration::from_secs(60),
+            drain: Duration::from_secs(10),
+        }
+    }
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.status()).expect("error codes carry valid statuses");
         let body = ApiError {
-            code: self.code.to_string(),
-            message: self.message,
             expected_seq: self.expected_seq,
+            ..ApiError::new(self.code, self.message)
         };
         let mut resp = (status, Json(body)).into_response();
         if let Some(s) = self.retry_after_s {
@@ -48,33 +86,156 @@ impl IntoResponse for Refusal {
 
 /// The router of every endpoint. `shutdown` turning true ends the update streams, so that a
 /// graceful shutdown does not wait on them forever.
-pub fn router(cloud: Arc<Cloud>, shutdown: watch::Receiver<bool>) -> Router {
+pub fn router(cloud: Arc<Cloud>, shutdown: watch::Receiver<bool>, limits: HttpLimits) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/sessions", get(sessions))
         .route("/v1/devices/{device}/session", put(open_session))
         .route("/v1/devices/{device}/uploads", post(upload))
         .route("/v1/devices/{device}/updates", get(updates))
         .route("/v1/devices/{device}/state", get(state))
-        .with_state(App { cloud, shutdown })
+        .fallback(|uri: Uri| async move {
+            Refusal::new(ErrorCode::NotFound, format!("no route {}", uri.path())).into_response()
+        })
+        .method_not_allowed_fallback(|uri: Uri| async move {
+            let msg = format!("{} does not take this method", uri.path());
+            Refusal::new(ErrorCode::MethodNotAllowed, msg).into_response()
+        })
+        .with_state(App {
+            cloud,
+            shutdown,
+            limits,
+        })
 }
 
-/// Serves until `signal` resolves, then drains: update streams end, in-flight requests finish.
+/// [`serve_with`] under the default [`HttpLimits`].
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     cloud: Arc<Cloud>,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, cloud, HttpLimits::default(), signal).await
+}
+
+/// Serves until `signal` resolves, then drains: the listener closes, update streams end,
+/// in-flight requests get `limits.drain` to finish; connections still open then are cut.
+pub async fn serve_with(
+    listener: TcpListener,
+    cloud: Arc<Cloud>,
+    limits: HttpLimits,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (tx, rx) = watch::channel(false);
-    let app = router(cloud, rx);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            signal.await;
-            let _ = tx.send(true);
-        })
-        .await
+    let app = router(cloud.clone(), rx, limits.clone());
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(signal);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was accepted:
+                    // the listener itself is fine; back off a moment instead of spinning.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut signal => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            cloud.metrics.reject(ErrorCode::Unavailable);
+            tokio::spawn(refuse_connection(stream, limits.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        let header_timeout = limits.header_timeout;
+        let open = cloud.metrics.connections.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            open.inc();
+            // hyper's protocol sniff (HTTP/1 or the HTTP/2 preface) has no timeout of its own.
+            if first_bytes(&stream, header_timeout).await {
+                let mut b = auto::Builder::new(TokioExecutor::new());
+                b.http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                b.http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Some(header_timeout))
+                    .keep_alive_timeout(header_timeout);
+                let conn = b.serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!("connection: {e}");
+                }
+            }
+            open.dec();
+        });
+    }
+    drop(listener);
+    let _ = tx.send(true);
+    let t = Instant::now();
+    let open = graceful.count();
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!(open, seconds = t.elapsed().as_secs_f64(), "drained"),
+        () = tokio::time::sleep(limits.drain) => {
+            tracing::warn!(open, "connections still open after the {:?} drain deadline: cut", limits.drain);
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the client has sent enough to tell HTTP/1 from the HTTP/2 preface (or closed),
+/// at most `within`. False: nothing usable came in time.
+async fn first_bytes(stream: &TcpStream, within: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let sniff = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = stream.peek(&mut buf).await.unwrap_or(0);
+            if n == 0 || n == PREFACE.len() || buf[..n] != PREFACE[..n] {
+                return n > 0;
+            }
+            // A partial preface: peek returns at once while bytes are waiting.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(within, sniff).await.unwrap_or(false)
+}
+
+/// Past the connection cap: one HTTP/1.1 503 with an [`ApiError`], then close (after reading
+/// what the client sent, for at most a second: see [`read_body`] on resets).
+async fn refuse_connection(mut stream: TcpStream, cap: usize) {
+    let refusal = Refusal {
+        retry_after_s: Some(1),
+        ..Refusal::new(
+            ErrorCode::Unavailable,
+            format!("the cloud holds its maximum of {cap} connections"),
+        )
+    };
+    let body = serde_json::to_vec(&ApiError::new(refusal.code, refusal.message))
+        .expect("serialising an error body");
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut buf = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await;
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await?;
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 fn refuse(cloud: &Cloud, r: Refusal) -> Response {
@@ -82,12 +243,28 @@ fn refuse(cloud: &Cloud, r: Refusal) -> Response {
     r.into_response()
 }
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
+/// The query string as `T`, read only after the request is authorised: a bad query is a JSON
+/// `bad_request` like every other refusal.
+fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Refusal> {
+    Query::<T>::try_from_uri(uri)
+        .map(|Query(q)| q)
+        .map_err(|e| {
+            Refusal::bad_request(format!(
+                "query `{}`: {}",
+                uri.query().unwrap_or(""),
+                e.body_text()
+            ))
+        })
 }
 
 /// Reads the body under the hard limit; an over-long body (declared or actual) is refused
@@ -98,9 +275,18 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// bytes were never read makes the kernel send a reset, and a reset that reaches the client
 /// before it reads the 413 discards that response, so the edge would see "peer disconnected"
 /// instead of `too_large`. Past either bound the connection is closed anyway.
-async fn read_body(cloud: &Cloud, headers: &HeaderMap, body: Body) -> Result<Bytes, Refusal> {
+///
+/// A body that stalls for `limits.body_idle`, or is not whole after `limits.body_total`, is
+/// refused with `request_timeout` (a slow client must not hold a connection forever).
+async fn read_body(
+    cloud: &Cloud,
+    limits: &HttpLimits,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, Refusal> {
     use futures_util::StreamExt;
     let limit = cloud.options().max_body;
+    let deadline = tokio::time::Instant::now() + limits.body_total;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -111,7 +297,20 @@ async fn read_body(cloud: &Cloud, headers: &HeaderMap, body: Body) -> Result<Byt
         return Err(Refusal::too_large(n, limit));
     }
     let mut buf = Vec::with_capacity(declared.unwrap_or(0));
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let wait = deadline.min(tokio::time::Instant::now() + limits.body_idle);
+        let Ok(next) = tokio::time::timeout_at(wait, stream.next()).await else {
+            return Err(Refusal::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the body stalled after {} bytes (a pause over {:?}, or not whole within {:?})",
+                    buf.len(),
+                    limits.body_idle,
+                    limits.body_total
+                ),
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk
             .map_err(|e| Refusal::bad_request(format!("body could not be read whole: {e}")))?;
         if buf.len() + chunk.len() > limit {
@@ -147,6 +346,19 @@ async fn drain(
     .await;
 }
 
+/// Ready to take uploads: the models are loaded (they are, once the server runs) and the store
+/// writes. 503 `unavailable` otherwise, e.g. while the disk is full.
+async fn ready(State(app): State<App>) -> Response {
+    let cloud = app.cloud.clone();
+    match tokio::task::spawn_blocking(move || cloud.ready()).await {
+        Ok(Ok(())) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(Err(e)) => Refusal::unavailable(format!("not ready: {e}")).into_response(),
+        Err(e) => {
+            Refusal::new(ErrorCode::Internal, format!("readiness check: {e}")).into_response()
+        }
+    }
+}
+
 async fn health(State(app): State<App>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "status": "ok",
@@ -157,15 +369,28 @@ async fn health(State(app): State<App>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn metrics(State(app): State<App>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.cloud.metrics.render(),
-    )
+/// Prometheus' classic text format, or OpenMetrics for a scraper that asks for it.
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let m = &app.cloud.metrics;
+    if accept.contains("application/openmetrics-text") {
+        (
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+            m.render(),
+        )
+    } else {
+        (
+            [(header::CONTENT_TYPE, CLASSIC_CONTENT_TYPE)],
+            m.render_classic(),
+        )
+    }
 }
+
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 async fn sessions(State(app): State<App>) -> impl IntoResponse {
     Json(app.cloud.sessions_view())
@@ -217,7 +442,7 @@ fn html_escape(s: &str) -> String {
 /// The preamble of every device request that carries a body: authorise, read the body within
 /// the size limit, then run `work` on a blocking thread (it touches the store and may fsync).
 async fn device_call<T, F>(
-    cloud: &Arc<Cloud>,
+    app: &App,
     device: String,
     headers: &HeaderMap,
     body: Body,
@@ -228,13 +453,14 @@ where
     T: Send + 'static,
     F: FnOnce(&Cloud, &str, &[u8]) -> Result<T, Refusal> + Send + 'static,
 {
+    let cloud = &app.cloud;
     if let Err(r) = cloud.authorize(&device, bearer(headers)) {
         // Read the body first (bounded, see `read_body`): refusing with it unread resets the
         // connection, which loses the 401 or breaks the client's next request on it.
         drain(body.into_data_stream(), cloud.options().max_body).await;
         return Err(r);
     }
-    let bytes = read_body(cloud, headers, body).await?;
+    let bytes = read_body(cloud, &app.limits, headers, body).await?;
     let c = cloud.clone();
     tokio::task::spawn_blocking(move || work(&c, &device, &bytes))
         .await
@@ -247,14 +473,13 @@ async fn open_session(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let cloud = app.cloud.clone();
-    let result = device_call(&cloud, device, &headers, body, "session", |c, d, b| {
+    let result = device_call(&app, device, &headers, body, "session", |c, d, b| {
         c.open_session(d, b)
     })
     .await;
     match result {
         Ok(info) => Json(info).into_response(),
-        Err(r) => refuse(&cloud, r),
+        Err(r) => refuse(&app.cloud, r),
     }
 }
 
@@ -267,16 +492,28 @@ struct UploadQuery {
 async fn upload(
     State(app): State<App>,
     Path(device): Path<String>,
-    Query(q): Query<UploadQuery>,
+    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let cloud = app.cloud.clone();
-    let result = device_call(&cloud, device, &headers, body, "upload", |c, d, b| {
-        c.upload(d, b)
-    })
-    .await;
-    let (mut ack, session) = match result {
+    // Authorised first; the query is checked before the body is taken, so a bad query changes
+    // nothing.
+    let result = match cloud
+        .authorize(&device, bearer(&headers))
+        .and_then(|()| query::<UploadQuery>(&uri))
+    {
+        Ok(q) => device_call(&app, device, &headers, body, "upload", |c, d, b| {
+            c.upload(d, b)
+        })
+        .await
+        .map(|x| (q, x)),
+        Err(r) => {
+            drain(body.into_data_stream(), cloud.options().max_body).await;
+            Err(r)
+        }
+    };
+    let (q, (mut ack, session)) = match result {
         Ok(x) => x,
         Err(r) => return refuse(&cloud, r),
     };
@@ -296,13 +533,17 @@ struct UpdatesQuery {
 async fn updates(
     State(app): State<App>,
     Path(device): Path<String>,
-    Query(q): Query<UpdatesQuery>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let cloud = app.cloud.clone();
-    if let Err(r) = cloud.authorize(&device, bearer(&headers)) {
-        return refuse(&cloud, r);
-    }
+    let q = match cloud
+        .authorize(&device, bearer(&headers))
+        .and_then(|()| query::<UpdatesQuery>(&uri))
+    {
+        Ok(q) => q,
+        Err(r) => return refuse(&cloud, r),
+    };
     let session = match cloud.session(&device) {
         Ok(s) => s,
         Err(r) => return refuse(&cloud, r),

@@ -7,5 +7,6 @@ pub mod metrics;
 pub mod service;
 pub mod store;
 
+pub use http::HttpLimits;
 pub use service::{Cloud, CloudOptions, Published, Refusal, Session, SessionView};
 pub use store::{RedbStore, SessionRecord, SessionStore, StoreError};

@@ -12,12 +12,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use cema_adapt::{CloudAdapter, CloudConfig, CloudSnapshot};
 use cema_model::{cpu, Device, Model, NormState};
-use cema_wire::{decode_upload, Dtype, SessionInfo, UploadAck, WireError, PROTOCOL_VERSION};
+use cema_wire::{
+    decode_upload, Dtype, ErrorCode, SessionInfo, UploadAck, WireError, MAX_NORM_VERSION,
+    PROTOCOL_VERSION,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::store::{RedbStore, SessionRecord, SessionStore};
+use crate::store::{RedbStore, SessionRecord, SessionStore, StoreError};
 
 /// Everything `cema cloud` is configured with.
 #[derive(Debug, Clone)]
@@ -58,20 +61,19 @@ impl CloudOptions {
     }
 }
 
-/// Why a request was refused: an HTTP status, a stable code and a message naming the fault.
+/// Why a request was refused: a stable code (which fixes the HTTP status) and a message naming
+/// the fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub status: u16,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub expected_seq: Option<u64>,
     pub retry_after_s: Option<u64>,
 }
 
 impl Refusal {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Refusal {
-            status,
             code,
             message: message.into(),
             expected_seq: None,
@@ -79,20 +81,30 @@ impl Refusal {
         }
     }
     pub fn unauthorized() -> Self {
-        Refusal::new(401, "unauthorized", "unknown device or bad token")
+        Refusal::new(ErrorCode::Unauthorized, "unknown device or bad token")
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Refusal::new(400, "bad_request", message)
+        Refusal::new(ErrorCode::BadRequest, message)
     }
     pub fn too_large(size: usize, limit: usize) -> Self {
         Refusal::new(
-            413,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("body of {size} bytes exceeds the limit of {limit}"),
         )
     }
+    /// The store cannot write now; nothing was changed and the client should retry.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Refusal {
+            retry_after_s: Some(2),
+            ..Refusal::new(ErrorCode::Unavailable, message)
+        }
+    }
     fn internal(message: impl Into<String>) -> Self {
-        Refusal::new(500, "internal", message)
+        Refusal::new(ErrorCode::Internal, message)
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code.status()
     }
 }
 
@@ -351,8 +363,7 @@ impl Cloud {
             .cloned()
             .ok_or_else(|| {
                 Refusal::new(
-                    404,
-                    "no_session",
+                    ErrorCode::NoSession,
                     format!(
                         "device `{device}` has no session: PUT /v1/devices/{device}/session first"
                     ),
@@ -367,13 +378,18 @@ impl Cloud {
             .map_err(|e| Refusal::bad_request(e.to_string()))?;
         if state.model_id != self.model_id {
             return Err(Refusal::new(
-                404,
-                "unknown_model",
+                ErrorCode::UnknownModel,
                 format!(
                     "model `{}` is not served here (this cloud serves `{}`)",
                     state.model_id, self.model_id
                 ),
             ));
+        }
+        if state.version >= MAX_NORM_VERSION {
+            return Err(Refusal::bad_request(format!(
+                "norm state version {} leaves no next version (the last is {MAX_NORM_VERSION})",
+                state.version
+            )));
         }
         let mut sessions = self.sessions.write().expect("sessions lock");
         if let Some(s) = sessions.get(device) {
@@ -401,7 +417,7 @@ impl Cloud {
         };
         self.store
             .create(device, &record, &adapter.snapshot().to_bytes())
-            .map_err(|e| Refusal::internal(e.to_string()))?;
+            .map_err(|e| self.store_refusal(e))?;
         let session = self.make_session(device, adapter, &record);
         sessions.insert(device.to_string(), session);
         self.metrics.sessions.set(sessions.len() as i64);
@@ -423,8 +439,7 @@ impl Cloud {
         let h = &up.header;
         if h.model_id != self.model_id {
             return Err(Refusal::new(
-                404,
-                "unknown_model",
+                ErrorCode::UnknownModel,
                 format!(
                     "model `{}` is not served here (this cloud serves `{}`)",
                     h.model_id, self.model_id
@@ -461,8 +476,7 @@ impl Cloud {
             return Err(Refusal {
                 expected_seq: Some(*next),
                 ..Refusal::new(
-                    409,
-                    "bad_sequence",
+                    ErrorCode::BadSequence,
                     format!("upload {} is {what}: the next expected is {}", h.seq, *next),
                 )
             });
@@ -472,15 +486,14 @@ impl Cloud {
             return Err(Refusal {
                 retry_after_s: Some(1),
                 ..Refusal::new(
-                    429,
-                    "overloaded",
+                    ErrorCode::Overloaded,
                     format!("{queued} uploads of this device are waiting to be learned from"),
                 )
             });
         }
         self.store
             .append_upload(device, h.seq, &up.pixels)
-            .map_err(|e| Refusal::internal(e.to_string()))?;
+            .map_err(|e| self.store_refusal(e))?;
         *next = h.seq + 1;
         let n = h.n as u64;
         session.queue.lock().expect("queue lock").push_back(Queued {
@@ -511,6 +524,23 @@ impl Cloud {
             },
             session,
         ))
+    }
+
+    /// A storage failure (disk full) is 503 with a retry hint: nothing changed and the same
+    /// request succeeds once the store can write again. Anything else is the cloud's fault.
+    fn store_refusal(&self, e: StoreError) -> Refusal {
+        self.metrics.store_errors.inc();
+        if e.io {
+            Refusal::unavailable(e.to_string())
+        } else {
+            Refusal::internal(e.to_string())
+        }
+    }
+
+    /// Whether this cloud can take uploads now: its store writes (trying to recover it first).
+    pub fn ready(&self) -> Result<(), String> {
+        let room = self.options.max_body as u64;
+        self.store.ready(room).map_err(|e| e.to_string())
     }
 
     fn schedule(&self, session: &Arc<Session>) {
@@ -555,9 +585,11 @@ impl Cloud {
         session.queue.lock().expect("queue lock").pop_front();
         self.metrics.queued.dec();
         if let Err(e) = committed {
-            // Not committed: nothing is published; the upload stays in the log and the durable
-            // state is learned forward from it again after a restart.
+            self.metrics.store_errors.inc();
+            // Not committed: nothing is published (so no version is seen that a restart could
+            // take back); the upload stays in the log and the next commit covers this round.
             tracing::error!(device = session.device, "commit failed: {e}");
+            session.applied.send_replace(Some(item.seq));
             return;
         }
         {

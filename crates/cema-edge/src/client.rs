@@ -69,6 +69,28 @@ impl CloudClient {
         &self.device
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Checks a cloud base URL before anything is sent to it: `http://HOST[:PORT][/PATH]`.
+    /// (The edge speaks plain HTTP; TLS is a reverse proxy's job.)
+    pub fn check_base(base: &str) -> Result<(), String> {
+        let uri: ureq::http::Uri = base
+            .parse()
+            .map_err(|e| format!("cloud URL `{base}`: {e}"))?;
+        match (uri.scheme_str(), uri.host()) {
+            (Some("http"), Some(h)) if !h.is_empty() => Ok(()),
+            (Some("https"), _) => Err(format!(
+                "cloud URL `{base}`: the edge speaks plain http (put TLS in a reverse proxy)"
+            )),
+            (None, _) => Err(format!(
+                "cloud URL `{base}` has no scheme: expected http://HOST:PORT"
+            )),
+            _ => Err(format!("cloud URL `{base}`: expected http://HOST:PORT")),
+        }
+    }
+
     fn url(&self, what: &str) -> String {
         format!("{}/v1/devices/{}/{what}", self.base, self.device)
     }

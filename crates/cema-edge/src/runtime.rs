@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use cema_adapt::{gather, EdgeAdapter, EdgeConfig};
 use cema_data::ImageSet;
 use cema_model::{Model, NormMode, NormState};
+use cema_wire::{ErrorCode, UploadStamp};
 use serde::Serialize;
 
 use crate::client::{ClientError, CloudClient};
@@ -77,6 +78,8 @@ pub struct EdgeReport {
     pub norm_version: u64,
     pub updates_applied: u64,
     pub updates_rejected: u64,
+    /// Calls to the cloud that got no answer (unreachable, dropped, timed out), all retried.
+    pub network_errors: u64,
     pub seconds: f64,
 }
 
@@ -110,6 +113,23 @@ pub enum EdgeError {
     Client(#[from] ClientError),
     #[error("{0}")]
     Input(String),
+    /// The cloud refused this device in a way no retry fixes (its token, its model).
+    #[error("the cloud refused this device: {0}")]
+    Refused(ClientError),
+}
+
+impl EdgeError {
+    /// A fault of the configuration (input, URL, token, model), not of the run: the CLI's exit 2.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            EdgeError::Input(_) | EdgeError::Refused(_) => true,
+            EdgeError::Client(ClientError::Refused { error, .. }) => matches!(
+                error.error_code(),
+                Some(ErrorCode::Unauthorized | ErrorCode::UnknownModel | ErrorCode::NotFound)
+            ),
+            _ => false,
+        }
+    }
 }
 
 /// Runs `model` over `stream` (in order, batches of `options.batch`) against the cloud,
@@ -126,6 +146,7 @@ pub fn run_stream(
     if options.batch == 0 {
         return Err(EdgeError::Input("batch size must be positive".into()));
     }
+    CloudClient::check_base(&options.cloud).map_err(EdgeError::Input)?;
     let t0 = Instant::now();
     let model_id = model.card.name.clone();
     let i = model.card.input.clone();
@@ -146,10 +167,7 @@ pub fn run_stream(
             Some(Uplink::start(
                 client.clone(),
                 UplinkConfig {
-                    model_id: model_id.clone(),
-                    height: i.height as u16,
-                    width: i.width as u16,
-                    channels: i.channels as u8,
+                    stamp: stamp(&model_id, &i),
                     max_queued_samples: options.max_queued_samples,
                     kbps: options.uplink_kbps,
                 },
@@ -166,7 +184,7 @@ pub fn run_stream(
             &options.token,
             Duration::from_secs(300),
         );
-        SyncLink::new(patient, &model_id, &i)
+        SyncLink::new(patient, stamp(&model_id, &i))
     });
     let mut report = EdgeReport {
         device: options.device.clone(),
@@ -209,6 +227,10 @@ pub fn run_stream(
             report.dropped = c.dropped_samples;
             report.refused = c.refused_samples;
             report.bytes_up = c.bytes_up + c.session_bytes_up;
+            report.network_errors = c.network_errors;
+            if let Some(e) = u.fatal() {
+                return Err(EdgeError::Refused(e));
+            }
         } else if let Some(s) = &mut sync {
             if let Some(state) = s.round(&up, out.upload.len(), edge.version(), &mut report)? {
                 report.bytes_down += state.to_bytes().len() as u64;
@@ -224,7 +246,11 @@ pub fn run_stream(
         }
     }
     if let Some(u) = uplink {
+        if let Some(e) = u.fatal() {
+            return Err(EdgeError::Refused(e));
+        }
         let c = u.finish(options.drain);
+        report.network_errors = c.network_errors;
         report.uploaded = c.acked_samples;
         report.dropped = c.dropped_samples;
         report.refused = c.refused_samples;
@@ -294,20 +320,27 @@ fn apply(
     }
 }
 
+fn stamp(model_id: &str, i: &cema_model::InputSpec) -> UploadStamp {
+    UploadStamp {
+        model_id: model_id.to_string(),
+        height: i.height as u16,
+        width: i.width as u16,
+        channels: i.channels as u8,
+    }
+}
+
 /// The synchronous link: every call waits for the cloud.
 struct SyncLink {
     client: CloudClient,
-    model_id: String,
-    geometry: (u16, u16, u8),
+    stamp: UploadStamp,
     next_seq: u64,
 }
 
 impl SyncLink {
-    fn new(client: CloudClient, model_id: &str, i: &cema_model::InputSpec) -> Self {
+    fn new(client: CloudClient, stamp: UploadStamp) -> Self {
         SyncLink {
             client,
-            model_id: model_id.to_string(),
-            geometry: (i.height as u16, i.width as u16, i.channels as u8),
+            stamp,
             next_seq: 0,
         }
     }
@@ -326,17 +359,7 @@ impl SyncLink {
         version: u64,
         report: &mut EdgeReport,
     ) -> Result<Option<NormState>, EdgeError> {
-        let header = cema_wire::UploadHeader {
-            seq: self.next_seq,
-            norm_version: version,
-            model_id: self.model_id.clone(),
-            n: n as u32,
-            height: self.geometry.0,
-            width: self.geometry.1,
-            channels: self.geometry.2,
-            dtype: cema_wire::Dtype::U8,
-        };
-        let body = cema_wire::encode_upload(&header, pixels);
+        let body = self.stamp.encode(self.next_seq, version, pixels);
         let ack = self.client.upload(&body, true)?;
         self.next_seq = ack.next_seq;
         report.uploaded += n as u64;

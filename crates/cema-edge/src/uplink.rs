@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cema_wire::{encode_upload, Dtype, UploadHeader};
+use cema_wire::{ErrorCode, UploadStamp};
 
 use crate::client::{ClientError, CloudClient};
 
@@ -39,6 +39,8 @@ pub struct UplinkCounters {
     pub sessions_opened: u64,
     /// The cloud's published version at the last session opening.
     pub session_version: u64,
+    /// Calls that got no answer (cloud unreachable, connection dropped, timeout).
+    pub network_errors: u64,
 }
 
 struct Shared {
@@ -48,15 +50,15 @@ struct Shared {
     session_state: Option<Vec<u8>>,
     session_open: bool,
     counters: UplinkCounters,
+    /// A refusal no retry can fix (a bad token, a model the cloud does not serve): the thread
+    /// stops and the runtime ends the stream with it.
+    fatal: Option<ClientError>,
 }
 
-/// Geometry and identity stamped on every upload.
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {
-    pub model_id: String,
-    pub height: u16,
-    pub width: u16,
-    pub channels: u8,
+    /// Model id and geometry stamped on every upload.
+    pub stamp: UploadStamp,
     /// Queue bound, samples.
     pub max_queued_samples: usize,
     /// Uplink budget in kilobits per second (`None`: unlimited).
@@ -79,6 +81,7 @@ impl Uplink {
                 session_state: None,
                 session_open: false,
                 counters: UplinkCounters::default(),
+                fatal: None,
             }),
             Condvar::new(),
         ));
@@ -140,6 +143,11 @@ impl Uplink {
         self.shared.0.lock().expect("uplink lock").counters.clone()
     }
 
+    /// The refusal that stopped the uplink for good, if one did.
+    pub fn fatal(&self) -> Option<ClientError> {
+        self.shared.0.lock().expect("uplink lock").fatal.clone()
+    }
+
     /// Uploads not yet acknowledged.
     pub fn backlog(&self) -> usize {
         self.shared.0.lock().expect("uplink lock").queue.len()
@@ -148,7 +156,7 @@ impl Uplink {
     /// Waits up to `deadline` for the queue to drain, then stops the thread.
     pub fn finish(mut self, deadline: Duration) -> UplinkCounters {
         let t = Instant::now();
-        while self.backlog() > 0 && t.elapsed() < deadline {
+        while self.backlog() > 0 && self.fatal().is_none() && t.elapsed() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.stop.store(true, Ordering::Release);
@@ -201,6 +209,7 @@ fn run(
     let (m, cv) = &*shared;
     let mut next_seq = 0u64;
     let mut backoff = Backoff::default();
+    let mut link = LinkHealth::default();
     let mut budget = Budget {
         bytes_per_s: config.kbps.map(|k| k * 1000.0 / 8.0),
         tokens: 0.0,
@@ -220,7 +229,13 @@ fn run(
             }
         };
         if let Some(state) = session {
-            match client.open_session(&state) {
+            let opened = client.open_session(&state);
+            link.observe(
+                &client,
+                &opened,
+                &mut m.lock().expect("uplink lock").counters,
+            );
+            match opened {
                 Ok(info) => {
                     next_seq = info.next_seq;
                     let mut s = m.lock().expect("uplink lock");
@@ -237,10 +252,16 @@ fn run(
                         "session open"
                     );
                 }
-                Err(e) => {
+                Err(e) if is_fatal(&e) => {
+                    tracing::error!(device = client.device(), "opening the session: {e}");
+                    m.lock().expect("uplink lock").fatal = Some(e);
+                    return;
+                }
+                Err(e @ ClientError::Refused { .. }) => {
                     tracing::warn!(device = client.device(), "opening the session: {e}");
                     backoff.sleep(&stop);
                 }
+                Err(ClientError::Network(_)) => backoff.sleep(&stop),
             }
             continue;
         }
@@ -250,17 +271,9 @@ fn run(
                 let _ = cv.wait_timeout(s, Duration::from_millis(100));
                 continue;
             };
-            let header = UploadHeader {
-                seq: next_seq,
-                norm_version: item.norm_version,
-                model_id: config.model_id.clone(),
-                n: item.n as u32,
-                height: config.height,
-                width: config.width,
-                channels: config.channels,
-                dtype: Dtype::U8,
-            };
-            let body = encode_upload(&header, &item.pixels);
+            let body = config
+                .stamp
+                .encode(next_seq, item.norm_version, &item.pixels);
             let n = item.n;
             s.counters.retries += u64::from(backoff.failures > 0);
             drop(s);
@@ -269,18 +282,24 @@ fn run(
         budget.wait_for(body.len(), &stop);
         let outcome = client.upload(&body, false);
         let mut s = m.lock().expect("uplink lock");
+        link.observe(&client, &outcome, &mut s.counters);
         match outcome {
             Ok(ack) => {
                 next_seq = ack.next_seq;
                 complete(&mut s, n, body.len(), true);
                 backoff.reset();
             }
+            Err(e) if is_fatal(&e) => {
+                tracing::error!(device = client.device(), "upload: {e}");
+                s.fatal = Some(e);
+                return;
+            }
             Err(ClientError::Refused {
-                status,
                 error,
                 retry_after_s,
-            }) => match (status, error.code.as_str()) {
-                (409, "bad_sequence") => {
+                ..
+            }) => match error.error_code() {
+                Some(ErrorCode::BadSequence) => {
                     let expected = error.expected_seq.unwrap_or(next_seq);
                     if expected > next_seq {
                         // The cloud has this upload already: its acknowledgement was lost.
@@ -288,12 +307,17 @@ fn run(
                     }
                     next_seq = expected;
                 }
-                (429, _) => {
+                Some(ErrorCode::Overloaded | ErrorCode::Unavailable) => {
+                    // Nothing was stored: the same upload goes again after the hinted wait.
                     drop(s);
                     let wait = Duration::from_secs(retry_after_s.unwrap_or(1).clamp(1, 30));
                     sleep_unless(wait, &stop);
                 }
-                (404, "no_session") | (401, _) => {
+                Some(ErrorCode::RequestTimeout) => {
+                    drop(s);
+                    backoff.sleep(&stop);
+                }
+                Some(ErrorCode::NoSession) => {
                     // The cloud lost the session (e.g. a fresh data dir): reopen it.
                     tracing::warn!(
                         device = client.device(),
@@ -313,9 +337,8 @@ fn run(
                     complete(&mut s, n, 0, false);
                 }
             },
-            Err(e @ ClientError::Network(_)) => {
+            Err(ClientError::Network(_)) => {
                 drop(s);
-                tracing::debug!(device = client.device(), "upload: {e}");
                 backoff.sleep(&stop);
             }
         }
@@ -342,7 +365,58 @@ fn sleep_unless(d: Duration, stop: &AtomicBool) {
     }
 }
 
-/// Exponential backoff, 50 ms doubling to 2 s.
+/// Refusals no retry can fix: the device's token, or a model or norm state this cloud will
+/// never take. Everything else (overload, a full disk, a lost session, the network) is retried.
+fn is_fatal(e: &ClientError) -> bool {
+    match e {
+        ClientError::Refused { error, .. } => matches!(
+            error.error_code(),
+            Some(ErrorCode::Unauthorized | ErrorCode::UnknownModel | ErrorCode::NotFound)
+        ),
+        ClientError::Network(_) => false,
+    }
+}
+
+/// Counts calls that got no answer and says so once per outage, not once per retry.
+#[derive(Default)]
+struct LinkHealth {
+    down_since: Option<Instant>,
+}
+
+impl LinkHealth {
+    fn observe<T>(
+        &mut self,
+        client: &CloudClient,
+        r: &Result<T, ClientError>,
+        counters: &mut UplinkCounters,
+    ) {
+        match (r, self.down_since) {
+            (Err(e @ ClientError::Network(_)), None) => {
+                tracing::warn!(
+                    device = client.device(),
+                    "cloud {} unreachable ({e}); retrying with backoff, inference goes on",
+                    client.base()
+                );
+                self.down_since = Some(Instant::now());
+                counters.network_errors += 1;
+            }
+            (Err(ClientError::Network(_)), Some(_)) => counters.network_errors += 1,
+            (_, Some(t)) => {
+                tracing::warn!(
+                    device = client.device(),
+                    "cloud {} reachable again after {:.1} s",
+                    client.base(),
+                    t.elapsed().as_secs_f64()
+                );
+                self.down_since = None;
+            }
+            (_, None) => {}
+        }
+    }
+}
+
+/// Exponential backoff with jitter: the n-th wait is uniform in [d/2, d], d = 50 ms doubling to
+/// 2 s. The jitter keeps a fleet that lost its cloud from reconnecting in lockstep.
 #[derive(Default)]
 pub(crate) struct Backoff {
     failures: u32,
@@ -352,9 +426,47 @@ impl Backoff {
     pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
-    pub(crate) fn sleep(&mut self, stop: &AtomicBool) {
+
+    /// The wait before the next retry.
+    pub(crate) fn next_wait(&mut self) -> Duration {
         let ms = (50u64 << self.failures.min(6)).min(2000);
         self.failures += 1;
-        sleep_unless(Duration::from_millis(ms), stop);
+        Duration::from_millis(ms / 2 + random_u64() % (ms / 2 + 1))
+    }
+
+    pub(crate) fn sleep(&mut self, stop: &AtomicBool) {
+        let wait = self.next_wait();
+        sleep_unless(wait, stop);
+    }
+}
+
+/// A random number from the standard library's randomly keyed hasher: jitter needs no more.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_resets() {
+        let mut b = Backoff::default();
+        let waits: Vec<u128> = (0..9).map(|_| b.next_wait().as_millis()).collect();
+        for (i, w) in waits.iter().enumerate() {
+            let d = (50u128 << i.min(6)).min(2000);
+            assert!(
+                (d / 2..=d).contains(w),
+                "wait {i}: {w} ms outside [{}, {d}]",
+                d / 2
+            );
+        }
+        // Equal waits at the cap would mean no jitter (the chance of 3 equal draws is ~1e-6).
+        assert!(waits[6..].windows(2).any(|w| w[0] != w[1]), "{waits:?}");
+        b.reset();
+        assert!(b.next_wait() <= Duration::from_millis(50));
     }
 }

@@ -1,13 +1,13 @@
 //! The norm state: every normalization layer's γ, β (and for BatchNorm its running mean and
 //! variance), by PyTorch name. This is what the cloud sends an edge: a few KB of safetensors.
 
-use std::collections::HashMap;
+use cema_wire::WireTensor;
 
 use crate::checkpoint::load_into;
 use crate::error::{ModelError, Result};
 use crate::model::Model;
 use crate::store::Kind;
-use crate::tensors::{self, HostTensor, NamedTensors};
+use crate::tensors::{HostTensor, NamedTensors};
 
 /// A versioned norm state for one model.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,43 +18,48 @@ pub struct NormState {
 }
 
 impl NormState {
-    /// Safetensors bytes; model id and version travel in the header metadata.
+    /// The wire encoding (`cema_wire::encode_norm_state`): safetensors with the model id, the
+    /// version and the format marker in the header metadata.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let meta = HashMap::from([
-            ("model_id".to_string(), self.model_id.clone()),
-            ("version".to_string(), self.version.to_string()),
-            ("format".to_string(), "cema-norm-state/1".to_string()),
-        ]);
-        tensors::to_safetensors(&self.tensors, Some(meta))
+        let tensors: Vec<(&str, WireTensor)> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| {
+                let w = WireTensor {
+                    shape: t.shape.clone(),
+                    data: t.data.clone(),
+                };
+                (n.as_str(), w)
+            })
+            .collect();
+        cema_wire::encode_norm_state(
+            &self.model_id,
+            self.version,
+            tensors.iter().map(|(n, t)| (*n, t)),
+        )
     }
 
-    /// Parses bytes from [`NormState::to_bytes`]. Validation against a model happens in
-    /// [`Model::apply_norm_state`].
+    /// Parses bytes from [`NormState::to_bytes`]; `source` names them in errors. Validation
+    /// against a model happens in [`Model::apply_norm_state`].
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<NormState> {
-        let tensors = tensors::from_safetensors(bytes, source)?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
-            ModelError::Safetensors {
-                path: source.into(),
-                reason: e.to_string(),
-            }
-        })?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        let bad = |reason: String| ModelError::Safetensors {
+        let w = cema_wire::decode_norm_state(bytes).map_err(|e| ModelError::Safetensors {
             path: source.into(),
-            reason,
-        };
-        let model_id = meta
-            .get("model_id")
-            .cloned()
-            .ok_or_else(|| bad("metadata has no model_id".into()))?;
-        let version = meta
-            .get("version")
-            .ok_or_else(|| bad("metadata has no version".into()))?
-            .parse::<u64>()
-            .map_err(|e| bad(format!("metadata version: {e}")))?;
+            reason: e.to_string(),
+        })?;
+        let tensors = w
+            .tensors
+            .into_iter()
+            .map(|(n, t)| {
+                let t = HostTensor {
+                    shape: t.shape,
+                    data: t.data,
+                };
+                (n, t)
+            })
+            .collect();
         Ok(NormState {
-            model_id,
-            version,
+            model_id: w.model_id,
+            version: w.version,
             tensors,
         })
     }

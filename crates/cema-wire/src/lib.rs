@@ -14,6 +14,15 @@
 
 use serde::{Deserialize, Serialize};
 
+mod errors;
+mod norm_state;
+
+pub use errors::ErrorCode;
+pub use norm_state::{
+    decode_norm_state, encode_norm_state, NormStateError, WireNormState, WireTensor,
+    MAX_NORM_VERSION, NORM_STATE_FORMAT,
+};
+
 /// Protocol version; the upload magic carries it, `/health` and session bodies report it.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -125,6 +134,51 @@ pub fn encode_upload(header: &UploadHeader, pixels: &[u8]) -> Vec<u8> {
     out.push(header.dtype as u8);
     out.extend_from_slice(pixels);
     out
+}
+
+/// What every upload of one device carries besides its sequence number, version and pixels: the
+/// model id and the image geometry. The one place an upload header is assembled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStamp {
+    pub model_id: String,
+    pub height: u16,
+    pub width: u16,
+    pub channels: u8,
+}
+
+impl UploadStamp {
+    /// Bytes of one u8 image.
+    pub fn image_size(&self) -> usize {
+        self.height as usize * self.width as usize * self.channels as usize
+    }
+
+    /// The header of upload `seq` carrying `n` u8 images, predicted with `norm_version`.
+    pub fn header(&self, seq: u64, norm_version: u64, n: usize) -> UploadHeader {
+        UploadHeader {
+            seq,
+            norm_version,
+            model_id: self.model_id.clone(),
+            n: u32::try_from(n).expect("fewer than 2^32 images in one upload"),
+            height: self.height,
+            width: self.width,
+            channels: self.channels,
+            dtype: Dtype::U8,
+        }
+    }
+
+    /// The body of upload `seq`: `pixels` holds whole u8 images (NHWC) of this geometry.
+    pub fn encode(&self, seq: u64, norm_version: u64, pixels: &[u8]) -> Vec<u8> {
+        let size = self.image_size().max(1);
+        assert_eq!(
+            pixels.len() % size,
+            0,
+            "upload pixels are not whole {}×{}×{} images",
+            self.height,
+            self.width,
+            self.channels
+        );
+        encode_upload(&self.header(seq, norm_version, pixels.len() / size), pixels)
+    }
 }
 
 struct Reader<'a> {
@@ -293,12 +347,28 @@ pub struct UploadAck {
 /// Every error answer's body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
-    /// Stable machine-readable code, e.g. `unauthorized`, `unknown_model`, `bad_sequence`.
+    /// Stable machine-readable code ([`ErrorCode`] as text). A string on the wire, so that a
+    /// client reads codes a newer cloud introduces (see [`ApiError::error_code`]).
     pub code: String,
     pub message: String,
     /// For `bad_sequence`: the sequence number the cloud expects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_seq: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code: code.as_str().to_string(),
+            message: message.into(),
+            expected_seq: None,
+        }
+    }
+
+    /// The code, if this client knows it.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.code.parse().ok()
+    }
 }
 
 #[cfg(test)]

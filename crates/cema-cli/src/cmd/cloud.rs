@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use cema_adapt::CloudConfig;
-use cema_cloud::{Cloud, CloudOptions};
+use cema_cloud::{Cloud, CloudOptions, HttpLimits, StoreError};
 
 use crate::exit::{CliError, ResultExt};
 
@@ -60,6 +61,15 @@ pub struct Args {
     /// Fault injection: every round takes this many extra milliseconds (a slow cloud).
     #[arg(long, default_value_t = 0)]
     pub slow_ms: u64,
+    /// Open connections at most; past it a new connection gets 503 `unavailable`.
+    #[arg(long, default_value_t = HttpLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers; an idle connection closes after it.
+    #[arg(long, default_value_t = HttpLimits::default().header_timeout.as_secs())]
+    pub header_timeout_s: u64,
+    /// On SIGTERM/SIGINT, seconds in-flight requests get to finish before the cloud exits.
+    #[arg(long, default_value_t = HttpLimits::default().drain.as_secs())]
+    pub drain_s: u64,
 }
 
 fn parse_devices(args: &Args) -> Result<HashMap<String, String>, CliError> {
@@ -124,11 +134,22 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let devices = parse_devices(&args)?;
     check_file(&args.edge, "--edge")?;
     check_file(&args.foundation, "--foundation")?;
-    if args.cloud_batch == 0 || args.workers == 0 {
+    if args.cloud_batch == 0 || args.workers == 0 || args.max_connections == 0 {
         return Err(CliError::usage(anyhow::anyhow!(
-            "--cloud-batch and --workers must be positive"
+            "--cloud-batch, --workers and --max-connections must be positive"
         )));
     }
+    if args.header_timeout_s == 0 {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--header-timeout-s must be positive"
+        )));
+    }
+    let limits = HttpLimits {
+        max_connections: args.max_connections,
+        header_timeout: Duration::from_secs(args.header_timeout_s),
+        drain: Duration::from_secs(args.drain_s),
+        ..HttpLimits::default()
+    };
     let options = CloudOptions {
         devices,
         config: CloudConfig {
@@ -152,6 +173,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let cloud = Cloud::open(options).map_err(|e| {
         if e.downcast_ref::<cema_adapt::AdaptError>().is_some() {
             CliError::usage(e.context("--edge / --foundation"))
+        } else if e.downcast_ref::<StoreError>().is_some() {
+            // A store that cannot be opened (empty, corrupted, unwritable) is bad input: exit 2.
+            CliError::usage(e.context(format!("--data-dir {}", args.data_dir.display())))
         } else {
             CliError::from(e.context("starting the cloud"))
         }
@@ -176,7 +200,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         .and_then(|()| out.flush())
         .context("stdout")?;
         drop(out);
-        cema_cloud::http::serve(listener, cloud, shutdown_signal())
+        cema_cloud::http::serve_with(listener, cloud, limits, shutdown_signal())
             .await
             .context("serving")?;
         tracing::info!("cloud stopped");

@@ -102,6 +102,7 @@ pub fn report_json(r: &EdgeReport, corruption: &str) -> serde_json::Value {
         "norm_version": r.norm_version,
         "updates_applied": r.updates_applied,
         "updates_rejected": r.updates_rejected,
+        "network_errors": r.network_errors,
         "seconds": r.seconds,
     })
 }
@@ -160,7 +161,13 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             let _ = out.flush();
         }
     })
-    .map_err(|e| CliError::failed(anyhow::anyhow!(e)))?;
+    .map_err(|e| {
+        if e.is_usage() {
+            CliError::usage(anyhow::anyhow!(e).context("--cloud / --device / --token"))
+        } else {
+            CliError::failed(anyhow::anyhow!(e))
+        }
+    })?;
     let value = report_json(&report, name);
     if status {
         let mut done = value.clone();
@@ -169,6 +176,13 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     }
     if let Some(path) = &args.json {
         write_json(path, &value, "--json")?;
+    }
+    if report.network_errors > 0 {
+        tracing::warn!(
+            "{} calls to the cloud at {} got no answer; uploads and updates were retried",
+            report.network_errors,
+            args.cloud
+        );
     }
     if !status && !ctx.quiet {
         eprintln!(

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use cema_data::Split;
 use cema_edge::{ClientError, CloudClient};
 use cema_model::{cpu, Model};
-use cema_wire::{encode_upload, Dtype, FrameDecoder, UploadHeader};
+use cema_wire::{ErrorCode, FrameDecoder, UploadStamp};
 use serde_json::json;
 
 use crate::exit::{CliError, ResultExt};
@@ -102,8 +102,12 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let batch = 32usize; // the cloud's default B: one upload, one round, one version
     let per = test.image_size();
     let i = &model.card.input;
-    let (h, w, c) = (i.height as u16, i.width as u16, i.channels as u8);
-    let model_id = model.card.name.clone();
+    let stamp = UploadStamp {
+        model_id: model.card.name.clone(),
+        height: i.height as u16,
+        width: i.width as u16,
+        channels: i.channels as u8,
+    };
 
     let tmp = tempfile::tempdir().context("temporary folder")?;
     let exe = std::env::current_exe().context("locating the cema binary")?;
@@ -163,7 +167,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         }));
         // Uplink: one cloud batch of real images per interval, in sequence.
         let (tally3, stop3) = (tally.clone(), stop.clone());
-        let (images, mid) = (test.images.clone(), model_id.clone());
+        let (images, stamp) = (test.images.clone(), stamp.clone());
         let (secs, interval) = (args.seconds, Duration::from_millis(args.interval_ms));
         threads.push(std::thread::spawn(move || {
             let mut seq = 0u64;
@@ -171,17 +175,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             std::thread::sleep(interval.mul_f64(k as f64 / 50.0).min(interval));
             while t0.elapsed() < Duration::from_secs(secs) && !stop3.load(Ordering::Acquire) {
                 let start = ((seq as usize * batch + k * 977) % (10_000 - batch)) * per;
-                let header = UploadHeader {
-                    seq,
-                    norm_version: 0,
-                    model_id: mid.clone(),
-                    n: batch as u32,
-                    height: h,
-                    width: w,
-                    channels: c,
-                    dtype: Dtype::U8,
-                };
-                let body = encode_upload(&header, &images[start..start + batch * per]);
+                let body = stamp.encode(seq, 0, &images[start..start + batch * per]);
                 let sent = Instant::now();
                 match client.upload(&body, false) {
                     Ok(_) => {
@@ -190,7 +184,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
                         t.acked_at.insert((k, seq + 1), Instant::now());
                         seq += 1;
                     }
-                    Err(ClientError::Refused { status: 429, .. }) => {
+                    Err(ClientError::Refused { error, .. })
+                        if error.error_code() == Some(ErrorCode::Overloaded) =>
+                    {
                         tally3.lock().expect("tally").overloaded += 1;
                     }
                     Err(_) => tally3.lock().expect("tally").errors += 1,
