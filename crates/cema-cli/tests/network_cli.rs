@@ -249,6 +249,7 @@ fn an_edge_without_a_cloud_keeps_predicting_and_counts_what_it_drops() {
     );
     assert!(selected > 64 && dropped >= selected - 64 - 64, "{e}");
     assert!(e["accuracy"].as_f64().unwrap() > 0.3, "{e}");
+    assert!(e["network_errors"].as_u64().unwrap() > 0, "{e}");
 }
 
 #[test]
@@ -323,4 +324,90 @@ fn cloud_and_edge_usage_errors_exit_2_naming_the_flag() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--track-stats"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_refused_token_or_a_malformed_cloud_url_is_exit_2_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"), "127.0.0.1:0", &[]);
+    // Not `-q`: the log goes to a pipe here, so it must carry no colour codes.
+    let mut cmd = edge_cmd(&cloud.url(), "dev-a", "wrong-token", "fog", 10_000);
+    cmd.args(["--pace-ms", "20"]);
+    let args: Vec<String> = cmd
+        .get_args()
+        .filter(|a| *a != "-q")
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let t = Instant::now();
+    let o = Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args(&args)
+        .env("CEMA_THREADS", "1")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unauthorized") && err.contains("--token"),
+        "{err}"
+    );
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
+    // 10 000 images at 20 ms a batch of 64 would take 3 s; refused, it stops at the first
+    // session opening.
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    for url in [cloud.addr.as_str(), "https://127.0.0.1:1", "http://"] {
+        let o = edge_cmd(url, "dev-a", "tok-a", "fog", 64).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{url}: {}", stderr(&o));
+        assert!(stderr(&o).contains("cloud URL"), "{url}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn an_empty_store_file_is_exit_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cloud.redb"), b"").unwrap();
+    let (edge, foundation) = models();
+    let data = dir.path().display().to_string();
+    let o = cema(&[
+        "cloud",
+        "--edge",
+        &edge,
+        "--foundation",
+        &foundation,
+        "--device",
+        "a:b",
+        "--data-dir",
+        &data,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cloud.redb"), "{}", stderr(&o));
+}
+
+#[test]
+fn sigterm_with_a_half_sent_request_open_exits_within_the_drain_deadline() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = CloudProc::start(
+        &dir.path().join("cloud"),
+        "127.0.0.1:0",
+        &["--drain-s", "1"],
+    );
+    let mut half = std::net::TcpStream::connect(&cloud.addr).unwrap();
+    half.write_all(b"POST /v1/devices/dev-a/uploads HTTP/1.1\r\nhost: t\r\nauthorization: Bearer tok-a\r\ncontent-length: 1000\r\n\r\nCEMA")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &cloud.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(s) = cloud.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }

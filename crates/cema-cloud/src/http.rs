@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{middleware, Json, Router};
 use cema_wire::{
     encode_frame, ApiError, ErrorCode, NORM_STATE_CONTENT_TYPE, PROTOCOL_VERSION,
     UPDATES_CONTENT_TYPE,
@@ -97,6 +97,7 @@ pub fn router(cloud: Arc<Cloud>, shutdown: watch::Receiver<bool>, limits: HttpLi
         .route("/v1/devices/{device}/uploads", post(upload))
         .route("/v1/devices/{device}/updates", get(updates))
         .route("/v1/devices/{device}/state", get(state))
+        .route_layer(middleware::from_fn_with_state(cloud.clone(), observe))
         .fallback(|uri: Uri| async move {
             Refusal::new(ErrorCode::NotFound, format!("no route {}", uri.path())).into_response()
         })
@@ -109,6 +110,26 @@ pub fn router(cloud: Arc<Cloud>, shutdown: watch::Receiver<bool>, limits: HttpLi
             shutdown,
             limits,
         })
+}
+
+/// Counts every routed request by its route template, method and status, and times it.
+async fn observe(
+    State(cloud): State<Arc<Cloud>>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(String::new, |p| p.as_str().to_string());
+    let method = req.method().clone();
+    let t = Instant::now();
+    let resp = next.run(req).await;
+    let seconds = t.elapsed().as_secs_f64();
+    cloud
+        .metrics
+        .request(&route, method.as_str(), resp.status().as_u16(), seconds);
+    resp
 }
 
 /// [`serve_with`] under the default [`HttpLimits`].
@@ -549,17 +570,19 @@ async fn updates(
         Err(r) => return refuse(&cloud, r),
     };
     let rx = session.subscribe();
+    let open = OpenStream::new(cloud.clone());
     let stream = futures_util::stream::unfold(
-        (rx, app.shutdown.clone(), q.after),
-        |(mut rx, mut stop, last)| async move {
+        (rx, app.shutdown.clone(), q.after, open),
+        |(mut rx, mut stop, last, open)| async move {
             loop {
                 if *stop.borrow() {
                     return None;
                 }
                 let cur = rx.borrow_and_update().clone();
                 if cur.version > last {
+                    open.cloud.metrics.bytes_down.inc_by(cur.bytes.len() as u64);
                     let frame = Bytes::from(encode_frame(&cur.bytes));
-                    return Some((Ok::<_, Infallible>(frame), (rx, stop, cur.version)));
+                    return Some((Ok::<_, Infallible>(frame), (rx, stop, cur.version, open)));
                 }
                 tokio::select! {
                     changed = rx.changed() => {
@@ -569,7 +592,8 @@ async fn updates(
                     }
                     _ = stop.changed() => return None,
                     _ = tokio::time::sleep(HEARTBEAT) => {
-                        return Some((Ok(Bytes::from(encode_frame(&[]))), (rx, stop, last)));
+                        let beat = Bytes::from(encode_frame(&[]));
+                        return Some((Ok(beat), (rx, stop, last, open)));
                     }
                 }
             }
@@ -582,17 +606,36 @@ async fn updates(
         .expect("static headers")
 }
 
+/// Counts an update stream as open from its start until its body is dropped (the client left
+/// or the cloud stopped).
+struct OpenStream {
+    cloud: Arc<Cloud>,
+}
+
+impl OpenStream {
+    fn new(cloud: Arc<Cloud>) -> Self {
+        cloud.metrics.update_streams.inc();
+        OpenStream { cloud }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.cloud.metrics.update_streams.dec();
+    }
+}
+
 async fn state(State(app): State<App>, Path(device): Path<String>, headers: HeaderMap) -> Response {
     let cloud = app.cloud.clone();
     if let Err(r) = cloud.authorize(&device, bearer(&headers)) {
         return refuse(&cloud, r);
     }
     match cloud.session(&device) {
-        Ok(s) => (
-            [(header::CONTENT_TYPE, NORM_STATE_CONTENT_TYPE)],
-            s.latest().bytes.to_vec(),
-        )
-            .into_response(),
+        Ok(s) => {
+            let bytes = s.latest().bytes.to_vec();
+            cloud.metrics.bytes_down.inc_by(bytes.len() as u64);
+            ([(header::CONTENT_TYPE, NORM_STATE_CONTENT_TYPE)], bytes).into_response()
+        }
         Err(r) => refuse(&cloud, r),
     }
 }

@@ -19,7 +19,7 @@ use cema_wire::{
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RoundOutcome};
 use crate::store::{RedbStore, SessionRecord, SessionStore, StoreError};
 
 /// Everything `cema cloud` is configured with.
@@ -567,11 +567,12 @@ impl Cloud {
         let result = adapter
             .receive(&item.pixels, n)
             .and_then(|()| adapter.step());
-        let published = match result {
-            Ok(state) => state,
+        let (published, outcome) = match result {
+            Ok(Some(state)) => (Some(state), RoundOutcome::Published),
+            Ok(None) => (None, RoundOutcome::Idle),
             Err(e) => {
                 tracing::error!(device = session.device, seq = item.seq, "round failed: {e}");
-                None
+                (None, RoundOutcome::Failed)
             }
         };
         let snapshot = adapter.snapshot().to_bytes();
@@ -586,6 +587,7 @@ impl Cloud {
         self.metrics.queued.dec();
         if let Err(e) = committed {
             self.metrics.store_errors.inc();
+            self.metrics.round(RoundOutcome::CommitFailed);
             // Not committed: nothing is published (so no version is seen that a restart could
             // take back); the upload stays in the log and the next commit covers this round.
             tracing::error!(device = session.device, "commit failed: {e}");
@@ -611,6 +613,7 @@ impl Cloud {
         }
         drop(adapter);
         self.metrics.rounds.inc();
+        self.metrics.round(outcome);
         self.metrics
             .round_seconds
             .observe(t.elapsed().as_secs_f64());

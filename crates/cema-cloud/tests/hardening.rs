@@ -519,3 +519,49 @@ fn a_full_disk_is_survived_without_a_restart() {
     let again = TestCloud::start(&data, |_| {});
     assert_eq!(again.sessions()[0].next_seq, seq + 2);
 }
+
+#[test]
+fn the_openapi_document_agrees_with_the_server() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tools = repo.join("tools");
+    let exe = tools.join(".venv/bin/schemathesis");
+    assert!(
+        exe.exists(),
+        "{} missing: scripts/setup.sh installs schemathesis there",
+        exe.display()
+    );
+    let data = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(data.path(), |_| {});
+    let state = data.path().join("state.safetensors");
+    std::fs::write(&state, edge_state(0).to_bytes()).unwrap();
+    let out = Command::new(&exe)
+        // Its cache folder goes there, not into the source tree.
+        .current_dir(data.path())
+        .arg("--config-file")
+        .arg(tools.join("schemathesis.toml"))
+        .arg("run")
+        .arg(repo.join("docs/openapi.yaml"))
+        .args(["--url", &cloud.url(), "-H", "Authorization: Bearer tok-a"])
+        .args(["--checks", "all", "--max-examples", "25", "--seed", "1"])
+        .args(["--generation-database", "none", "--no-color"])
+        // The update stream never ends on its own: its answers are checked by the Rust tests.
+        .args([
+            "--exclude-operation-id",
+            "getUpdates",
+            "--request-timeout",
+            "10",
+        ])
+        .env("SCHEMATHESIS_HOOKS", "api_hooks")
+        .env("PYTHONPATH", &tools)
+        .env("CEMA_NORM_STATE", &state)
+        .env("CEMA_MODEL_ID", MODEL_ID)
+        .env("CEMA_GEOMETRY", "28x28x1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "schemathesis found disagreements:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

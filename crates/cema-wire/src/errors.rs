@@ -96,4 +96,21 @@ mod tests {
         }
         assert!("no_such_code".parse::<ErrorCode>().is_err());
     }
+
+    /// The protocol page's table and the OpenAPI document name every code with its status.
+    #[test]
+    fn the_documents_list_every_code() {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+        let page = std::fs::read_to_string(docs.join("protocol.md")).unwrap();
+        let api = std::fs::read_to_string(docs.join("openapi.yaml")).unwrap();
+        for &c in ErrorCode::ALL {
+            let row = format!("| {} | `{}` |", c.status(), c.as_str());
+            assert!(page.contains(&row), "docs/protocol.md has no row `{row}`");
+            let item = format!("            - {}\n", c.as_str());
+            assert!(
+                api.contains(&item),
+                "docs/openapi.yaml: ApiError.code lacks {c}"
+            );
+        }
+    }
 }

@@ -1,0 +1,14 @@
+# Sourced by test.sh after setup.sh: the tools only the test suite runs.
+# Tools the test suite runs against the cloud: promtool (Debian's prometheus package) checks
+# /metrics, curl speaks HTTP/2 to it.
+if ! command -v promtool >/dev/null || ! command -v curl >/dev/null; then
+  echo "installing promtool and curl (apt-get install -y prometheus curl)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus curl
+fi
+# schemathesis checks docs/openapi.yaml against a running cloud (in its own virtual environment:
+# its dependency tree stays out of the system Python).
+if [ ! -x tools/.venv/bin/schemathesis ]; then
+  echo "installing schemathesis into tools/.venv (pip)"
+  python3 -m venv tools/.venv &&
+    tools/.venv/bin/pip install -q --disable-pip-version-check schemathesis==4.32.5
+fi
