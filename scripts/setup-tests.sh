@@ -1,9 +1,10 @@
 # Sourced by test.sh after setup.sh: the tools only the test suite runs.
 # Tools the test suite runs against the cloud: promtool (Debian's prometheus package) checks
-# /metrics, curl speaks HTTP/2 to it.
-if ! command -v promtool >/dev/null || ! command -v curl >/dev/null; then
-  echo "installing promtool and curl (apt-get install -y prometheus curl)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus curl
+# /metrics, curl speaks HTTP/2 to it, headless Chromium loads the dashboard.
+if ! command -v promtool >/dev/null || ! command -v curl >/dev/null || ! command -v chromium >/dev/null; then
+  echo "installing promtool, curl and chromium (apt-get install -y prometheus curl chromium)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus curl chromium fonts-dejavu-core
 fi
 # schemathesis checks docs/openapi.yaml against a running cloud (in its own virtual environment:
 # its dependency tree stays out of the system Python).

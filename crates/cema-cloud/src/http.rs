@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::service::{Cloud, Refusal};
+use crate::service::{Cloud, Refusal, Session};
 
 /// How often an idle update stream carries an empty frame, so a dead link shows as a read
 /// timeout on the edge.
@@ -88,7 +88,8 @@ impl IntoResponse for Refusal {
 /// graceful shutdown does not wait on them forever.
 pub fn router(cloud: Arc<Cloud>, shutdown: watch::Receiver<bool>, limits: HttpLimits) -> Router {
     Router::new()
-        .route("/", get(status_page))
+        .route("/", get(dashboard_page))
+        .route("/v1/dashboard", get(dashboard))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -97,6 +98,7 @@ pub fn router(cloud: Arc<Cloud>, shutdown: watch::Receiver<bool>, limits: HttpLi
         .route("/v1/devices/{device}/uploads", post(upload))
         .route("/v1/devices/{device}/updates", get(updates))
         .route("/v1/devices/{device}/state", get(state))
+        .route("/v1/devices/{device}/telemetry", put(telemetry))
         .route_layer(middleware::from_fn_with_state(cloud.clone(), observe))
         .fallback(|uri: Uri| async move {
             Refusal::new(ErrorCode::NotFound, format!("no route {}", uri.path())).into_response()
@@ -417,47 +419,52 @@ async fn sessions(State(app): State<App>) -> impl IntoResponse {
     Json(app.cloud.sessions_view())
 }
 
-async fn status_page(State(app): State<App>) -> Html<String> {
-    let rows: String = app
-        .cloud
-        .sessions_view()
-        .iter()
-        .map(|s| {
-            let f = |x: Option<f32>| x.map_or("–".to_string(), |v| format!("{v:.4}"));
-            format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td></tr>",
-                html_escape(&s.device),
-                s.version,
-                s.uploads,
-                s.samples,
-                s.rounds,
-                s.queued,
-                s.replay,
-                f(s.last_foundation_loss),
-                f(s.last_distill_loss),
-                s.session_bytes as f64 / 1024.0,
-                s.replay_bytes as f64 / 1024.0,
-            )
-        })
-        .collect();
-    Html(format!(
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
-         <title>cema cloud</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 10px;text-align:right}}</style></head>\
-         <body><h1>cema cloud</h1><p>model <b>{}</b> · protocol v{} · {} sessions · up {:.0} s</p>\
-         <table><tr><th>device</th><th>version</th><th>uploads</th><th>samples</th><th>rounds</th><th>queued</th>\
-         <th>replay</th><th>foundation loss</th><th>distill loss</th><th>session KiB</th><th>replay KiB</th></tr>{rows}</table>\
-         <p><a href=/metrics>metrics</a> · <a href=/v1/sessions>sessions JSON</a> · <a href=/health>health</a></p></body></html>",
-        html_escape(&app.cloud.model_id),
-        PROTOCOL_VERSION,
-        app.cloud.session_count(),
-        app.cloud.uptime_s(),
-    ))
+/// The live dashboard (crates/cema-cloud/src/dashboard.html, served from the binary).
+async fn dashboard_page() -> Html<&'static str> {
+    Html(crate::dashboard::PAGE)
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+#[derive(Deserialize)]
+struct DashboardQuery {
+    #[serde(default = "before_start")]
+    since: f64,
+}
+
+fn before_start() -> f64 {
+    -1.0
+}
+
+/// The dashboard's history after `since` (seconds since the cloud started).
+async fn dashboard(State(app): State<App>, uri: Uri) -> Response {
+    let q = match query::<DashboardQuery>(&uri) {
+        Ok(q) => q,
+        Err(r) => return refuse(&app.cloud, r),
+    };
+    let c = &app.cloud;
+    Json(serde_json::json!({
+        "model_id": c.model_id,
+        "protocol": PROTOCOL_VERSION,
+        "uptime_s": c.uptime_s(),
+        "sessions": c.session_count(),
+        "points": c.history.since(q.since),
+    }))
+    .into_response()
+}
+
+async fn telemetry(
+    State(app): State<App>,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = device_call(&app, device, &headers, body, "telemetry", |c, d, b| {
+        c.telemetry(d, b)
+    })
+    .await;
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => refuse(&app.cloud, r),
+    }
 }
 
 /// The preamble of every device request that carries a body: authorise, read the body within
@@ -570,7 +577,7 @@ async fn updates(
         Err(r) => return refuse(&cloud, r),
     };
     let rx = session.subscribe();
-    let open = OpenStream::new(cloud.clone());
+    let open = OpenStream::new(cloud.clone(), session.clone());
     let stream = futures_util::stream::unfold(
         (rx, app.shutdown.clone(), q.after, open),
         |(mut rx, mut stop, last, open)| async move {
@@ -581,6 +588,7 @@ async fn updates(
                 let cur = rx.borrow_and_update().clone();
                 if cur.version > last {
                     open.cloud.metrics.bytes_down.inc_by(cur.bytes.len() as u64);
+                    open.session.sent(cur.bytes.len());
                     let frame = Bytes::from(encode_frame(&cur.bytes));
                     return Some((Ok::<_, Infallible>(frame), (rx, stop, cur.version, open)));
                 }
@@ -610,12 +618,13 @@ async fn updates(
 /// or the cloud stopped).
 struct OpenStream {
     cloud: Arc<Cloud>,
+    session: Arc<Session>,
 }
 
 impl OpenStream {
-    fn new(cloud: Arc<Cloud>) -> Self {
+    fn new(cloud: Arc<Cloud>, session: Arc<Session>) -> Self {
         cloud.metrics.update_streams.inc();
-        OpenStream { cloud }
+        OpenStream { cloud, session }
     }
 }
 
@@ -634,6 +643,7 @@ async fn state(State(app): State<App>, Path(device): Path<String>, headers: Head
         Ok(s) => {
             let bytes = s.latest().bytes.to_vec();
             cloud.metrics.bytes_down.inc_by(bytes.len() as u64);
+            s.sent(bytes.len());
             ([(header::CONTENT_TYPE, NORM_STATE_CONTENT_TYPE)], bytes).into_response()
         }
         Err(r) => refuse(&cloud, r),

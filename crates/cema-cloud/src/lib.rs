@@ -2,6 +2,7 @@
 //! (docs/protocol.md). [`service`] holds the sessions and runs adaptation rounds on worker
 //! threads, off the request path; [`store`] makes sessions durable; [`http`] is the transport.
 
+pub mod dashboard;
 pub mod http;
 pub mod metrics;
 pub mod service;

@@ -13,12 +13,13 @@ use anyhow::Context;
 use cema_adapt::{CloudAdapter, CloudConfig, CloudSnapshot};
 use cema_model::{cpu, Device, Model, NormState};
 use cema_wire::{
-    decode_upload, Dtype, ErrorCode, SessionInfo, UploadAck, WireError, MAX_NORM_VERSION,
-    PROTOCOL_VERSION,
+    decode_upload, Dtype, EdgeTelemetry, ErrorCode, SessionInfo, UploadAck, WireError,
+    MAX_NORM_VERSION, PROTOCOL_VERSION,
 };
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::dashboard::History;
 use crate::metrics::{Metrics, RoundOutcome};
 use crate::store::{RedbStore, SessionRecord, SessionStore, StoreError};
 
@@ -144,6 +145,13 @@ pub struct SessionView {
     /// Bytes of u8 pixels in the replay buffer.
     pub replay_bytes: usize,
     pub last_upload_unix_s: Option<u64>,
+    /// Upload bodies acknowledged, bytes.
+    pub bytes_up: u64,
+    /// Norm-state bytes sent to this device (update frames and `GET state`).
+    pub bytes_down: u64,
+    /// The edge's own report, if it sends one (`PUT …/telemetry`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<EdgeTelemetry>,
 }
 
 #[derive(Clone)]
@@ -186,6 +194,11 @@ impl Session {
     fn queued(&self) -> usize {
         self.queue.lock().expect("queue lock").len()
     }
+
+    /// Counts norm-state bytes sent to this device.
+    pub fn sent(&self, bytes: usize) {
+        self.view.lock().expect("view lock").bytes_down += bytes as u64;
+    }
 }
 
 /// The cloud service.
@@ -199,6 +212,7 @@ pub struct Cloud {
     store: Arc<dyn SessionStore>,
     work: Mutex<Sender<Arc<Session>>>,
     pub metrics: Metrics,
+    pub history: History,
     started: Instant,
 }
 
@@ -234,9 +248,11 @@ impl Cloud {
             store,
             work: Mutex::new(tx),
             metrics: Metrics::default(),
+            history: History::default(),
             started: Instant::now(),
         });
         cloud.resume_sessions()?;
+        crate::dashboard::start_sampler(&cloud);
         let rx = Arc::new(Mutex::new(rx));
         for w in 0..cloud.options.workers.max(1) {
             let (c, rx) = (Arc::downgrade(&cloud), rx.clone());
@@ -504,6 +520,7 @@ impl Cloud {
         {
             let mut v = session.view.lock().expect("view lock");
             v.uploads += 1;
+            v.bytes_up += body.len() as u64;
             v.next_seq = h.seq + 1;
             v.last_upload_unix_s = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -524,6 +541,19 @@ impl Cloud {
             },
             session,
         ))
+    }
+
+    /// Records what the edge says of itself (for the dashboard; not durable).
+    pub fn telemetry(&self, device: &str, body: &[u8]) -> Result<(), Refusal> {
+        if body.len() > cema_wire::MAX_TELEMETRY {
+            return Err(Refusal::too_large(body.len(), cema_wire::MAX_TELEMETRY));
+        }
+        let t: EdgeTelemetry = serde_json::from_slice(body)
+            .map_err(|e| Refusal::bad_request(format!("telemetry: {e}")))?;
+        t.check().map_err(Refusal::bad_request)?;
+        let session = self.session(device)?;
+        session.view.lock().expect("view lock").telemetry = Some(t);
+        Ok(())
     }
 
     /// A storage failure (disk full) is 503 with a retry hint: nothing changed and the same
@@ -617,6 +647,7 @@ impl Cloud {
         self.metrics
             .round_seconds
             .observe(t.elapsed().as_secs_f64());
+        self.history.round_ran(t.elapsed().as_secs_f64());
         if let Some(state) = published {
             session.published.send_replace(Published {
                 version: state.version,
@@ -639,6 +670,12 @@ impl Cloud {
             .collect();
         out.sort_by(|a, b| a.device.cmp(&b.device));
         out
+    }
+
+    /// Uploads queued over all sessions.
+    pub fn queued_total(&self) -> usize {
+        let sessions = self.sessions.read().expect("sessions lock");
+        sessions.values().map(|s| s.queued()).sum()
     }
 
     pub fn session_count(&self) -> usize {

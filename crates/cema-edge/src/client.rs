@@ -4,7 +4,9 @@
 use std::io::Read;
 use std::time::Duration;
 
-use cema_wire::{ApiError, SessionInfo, UploadAck, NORM_STATE_CONTENT_TYPE, UPLOAD_CONTENT_TYPE};
+use cema_wire::{
+    ApiError, EdgeTelemetry, SessionInfo, UploadAck, NORM_STATE_CONTENT_TYPE, UPLOAD_CONTENT_TYPE,
+};
 
 /// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -154,6 +156,19 @@ impl CloudClient {
             .send(body)
             .map_err(net)?;
         serde_json::from_slice(&Self::finish(resp)?).map_err(net)
+    }
+
+    /// `PUT telemetry`: the edge's running totals, for the cloud's dashboard.
+    pub fn telemetry(&self, t: &EdgeTelemetry) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(t).expect("serialising telemetry");
+        let resp = self
+            .agent
+            .put(&self.url("telemetry"))
+            .header("authorization", &self.auth())
+            .header("content-type", "application/json")
+            .send(&body[..])
+            .map_err(net)?;
+        Self::finish(resp).map(|_| ())
     }
 
     /// `GET state`: the latest published norm state's bytes.

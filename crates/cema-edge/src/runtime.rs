@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use cema_adapt::{gather, EdgeAdapter, EdgeConfig};
 use cema_data::ImageSet;
 use cema_model::{Model, NormMode, NormState};
-use cema_wire::{ErrorCode, UploadStamp};
+use cema_wire::{EdgeTelemetry, ErrorCode, UploadStamp};
 use serde::Serialize;
 
 use crate::client::{ClientError, CloudClient};
@@ -37,6 +37,9 @@ pub struct EdgeOptions {
     pub pace: Option<Duration>,
     /// After the stream, how long to wait for queued uploads and the last updates.
     pub drain: Duration,
+    /// Report online accuracy (and the unadapted model's, with `compare_source`) to the cloud's
+    /// dashboard: for edges that know their labels, such as the demo's.
+    pub report_accuracy: bool,
 }
 
 impl EdgeOptions {
@@ -53,6 +56,7 @@ impl EdgeOptions {
             compare_source: false,
             pace: None,
             drain: Duration::from_secs(10),
+            report_accuracy: false,
         }
     }
 }
@@ -230,6 +234,14 @@ pub fn run_stream(
             report.network_errors = c.network_errors;
             if let Some(e) = u.fatal() {
                 return Err(EdgeError::Refused(e));
+            }
+            if options.report_accuracy {
+                u.set_telemetry(EdgeTelemetry {
+                    images: report.images,
+                    correct: report.correct,
+                    source_correct: report.source_correct,
+                    norm_version: edge.version(),
+                });
             }
         } else if let Some(s) = &mut sync {
             if let Some(state) = s.round(&up, out.upload.len(), edge.version(), &mut report)? {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cema_wire::{ErrorCode, UploadStamp};
+use cema_wire::{EdgeTelemetry, ErrorCode, UploadStamp};
 
 use crate::client::{ClientError, CloudClient};
 
@@ -53,7 +53,12 @@ struct Shared {
     /// A refusal no retry can fix (a bad token, a model the cloud does not serve): the thread
     /// stops and the runtime ends the stream with it.
     fatal: Option<ClientError>,
+    /// The latest totals to report, if the edge reports them, and whether they were sent.
+    telemetry: Option<(EdgeTelemetry, bool)>,
 }
+
+/// Telemetry goes out at most this often (it is for a dashboard that samples every second).
+const TELEMETRY_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {
@@ -66,6 +71,7 @@ pub struct UplinkConfig {
 }
 
 pub struct Uplink {
+    client: CloudClient,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -82,17 +88,19 @@ impl Uplink {
                 session_open: false,
                 counters: UplinkCounters::default(),
                 fatal: None,
+                telemetry: None,
             }),
             Condvar::new(),
         ));
         let stop = Arc::new(AtomicBool::new(false));
         let max_queued = config.max_queued_samples;
-        let (s, st) = (shared.clone(), stop.clone());
+        let (s, st, c) = (shared.clone(), stop.clone(), client.clone());
         let thread = std::thread::Builder::new()
             .name("cema-uplink".into())
-            .spawn(move || run(client, config, s, st))
+            .spawn(move || run(c, config, s, st))
             .expect("spawn uplink thread");
         Uplink {
+            client,
             shared,
             stop,
             thread: Some(thread),
@@ -143,6 +151,11 @@ impl Uplink {
         self.shared.0.lock().expect("uplink lock").counters.clone()
     }
 
+    /// Replaces the totals reported to the cloud's dashboard (sent at most once a second).
+    pub fn set_telemetry(&self, t: EdgeTelemetry) {
+        self.shared.0.lock().expect("uplink lock").telemetry = Some((t, false));
+    }
+
     /// The refusal that stopped the uplink for good, if one did.
     pub fn fatal(&self) -> Option<ClientError> {
         self.shared.0.lock().expect("uplink lock").fatal.clone()
@@ -163,6 +176,13 @@ impl Uplink {
         self.shared.1.notify_all();
         if let Some(h) = self.thread.take() {
             let _ = h.join();
+        }
+        // The final totals, so the dashboard shows how the stream ended.
+        let last = self.shared.0.lock().expect("uplink lock").telemetry.take();
+        if let Some((t, false)) = last {
+            if let Err(e) = self.client.telemetry(&t) {
+                tracing::debug!(device = self.client.device(), "telemetry: {e}");
+            }
         }
         self.counters()
     }
@@ -210,6 +230,7 @@ fn run(
     let mut next_seq = 0u64;
     let mut backoff = Backoff::default();
     let mut link = LinkHealth::default();
+    let mut telemetry_at: Option<Instant> = None;
     let mut budget = Budget {
         bytes_per_s: config.kbps.map(|k| k * 1000.0 / 8.0),
         tokens: 0.0,
@@ -264,6 +285,24 @@ fn run(
                 Err(ClientError::Network(_)) => backoff.sleep(&stop),
             }
             continue;
+        }
+        if telemetry_at.is_none_or(|t| t.elapsed() >= TELEMETRY_EVERY) {
+            let due = m
+                .lock()
+                .expect("uplink lock")
+                .telemetry
+                .as_mut()
+                .filter(|(_, sent)| !sent)
+                .map(|(t, sent)| {
+                    *sent = true;
+                    t.clone()
+                });
+            if let Some(t) = due {
+                telemetry_at = Some(Instant::now());
+                if let Err(e) = client.telemetry(&t) {
+                    tracing::debug!(device = client.device(), "telemetry: {e}");
+                }
+            }
         }
         let (body, n) = {
             let mut s = m.lock().expect("uplink lock");

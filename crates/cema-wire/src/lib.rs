@@ -35,6 +35,9 @@ pub const UPLOAD_CONTENT_TYPE: &str = "application/x-cema-upload";
 /// Content type of the update stream.
 pub const UPDATES_CONTENT_TYPE: &str = "application/x-cema-updates";
 
+/// Longest telemetry body accepted, in bytes (it is a few numbers of JSON).
+pub const MAX_TELEMETRY: usize = 1024;
+
 /// Content type of a single norm state (the session request body).
 pub const NORM_STATE_CONTENT_TYPE: &str = "application/x-cema-norm-state";
 
@@ -344,6 +347,99 @@ pub struct UploadAck {
     pub version: Option<u64>,
 }
 
+/// `PUT /v1/devices/{device}/telemetry`: what an edge that knows its labels (a demo, a labelled
+/// trial) reports for the dashboard. Running totals since the edge started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeTelemetry {
+    /// Images predicted.
+    #[serde(deserialize_with = "whole::number")]
+    pub images: u64,
+    /// Of those, predicted correctly.
+    #[serde(deserialize_with = "whole::number")]
+    pub correct: u64,
+    /// Correct predictions of the unadapted model on the same images, if the edge runs it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::optional"
+    )]
+    pub source_correct: Option<u64>,
+    /// The norm-state version the edge predicts with.
+    #[serde(deserialize_with = "whole::number")]
+    pub norm_version: u64,
+}
+
+/// Counts in JSON bodies: a whole number in any JSON spelling (`12` or `12.0`, both integers to
+/// JSON Schema and to JavaScript), never a fraction or a negative.
+mod whole {
+    use serde::de::{Deserializer, Error, Visitor};
+    use std::fmt;
+
+    struct Whole;
+
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a whole number from 0 to 2^64 - 1")
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64 itself is not representable; every f64 below it that is whole converts exactly.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::custom(format!(
+                    "{v} is not a whole number from 0 to 2^64 - 1"
+                )))
+            }
+        }
+    }
+
+    pub fn number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(Whole)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        struct Maybe;
+        impl<'de> Visitor<'de> for Maybe {
+            type Value = Option<u64>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("null or a whole number")
+            }
+            fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                number(d).map(Some)
+            }
+        }
+        d.deserialize_option(Maybe)
+    }
+}
+
+impl EdgeTelemetry {
+    /// Totals that cannot be: more correct than predicted.
+    pub fn check(&self) -> Result<(), String> {
+        let over = |c: u64| c > self.images;
+        if over(self.correct) || self.source_correct.is_some_and(over) {
+            return Err(format!(
+                "telemetry counts more correct predictions than the {} images",
+                self.images
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Every error answer's body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
@@ -375,6 +471,30 @@ impl ApiError {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn telemetry_counts_are_whole_numbers_in_any_spelling() {
+        let t: EdgeTelemetry = serde_json::from_str(
+            r#"{"images": 12.0, "correct": 7, "source_correct": null, "norm_version": 3}"#,
+        )
+        .unwrap();
+        assert_eq!((t.images, t.correct, t.source_correct), (12, 7, None));
+        for bad in [
+            r#"{"images": 1.5, "correct": 0, "norm_version": 0}"#,
+            r#"{"images": -1, "correct": 0, "norm_version": 0}"#,
+            r#"{"images": 1e300, "correct": 0, "norm_version": 0}"#,
+            r#"{"images": 1, "correct": 0, "norm_version": 0, "extra": 1}"#,
+            r#"{"images": 1, "norm_version": 0}"#,
+        ] {
+            assert!(serde_json::from_str::<EdgeTelemetry>(bad).is_err(), "{bad}");
+        }
+        let over = EdgeTelemetry {
+            images: 2,
+            correct: 3,
+            ..EdgeTelemetry::default()
+        };
+        assert!(over.check().is_err());
+    }
 
     fn header(n: u32) -> UploadHeader {
         UploadHeader {

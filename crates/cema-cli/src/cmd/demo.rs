@@ -144,7 +144,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             ])
             .arg("--edge")
             .arg(&args.edge)
-            .args(["--compare-source", "--status-lines"]);
+            .args(["--compare-source", "--status-lines", "--report-accuracy"]);
         if let Some(k) = args.uplink_kbps {
             cmd.args(["--uplink-kbps", &k.to_string()]);
         }

@@ -73,6 +73,9 @@ pub struct Args {
     /// Print one JSON status line per batch on stdout.
     #[arg(long)]
     pub status_lines: bool,
+    /// Report online accuracy (the stream's labels are known here) to the cloud's dashboard.
+    #[arg(long)]
+    pub report_accuracy: bool,
     /// The edge's selection switches (as `cema bench --cema-preset`).
     #[arg(long, default_value = "paper")]
     pub preset: String,
@@ -150,6 +153,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         sync: args.sync,
         compare_source: args.compare_source,
         pace: (args.pace_ms > 0).then(|| Duration::from_millis(args.pace_ms)),
+        report_accuracy: args.report_accuracy,
         ..EdgeOptions::new(&args.cloud, &args.device, &args.token)
     };
     let name = args.corruption.name();
