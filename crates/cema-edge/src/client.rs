@@ -196,3 +196,29 @@ impl CloudClient {
         Ok(resp.into_body().into_reader())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_urls_need_http_and_a_host() {
+        for ok in [
+            "http://127.0.0.1:7878",
+            "http://cloud.example/",
+            "http://h:1/prefix",
+        ] {
+            assert_eq!(CloudClient::check_base(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("127.0.0.1:7878", "no scheme"),
+            ("https://cloud.example", "plain http"),
+            ("ftp://h", "expected http://"),
+            ("http://", "cloud URL"),
+            ("", "cloud URL"),
+        ] {
+            let e = CloudClient::check_base(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}

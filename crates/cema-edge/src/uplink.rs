@@ -203,19 +203,30 @@ struct Budget {
 }
 
 impl Budget {
+    /// At `now`: takes `bytes` of tokens and returns zero if the bucket holds them, else how long
+    /// until it will (taking nothing). A body larger than one second's budget passes once the
+    /// bucket is full, so no upload waits forever.
+    fn delay(&mut self, bytes: usize, now: Instant) -> Duration {
+        let Some(rate) = self.bytes_per_s else {
+            return Duration::ZERO;
+        };
+        let cap = rate.max(bytes as f64);
+        self.tokens = (self.tokens + rate * (now - self.last).as_secs_f64()).min(cap);
+        self.last = now;
+        if self.tokens >= bytes as f64 {
+            self.tokens -= bytes as f64;
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((bytes as f64 - self.tokens) / rate)
+    }
+
     fn wait_for(&mut self, bytes: usize, stop: &AtomicBool) {
-        let Some(rate) = self.bytes_per_s else { return };
         loop {
-            let now = Instant::now();
-            self.tokens =
-                (self.tokens + rate * (now - self.last).as_secs_f64()).min(rate.max(bytes as f64));
-            self.last = now;
-            if self.tokens >= bytes as f64 || stop.load(Ordering::Acquire) {
-                self.tokens -= bytes as f64;
+            let wait = self.delay(bytes, Instant::now());
+            if wait.is_zero() || stop.load(Ordering::Acquire) {
                 return;
             }
-            let need = (bytes as f64 - self.tokens) / rate;
-            std::thread::sleep(Duration::from_secs_f64(need.min(0.05)));
+            std::thread::sleep(wait.min(Duration::from_millis(50)));
         }
     }
 }
@@ -490,6 +501,82 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_bucket_paces_to_its_rate_with_one_second_of_burst() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // 8 kbit/s = 1 000 bytes/s, starting empty.
+        let mut b = Budget {
+            bytes_per_s: Some(1000.0),
+            tokens: 0.0,
+            last: t0,
+        };
+        assert_eq!(b.delay(500, at(0)), Duration::from_millis(500));
+        assert_eq!(b.delay(500, at(500)), Duration::ZERO);
+        assert_eq!(b.delay(500, at(1000)), Duration::ZERO);
+        // Idle for 10 s: the burst is capped at one second's worth.
+        assert_eq!(b.delay(1000, at(11_000)), Duration::ZERO);
+        assert_eq!(b.delay(1, at(11_000)), Duration::from_millis(1));
+        // A body over one second's budget passes once the bucket holds it whole.
+        assert_eq!(b.delay(3000, at(12_000)), Duration::from_millis(2000));
+        assert_eq!(b.delay(3000, at(14_000)), Duration::ZERO);
+        let mut free = Budget {
+            bytes_per_s: None,
+            tokens: 0.0,
+            last: t0,
+        };
+        assert_eq!(free.delay(1 << 30, at(0)), Duration::ZERO);
+    }
+
+    /// An uplink whose thread never sends: it has no norm state to open a session with.
+    fn idle_uplink(max_queued_samples: usize) -> Uplink {
+        let client = CloudClient::new("http://127.0.0.1:9", "d", "t", Duration::from_secs(1));
+        let stamp = UploadStamp {
+            model_id: "m".into(),
+            height: 1,
+            width: 1,
+            channels: 1,
+        };
+        Uplink::start(
+            client,
+            UplinkConfig {
+                stamp,
+                max_queued_samples,
+                kbps: None,
+            },
+        )
+    }
+
+    fn queued(u: &Uplink) -> Vec<usize> {
+        let s = u.shared.0.lock().unwrap();
+        s.queue.iter().map(|i| i.n).collect()
+    }
+
+    #[test]
+    fn past_its_bound_the_queue_drops_the_oldest_samples_but_keeps_every_upload() {
+        let u = idle_uplink(10);
+        for n in [4, 4, 4] {
+            u.push(vec![7; n], n, 0);
+        }
+        // 12 > 10: the oldest droppable batch (the second; the head may be in flight) is emptied.
+        assert_eq!(queued(&u), vec![4, 0, 4]);
+        assert_eq!(u.counters().dropped_samples, 4);
+        u.push(vec![7; 6], 6, 0);
+        assert_eq!(queued(&u), vec![4, 0, 0, 6]);
+        assert_eq!(u.counters().dropped_samples, 8);
+        // The newest batch is never emptied, even alone over the bound.
+        u.push(vec![7; 20], 20, 0);
+        assert_eq!(queued(&u), vec![4, 0, 0, 0, 20]);
+        assert_eq!(u.counters().dropped_samples, 14);
+        assert_eq!(
+            u.backlog(),
+            5,
+            "every batch keeps its upload (its cloud round)"
+        );
+        let empty = u.shared.0.lock().unwrap().queue[1].pixels.is_empty();
+        assert!(empty, "a dropped batch's pixels are freed");
+    }
 
     #[test]
     fn backoff_doubles_within_jitter_and_resets() {
