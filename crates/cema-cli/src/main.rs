@@ -110,3 +110,40 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag of every subcommand says what it is for, and one concept has one name: no two
+    /// subcommands use the names that once meant different things.
+    #[test]
+    fn every_flag_has_help_and_the_vocabulary_is_one() {
+        let cli = super::Cli::command();
+        let mut missing = Vec::new();
+        let mut check = |cmd: &clap::Command, path: &str| {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", a.get_long().unwrap_or(id)));
+                }
+                // Old names that meant different things in different subcommands are aliases
+                // only now, never a flag's own name.
+                if let Some(long) = a.get_long() {
+                    let ambiguous =
+                        matches!(long, "max-queued" | "preset" | "track-stats" | "student-lr")
+                            || (path == "cema cloud" && long == "data-dir");
+                    assert!(!ambiguous, "{path} --{long}: an ambiguous name");
+                }
+            }
+        };
+        check(&cli, "cema");
+        for sub in cli.get_subcommands() {
+            check(sub, &format!("cema {}", sub.get_name()));
+        }
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
+    }
+}

@@ -42,7 +42,7 @@ impl CloudProc {
                 "--foundation",
                 &foundation,
             ])
-            .arg("--data-dir")
+            .arg("--store-dir")
             .arg(data)
             .args(["--device", "dev-a:tok-a", "--device", "dev-b:tok-b"])
             .args(extra)
@@ -238,7 +238,7 @@ fn an_edge_without_a_cloud_keeps_predicting_and_counts_what_it_drops() {
         "fog",
         640,
     );
-    cmd.args(["--max-queued", "64"]);
+    cmd.args(["--max-queued-samples", "64"]);
     let e = run_json(cmd, &dir.path().join("edge.json"));
     assert_eq!(e["images"], 640);
     assert_eq!(e["uploaded"], 0);
@@ -258,10 +258,10 @@ fn a_slow_cloud_pushes_back_and_the_edge_drops_by_its_policy() {
     let cloud = CloudProc::start(
         &dir.path().join("cloud"),
         "127.0.0.1:0",
-        &["--slow-ms", "400", "--max-queued", "2"],
+        &["--slow-ms", "400", "--max-queued-uploads", "2"],
     );
     let mut cmd = edge_cmd(&cloud.url(), "dev-a", "tok-a", "gaussian_noise", 1280);
-    cmd.args(["--max-queued", "48"]);
+    cmd.args(["--max-queued-samples", "48"]);
     let e = run_json(cmd, &dir.path().join("edge.json"));
     assert_eq!(e["images"], 1280);
     assert!(e["dropped"].as_u64().unwrap() > 0, "{e}");
@@ -319,11 +319,11 @@ fn cloud_and_edge_usage_errors_exit_2_naming_the_flag() {
         "a",
         "--token",
         "b",
-        "--track-stats",
+        "--cema-track-stats",
         "0",
     ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--track-stats"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--cema-track-stats"), "{}", stderr(&o));
 }
 
 #[test]
@@ -375,11 +375,12 @@ fn an_empty_store_file_is_exit_2_naming_it() {
         &foundation,
         "--device",
         "a:b",
-        "--data-dir",
+        "--store-dir",
         &data,
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("cloud.redb"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--store-dir"), "{}", stderr(&o));
 }
 
 #[test]

@@ -23,8 +23,9 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
     /// Folder of the session store (cloud.redb); sessions resume from it after a restart.
-    #[arg(long, default_value = "runs/cloud")]
-    pub data_dir: PathBuf,
+    /// (`--data-dir` elsewhere is a dataset's folder; here it is an old name of this flag.)
+    #[arg(long, alias = "data-dir", default_value = "runs/cloud")]
+    pub store_dir: PathBuf,
     /// The edge model whose norm states this cloud serves (its card name is the model id).
     #[arg(long, default_value = "models/edge.safetensors")]
     pub edge: PathBuf,
@@ -44,17 +45,17 @@ pub struct Args {
     #[arg(long, default_value_t = 8 << 20)]
     pub max_body: usize,
     /// Uploads one session may have queued before the cloud answers 429.
-    #[arg(long, default_value_t = 64)]
-    pub max_queued: usize,
+    #[arg(long, alias = "max-queued", default_value_t = 64)]
+    pub max_queued_uploads: usize,
     /// CEMA's cloud batch B.
     #[arg(long, default_value_t = 32)]
     pub cloud_batch: usize,
-    /// The student's (distillation) learning rate.
-    #[arg(long, default_value_t = 0.0025)]
-    pub student_lr: f64,
-    /// The foundation's learning rate.
-    #[arg(long, default_value_t = 0.00025)]
-    pub foundation_lr: f64,
+    /// CEMA's student (distillation) learning rate (as `cema bench --cema-student-lr`).
+    #[arg(long, alias = "student-lr", default_value_t = 0.0025)]
+    pub cema_student_lr: f64,
+    /// CEMA's foundation learning rate (as `cema bench --cema-foundation-lr`).
+    #[arg(long, alias = "foundation-lr", default_value_t = 0.00025)]
+    pub cema_foundation_lr: f64,
     /// Seed of every session's replay sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -154,20 +155,20 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         devices,
         config: CloudConfig {
             batch: args.cloud_batch,
-            student_lr: args.student_lr,
-            foundation_lr: args.foundation_lr,
+            student_lr: args.cema_student_lr,
+            foundation_lr: args.cema_foundation_lr,
             seed: args.seed,
             ..CloudConfig::default()
         },
         workers: args.workers,
         max_body: args.max_body,
-        max_queued: args.max_queued,
+        max_queued: args.max_queued_uploads,
         round_delay: std::time::Duration::from_millis(args.slow_ms),
         device: ctx.device.clone(),
         ..CloudOptions::new(
             args.edge.clone(),
             args.foundation.clone(),
-            args.data_dir.clone(),
+            args.store_dir.clone(),
         )
     };
     let cloud = Cloud::open(options).map_err(|e| {
@@ -175,7 +176,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             CliError::usage(e.context("--edge / --foundation"))
         } else if e.downcast_ref::<StoreError>().is_some() {
             // A store that cannot be opened (empty, corrupted, unwritable) is bad input: exit 2.
-            CliError::usage(e.context(format!("--data-dir {}", args.data_dir.display())))
+            CliError::usage(e.context(format!("--store-dir {}", args.store_dir.display())))
         } else {
             CliError::from(e.context("starting the cloud"))
         }

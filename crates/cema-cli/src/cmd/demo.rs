@@ -33,6 +33,7 @@ pub struct Args {
         default_value = "gaussian_noise,fog,contrast"
     )]
     pub corruptions: Vec<Corruption>,
+    /// The corruptions' severity, 1–5.
     #[arg(long, default_value_t = 5)]
     pub severity: u8,
     /// Images per edge stream.
@@ -49,8 +50,10 @@ pub struct Args {
     /// Cloud worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// The edge model every edge runs (and the cloud serves).
     #[arg(long, default_value = "models/edge.safetensors")]
     pub edge: PathBuf,
+    /// The cloud's foundation model.
     #[arg(long, default_value = "models/foundation.safetensors")]
     pub foundation: PathBuf,
     #[command(flatten)]
@@ -172,7 +175,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         .collect();
 
     let mut reaper = Reaper::default();
-    let mut cloud_args: Vec<std::ffi::OsString> = vec!["--data-dir".into(), cloud_data.into()];
+    let mut cloud_args: Vec<std::ffi::OsString> = vec!["--store-dir".into(), cloud_data.into()];
     cloud_args.extend(["--edge".into(), args.edge.clone().into()]);
     cloud_args.extend(["--foundation".into(), args.foundation.clone().into()]);
     cloud_args.extend(["--workers".into(), args.workers.to_string().into()]);

@@ -36,6 +36,7 @@ pub struct Args {
     /// The stream's corruption.
     #[arg(long, default_value = "gaussian_noise")]
     pub corruption: Corruption,
+    /// The corruption's severity, 1–5.
     #[arg(long, default_value_t = 5)]
     pub severity: u8,
     /// Images of the stream (the first N of the seed's shuffled test set).
@@ -53,14 +54,15 @@ pub struct Args {
     pub corrupted: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
+    /// Images per batch: one forward pass, one selection, one upload.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Uplink budget, kilobits per second (default: unlimited).
     #[arg(long)]
     pub uplink_kbps: Option<f64>,
     /// Uplink queue bound, samples; past it the oldest queued samples are dropped and counted.
-    #[arg(long, default_value_t = 4096)]
-    pub max_queued: usize,
+    #[arg(long, alias = "max-queued", default_value_t = 4096)]
+    pub max_queued_samples: usize,
     /// Wait for the cloud's round after every batch (reproduces `cema bench` exactly).
     #[arg(long)]
     pub sync: bool,
@@ -76,13 +78,13 @@ pub struct Args {
     /// Report online accuracy (the stream's labels are known here) to the cloud's dashboard.
     #[arg(long)]
     pub report_accuracy: bool,
-    /// The edge's selection switches (as `cema bench --cema-preset`).
-    #[arg(long, default_value = "paper")]
-    pub preset: String,
+    /// The edge's selection switches: paper or released (as `cema bench --cema-preset`).
+    #[arg(long, alias = "preset", default_value = "paper")]
+    pub cema_preset: String,
     /// Follow the stream's normalization statistics forward-only with this momentum in (0, 1];
     /// cloud updates then set only γ and β (as `cema bench --cema-track-stats`).
-    #[arg(long)]
-    pub track_stats: Option<f32>,
+    #[arg(long, alias = "track-stats")]
+    pub cema_track_stats: Option<f32>,
     /// Write the final report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -111,17 +113,17 @@ pub fn report_json(r: &EdgeReport, corruption: &str) -> serde_json::Value {
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
-    let selection = match args.preset.as_str() {
+    let selection = match args.cema_preset.as_str() {
         "paper" => EdgeConfig::default(),
         "released" => EdgeConfig::released(),
         p => {
             return Err(CliError::usage(anyhow::anyhow!(
-                "--preset {p}: expected paper or released"
+                "--cema-preset {p}: expected paper or released"
             )))
         }
     };
     let selection = EdgeConfig {
-        track_stats: super::check_momentum(args.track_stats, "--track-stats")?,
+        track_stats: super::check_momentum(args.cema_track_stats, "--cema-track-stats")?,
         ..selection
     };
     if !(1..=5).contains(&args.severity) {
@@ -149,7 +151,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         batch: args.batch,
         selection,
         uplink_kbps: args.uplink_kbps,
-        max_queued_samples: args.max_queued,
+        max_queued_samples: args.max_queued_samples,
         sync: args.sync,
         compare_source: args.compare_source,
         pace: (args.pace_ms > 0).then(|| Duration::from_millis(args.pace_ms)),

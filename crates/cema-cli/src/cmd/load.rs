@@ -26,6 +26,7 @@ use super::{write_json, Context, DataArgs};
 /// Load test: N synthetic edges uploading to one cloud for a bounded time (loopback only).
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Synthetic edge devices, each with its own session.
     #[arg(long, default_value_t = 50)]
     pub edges: usize,
     /// How long the edges upload, seconds.
@@ -37,8 +38,10 @@ pub struct Args {
     /// Cloud worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// The edge model the cloud serves.
     #[arg(long, default_value = "models/edge.safetensors")]
     pub edge: PathBuf,
+    /// The cloud's foundation model.
     #[arg(long, default_value = "models/foundation.safetensors")]
     pub foundation: PathBuf,
     /// The images the edges upload: this dataset's test split.
@@ -120,11 +123,11 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let mut reaper = Reaper::default();
     let mut cloud_args: Vec<std::ffi::OsString> =
         vec!["--workers".into(), args.workers.to_string().into()];
-    cloud_args.extend(["--data-dir".into(), tmp.path().join("cloud").into()]);
+    cloud_args.extend(["--store-dir".into(), tmp.path().join("cloud").into()]);
     cloud_args.extend(["--devices-file".into(), dev_file.into()]);
     cloud_args.extend(["--edge".into(), args.edge.clone().into()]);
     cloud_args.extend(["--foundation".into(), args.foundation.clone().into()]);
-    cloud_args.extend(["--max-queued".into(), "8".into()]);
+    cloud_args.extend(["--max-queued-uploads".into(), "8".into()]);
     let (url, pid) =
         spawn_cloud(exe.as_os_str(), cloud_args, &mut reaper).map_err(CliError::failed)?;
     let rss_idle = rss_kib(pid);

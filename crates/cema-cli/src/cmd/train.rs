@@ -30,8 +30,10 @@ pub struct Args {
     /// Role recorded in the model card (edge or foundation).
     #[arg(long, default_value = "edge")]
     role: String,
+    /// Epochs the cosine schedule spans.
     #[arg(long, default_value_t = 15)]
     epochs: usize,
+    /// Images per SGD step.
     #[arg(long, default_value_t = 128)]
     batch: usize,
     /// Peak learning rate (cosine-annealed to 0).
@@ -43,6 +45,7 @@ pub struct Args {
     /// Random-crop padding in pixels (0 disables the crop).
     #[arg(long, default_value_t = 2)]
     pad: usize,
+    /// Seed of the initial weights and of the data order and augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Stop after this many epochs (the cosine schedule still spans --epochs); continue later
