@@ -244,6 +244,14 @@ impl CloudAdapter {
         Ok(())
     }
 
+    /// Frees what this adapter holds only to go faster inside a round (the foundation's folded
+    /// inference net). A cloud holding many sessions calls it after each round; the next round
+    /// rebuilds it, as it would anyway once the foundation has adapted.
+    pub fn release_caches(&mut self) {
+        self.foundation.release_folded();
+        self.student.release_folded();
+    }
+
     /// One round (SPEC §3 cloud steps 1–5): for every full batch of B pending samples, adapt the
     /// foundation on it and distil on it plus 3B replay samples (once the buffer holds
     /// `replay_min`); with no full batch but a warm buffer, one replay-only distillation step on

@@ -17,7 +17,9 @@ impl ReplayBuffer {
         ReplayBuffer {
             image_size,
             capacity,
-            images: VecDeque::with_capacity(capacity.min(1 << 16)),
+            // Grown as images arrive: reserving the capacity up front cost every session 160 KB
+            // before its first upload.
+            images: VecDeque::new(),
         }
     }
 

@@ -597,6 +597,7 @@ impl Cloud {
         let result = adapter
             .receive(&item.pixels, n)
             .and_then(|()| adapter.step());
+        adapter.release_caches();
         let (published, outcome) = match result {
             Ok(Some(state)) => (Some(state), RoundOutcome::Published),
             Ok(None) => (None, RoundOutcome::Idle),

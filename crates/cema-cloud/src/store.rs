@@ -94,6 +94,9 @@ pub trait SessionStore: Send + Sync {
     fn ready(&self, room: u64) -> Result<()>;
 }
 
+/// Bytes of redb's page cache.
+const STORE_CACHE: usize = 32 << 20;
+
 /// [`SessionStore`] in one redb file (fsync on every commit: redb's `Durability::Immediate`).
 ///
 /// After an I/O error redb refuses every later operation until the database is reopened, so a
@@ -134,13 +137,18 @@ impl RedbStore {
         let mut slot = self.db.write().expect("store lock");
         // The old handle holds the file lock: it goes before the file is opened again.
         *slot = None;
-        let db = Database::create(&self.path).map_err(|e| {
-            let e = err(e);
-            StoreError {
-                message: format!("{}: {}", self.path.display(), e.message),
-                ..e
-            }
-        })?;
+        // redb's page cache defaults to 1 GiB and fills with upload pages that are read once (at
+        // a restart): bounded, so the store does not grow the cloud by the uploads it holds.
+        let db = redb::Builder::new()
+            .set_cache_size(STORE_CACHE)
+            .create(&self.path)
+            .map_err(|e| {
+                let e = err(e);
+                StoreError {
+                    message: format!("{}: {}", self.path.display(), e.message),
+                    ..e
+                }
+            })?;
         let w = db.begin_write().map_err(err)?;
         {
             w.open_table(UPLOADS).map_err(err)?;

@@ -199,7 +199,9 @@ impl Net {
 
         // ---- forward ----
         let mut values: Vec<Option<Vec<f32>>> = (0..plan.shapes.len()).map(|_| None).collect();
-        let mut input = pool::take(0);
+        // Taken at its size: a buffer taken empty and grown would go back to the pool larger than
+        // it came out, and the pool would creep by one input every pass.
+        let mut input = pool::take_dirty(plan.len(0, n));
         let (scale, shift) = pixel_affine(spec);
         load_pixels(pixels, (&scale, &shift), plan.geo(0, n), &mut input);
         values[0] = Some(input);
@@ -574,7 +576,7 @@ impl Net {
         grads.push((norm.weight, dgamma));
         grads.push((norm.bias, s1.iter().map(|v| *v as f32).collect()));
         if matches!(layer.back, Back::None) {
-            return pool::take(0);
+            return Vec::new();
         }
         // ∂L/∂z = A·g + B·z + C per channel.
         let m = st.count as f64;

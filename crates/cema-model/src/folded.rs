@@ -191,7 +191,8 @@ impl FoldedNet {
         let n = logits.len() / self.classes;
         let mut uses = plan.uses.clone();
         let mut values: Vec<Option<Vec<f32>>> = vec![None; plan.shapes.len()];
-        let mut x = s.take(0);
+        // At its size, not grown from empty: see `affine_backward`'s input.
+        let mut x = s.take(plan.len(0, n));
         load_pixels(
             pixels,
             (&self.pixel_scale, &self.pixel_shift),

@@ -134,6 +134,13 @@ impl Model {
         *self.net.device() == crate::cpu()
     }
 
+    /// Drops the folded inference net (refolded on next use). A model whose weights change between
+    /// uses, such as a cloud session's foundation, would otherwise hold a stale copy of every
+    /// convolution between rounds: 4 MiB per session for the shipped foundation.
+    pub fn release_folded(&mut self) {
+        self.folded = None;
+    }
+
     /// The folded net for the current weights and norm state, refolded if either has changed
     /// since the last call; `None` when the net cannot be folded (see [`Net::fold`]).
     pub fn folded(&mut self) -> Option<std::sync::Arc<crate::FoldedNet>> {

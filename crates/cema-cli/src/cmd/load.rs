@@ -62,6 +62,23 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// From the cloud's session list: sessions that ran a round, and the bytes all sessions say they
+/// hold besides the shared models (state, and replay pixels).
+fn session_memory(url: &str) -> (u64, u64, u64) {
+    let body = ureq::get(&format!("{url}/v1/sessions"))
+        .call()
+        .ok()
+        .and_then(|r| r.into_body().read_to_string().ok())
+        .unwrap_or_default();
+    let sessions: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    let sum = |k: &str| sessions.iter().filter_map(|s| s[k].as_u64()).sum::<u64>();
+    let rounded = sessions
+        .iter()
+        .filter(|s| s["rounds"].as_u64().is_some_and(|r| r > 0))
+        .count() as u64;
+    (rounded, sum("session_bytes"), sum("replay_bytes"))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
@@ -208,6 +225,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     // Let versions for the last acknowledged uploads arrive, then stop.
     std::thread::sleep(Duration::from_secs(5));
     let rss_end = rss_kib(pid);
+    let held = session_memory(&url);
     stop.store(true, Ordering::Release);
     reaper.terminate(Duration::from_secs(10));
     for th in threads {
@@ -232,12 +250,14 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "versions_delivered": lat.len(),
         "update_latency_ms_p50": percentile(&lat, 0.5),
         "update_latency_ms_p99": percentile(&lat, 0.99),
+        // Growth over the run includes each worker's buffers (fixed, hundreds of MiB once the
+        // first rounds ran), so it is not a per-session cost: bench/session_memory.sh takes
+        // the difference between two edge counts for that.
         "cloud_rss_kib_idle": rss_idle,
         "cloud_rss_kib_end": rss_end,
-        "cloud_rss_kib_per_session": match (rss_idle, rss_end) {
-            (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / args.edges as f64),
-            _ => None,
-        },
+        "sessions_with_rounds": held.0,
+        "session_state_bytes": held.1,
+        "replay_bytes": held.2,
     });
     println!(
         "{}",
