@@ -78,7 +78,19 @@ fn a_session_learns_from_uploads_and_pushes_versions_on_the_stream() {
         .into_body()
         .read_to_string()
         .unwrap();
-    assert!(page.contains("<td>dev-a</td>"), "{page}");
+    // The dashboard, drawn by its script from /v1/dashboard (tests/dashboard.rs runs it).
+    assert!(page.contains("id=\"version\"") && page.contains("/v1/dashboard"));
+    let dash: serde_json::Value = serde_json::from_str(
+        &ureq::get(&format!("{}/v1/dashboard", cloud.url()))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(dash["model_id"], MODEL_ID);
+    assert_eq!(dash["sessions"], 1);
 }
 
 #[test]
