@@ -6,6 +6,12 @@ use std::path::Path;
 
 use crate::error::{DataError, Result};
 
+/// Writes `bytes` to `path` atomically (see [`write_atomic`]): for results and records that other
+/// crates write, which must never be seen half-written either.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |w| w.write_all(bytes))
+}
+
 /// Writes `path` through a temporary file in the same folder and renames it into place, so a reader
 /// (or a crash) never sees a half-written dataset file.
 pub(crate) fn write_atomic(

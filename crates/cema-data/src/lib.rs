@@ -30,6 +30,7 @@ mod error;
 pub mod fashion_mnist;
 pub mod folder;
 mod fsutil;
+pub use fsutil::write_file_atomic;
 pub mod idx;
 mod imageset;
 pub mod npy;

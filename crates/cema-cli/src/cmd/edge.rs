@@ -14,8 +14,8 @@ use serde_json::json;
 
 use crate::exit::{CliError, ResultExt};
 
-use super::bench::{stream, stream_order};
 use super::{write_json, Context, DataArgs};
+use cema_bench::{stream, stream_order};
 
 /// Runs an edge device: forward-only inference over a corrupted stream, uploads to and updates
 /// from a cloud.

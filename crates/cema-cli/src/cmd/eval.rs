@@ -8,11 +8,11 @@ use cema_data::{ImageSet, Split};
 use cema_model::{Model, NormMode};
 use serde_json::{json, Map, Value};
 
-use super::bench::stream;
 use super::corrupt::{expand, parse_selection, Selection};
 use super::{write_json, Context, DataArgs};
 use crate::exit::{CliError, ResultExt};
 use crate::ui::Progress;
+use cema_bench::stream;
 
 /// Accuracy of a checkpoint on the clean test set and on every corruption × severity of its
 /// corrupted copy (Fashion-MNIST-C by default): read from --corrupted where that folder holds the

@@ -1,0 +1,266 @@
+//! One stream: its order, its images (read or generated), and one method's pass over it.
+
+use std::path::Path;
+use std::time::Instant;
+
+use cema_adapt::{Dropped, Method};
+use cema_corrupt::{Corruption, Plan, Table};
+use cema_data::cifar_c::CorruptedDir;
+use cema_data::ImageSet;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::run::Observer;
+
+/// One method's numbers on one stream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StreamResult {
+    pub images: usize,
+    pub correct: usize,
+    pub uploaded: usize,
+    pub selected: usize,
+    /// Selected samples the method itself predicted correctly.
+    pub selected_correct: usize,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub updates: u64,
+    pub seconds: f64,
+    /// Of `seconds`, the cloud side's (CEMA and random upload).
+    pub cloud_seconds: f64,
+    /// Correct predictions per batch, in stream order (the continual plot's curve).
+    pub batch_correct: Vec<u32>,
+    /// With `--diagnose-teacher`: [uploaded, dropped] samples.
+    pub teacher: Option<[TeacherCounts; 2]>,
+    /// Dropped samples per selection criterion (cema, eata).
+    pub dropped: Option<Dropped>,
+}
+
+/// The teacher against the edge on one group of samples (`--diagnose-teacher`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct TeacherCounts {
+    pub samples: usize,
+    pub edge_correct: usize,
+    pub teacher_correct: usize,
+    /// Teacher right where the edge is wrong: what distilling on these could correct.
+    pub teacher_corrects_edge: usize,
+}
+
+impl TeacherCounts {
+    pub fn add(&mut self, o: &TeacherCounts) {
+        self.samples += o.samples;
+        self.edge_correct += o.edge_correct;
+        self.teacher_correct += o.teacher_correct;
+        self.teacher_corrects_edge += o.teacher_corrects_edge;
+    }
+    pub fn to_json(self) -> Value {
+        let f = |k: usize| (self.samples > 0).then(|| k as f64 / self.samples as f64);
+        json!({
+            "samples": self.samples,
+            "edge_accuracy": f(self.edge_correct),
+            "teacher_accuracy": f(self.teacher_correct),
+            "teacher_corrects_edge": f(self.teacher_corrects_edge),
+        })
+    }
+}
+
+pub fn teacher_json(t: &Option<[TeacherCounts; 2]>) -> Value {
+    match t {
+        Some([up, dropped]) => json!({ "uploaded": up.to_json(), "dropped": dropped.to_json() }),
+        None => Value::Null,
+    }
+}
+
+impl StreamResult {
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.images.max(1) as f64
+    }
+    pub fn upload_fraction(&self) -> f64 {
+        self.selected as f64 / self.images.max(1) as f64
+    }
+    /// The method's own accuracy on the samples it selected (none selected: `None`): how much
+    /// of what it uploads it already gets right, i.e. how little a teacher can correct there.
+    pub fn selected_accuracy(&self) -> Option<f64> {
+        (self.selected > 0).then(|| self.selected_correct as f64 / self.selected as f64)
+    }
+    pub fn to_json(&self, severity: u8) -> Value {
+        json!({
+            "accuracy": self.accuracy(),
+            "upload_fraction": self.upload_fraction(),
+            "uploaded": self.uploaded,
+            "selected": self.selected,
+            "selected_accuracy": self.selected_accuracy(),
+            "dropped": self.dropped,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "updates": self.updates,
+            "seconds": self.seconds,
+            "cloud_seconds": self.cloud_seconds,
+            "edge_images_per_s": self.images as f64 / (self.seconds - self.cloud_seconds).max(1e-9),
+            "cloud_samples_per_s": (self.cloud_seconds > 0.0)
+                .then(|| self.uploaded as f64 / self.cloud_seconds),
+            "images": self.images,
+            "severity": severity,
+            "batch_correct": self.batch_correct,
+            "teacher_diagnosis": teacher_json(&self.teacher),
+        })
+    }
+}
+
+/// The fixed stream order for `seed`: a ChaCha8 shuffle of `0..len`.
+pub fn stream_order(len: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    order
+}
+
+/// The test images at `indices` under one corruption: read from `dir` when it holds that
+/// corruption, else generated image by image with the image's index in the test set, which gives
+/// the same bytes as `cema corrupt --seed seed` (and `corrupt_set`) without corrupting the rest.
+pub fn stream(
+    dir: &Path,
+    test: &ImageSet,
+    indices: &[usize],
+    c: Corruption,
+    severity: u8,
+    seed: u64,
+) -> anyhow::Result<(ImageSet, &'static str)> {
+    if dir.join(format!("{}.npy", c.name())).exists() {
+        let set = CorruptedDir::open(dir)?.load(c.name(), severity)?;
+        anyhow::ensure!(
+            (set.height, set.width, set.channels) == (test.height, test.width, test.channels),
+            "{}: {}×{}×{} images, but the clean test set's are {}×{}×{} (a corrupted copy of \
+             another dataset? check --dataset and --corrupted)",
+            dir.join(format!("{}.npy", c.name())).display(),
+            set.height,
+            set.width,
+            set.channels,
+            test.height,
+            test.width,
+            test.channels
+        );
+        anyhow::ensure!(
+            set.len() >= test.len() && set.labels[..test.len()] == test.labels[..],
+            "{}: labels do not match the clean test set (generated from another split or dataset?)",
+            dir.display()
+        );
+        return Ok((set.select(indices), "file"));
+    }
+    let (h, w, ch) = (test.height, test.width, test.channels);
+    let plan = Plan::new(c, severity, Table::for_size(h, w), h, w, ch)?;
+    let images = indices
+        .par_iter()
+        .map(|&i| plan.apply(test.image(i), seed, i as u64))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
+    let set = ImageSet {
+        images,
+        labels: indices.iter().map(|&i| test.labels[i]).collect(),
+        height: h,
+        width: w,
+        channels: ch,
+    };
+    Ok((set, "generated"))
+}
+
+/// Feeds `set` to `method` batch by batch and scores the predictions it returns.
+pub fn run_stream(
+    method: &mut dyn Method,
+    set: &ImageSet,
+    batch: usize,
+    progress: &dyn Observer,
+) -> anyhow::Result<StreamResult> {
+    let size = set.image_size();
+    let mut r = StreamResult {
+        images: set.len(),
+        ..StreamResult::default()
+    };
+    let t0 = Instant::now();
+    for start in (0..set.len()).step_by(batch) {
+        let n = batch.min(set.len() - start);
+        let pixels = &set.images[start * size..(start + n) * size];
+        let out = method.process(pixels, n)?;
+        anyhow::ensure!(
+            out.predictions.len() == n,
+            "{} returned {} predictions for {n} images",
+            method.name(),
+            out.predictions.len()
+        );
+        let labels = &set.labels[start..start + n];
+        let correct = out
+            .predictions
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| p == l)
+            .count();
+        r.selected_correct += out
+            .selected
+            .iter()
+            .filter(|&&i| out.predictions[i] == labels[i])
+            .count();
+        if let Some(teacher) = &out.teacher {
+            let t = r.teacher.get_or_insert_with(Default::default);
+            let mut uploaded = vec![false; n];
+            out.selected.iter().for_each(|&i| uploaded[i] = true);
+            for i in 0..n {
+                let g = &mut t[usize::from(!uploaded[i])];
+                let (e, te) = (out.predictions[i] == labels[i], teacher[i] == labels[i]);
+                g.samples += 1;
+                g.edge_correct += usize::from(e);
+                g.teacher_correct += usize::from(te);
+                g.teacher_corrects_edge += usize::from(te && !e);
+            }
+        }
+        r.correct += correct;
+        r.batch_correct.push(correct as u32);
+        r.uploaded += out.uploaded;
+        r.selected += out.selected.len();
+        r.bytes_up += out.bytes_up;
+        r.bytes_down += out.bytes_down;
+        r.updates += u64::from(out.updated);
+        r.cloud_seconds += out.cloud_seconds;
+        if let Some(d) = &out.dropped {
+            r.dropped.get_or_insert_with(Dropped::default).add(d);
+        }
+        progress.advanced(n as u64);
+    }
+    r.seconds = t0.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_order_is_a_seeded_permutation() {
+        let a = stream_order(100, 0);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, stream_order(100, 0));
+        assert_ne!(a, stream_order(100, 1));
+        assert_ne!(a, sorted);
+    }
+
+    #[test]
+    fn generated_streams_equal_corrupt_set_on_the_same_indices() {
+        let test = ImageSet {
+            images: (0..6 * 16).map(|i| (i * 7 % 251) as u8).collect(),
+            labels: (0..6).collect(),
+            height: 4,
+            width: 4,
+            channels: 1,
+        };
+        let c = Corruption::GaussianNoise;
+        let whole = cema_corrupt::corrupt_set(&test, c, 3, None, 9).unwrap();
+        let idx = [4, 1, 5];
+        let (s, from) = stream(Path::new("/nonexistent"), &test, &idx, c, 3, 9).unwrap();
+        assert_eq!(from, "generated");
+        assert_eq!(s.images, whole.select(&idx).images);
+        assert_eq!(s.labels, vec![4, 1, 5]);
+    }
+}
