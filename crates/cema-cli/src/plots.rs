@@ -72,7 +72,10 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
 /// Grouped bars: accuracy per stream, one bar per method.
 fn per_corruption(results: &Value, path: &Path) -> anyhow::Result<()> {
     let (ms, ss) = (methods(results), streams(results));
-    let width = (120 + ss.len() * (ms.len() * 9 + 14)).max(640) as u32;
+    let group = ms.len() * 9 + 14;
+    // Room right of the last group for the legend (about 130 px), so it covers no bar.
+    let spare = 130usize.div_ceil(group);
+    let width = (120 + (ss.len() + spare) * group).max(640) as u32;
     let root = SVGBackend::new(path, (width, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -87,12 +90,13 @@ fn per_corruption(results: &Value, path: &Path) -> anyhow::Result<()> {
         .margin(10)
         .x_label_area_size(110)
         .y_label_area_size(50)
-        .build_cartesian_2d(0f64..ss.len() as f64, 0f64..118f64)
+        .build_cartesian_2d(0f64..(ss.len() + spare) as f64, 0f64..105f64)
         .map_err(err)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("accuracy (%)")
         .draw()
         .map_err(err)?;
@@ -159,6 +163,8 @@ fn vs_upload(results: &Value, path: &Path) -> anyhow::Result<()> {
         .configure_mesh()
         .x_desc("uploaded / selected (% of the stream)")
         .y_desc("mean online accuracy (%)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(err)?;
     for (i, (m, x, y)) in pts.iter().enumerate() {
@@ -179,12 +185,15 @@ fn vs_upload(results: &Value, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Height of the continual plot's band of corruption names, in accuracy points above 100.
+const BAND: f64 = 32.0;
+
 /// Continual protocol: accuracy over a moving window of batches along the whole sequence.
 fn online(results: &Value, path: &Path) -> anyhow::Result<()> {
     let (ms, ss) = (methods(results), streams(results));
     let batch = results["batch"].as_f64().unwrap_or(64.0);
     let window = 8usize;
-    let root = SVGBackend::new(path, (900, 460)).into_drawing_area();
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let per_stream = results["images_per_stream"].as_f64().unwrap_or(0.0);
     let total = per_stream * ss.len() as f64;
@@ -196,14 +205,40 @@ fn online(results: &Value, path: &Path) -> anyhow::Result<()> {
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0f64..total.max(1.0), 0f64..100f64)
+        // Above 100 %: a band for the corruptions' names.
+        .build_cartesian_2d(0f64..total.max(1.0), 0f64..(100.0 + BAND))
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("images seen (corruptions in order: see results.json `streams`)")
+        .x_desc("images seen")
         .y_desc("accuracy (%)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| {
+            if *v <= 100.0 {
+                format!("{v:.0}")
+            } else {
+                String::new()
+            }
+        })
         .draw()
         .map_err(err)?;
+    // Each corruption's segment: a boundary line and its name in the band, rotated.
+    let name_style = TextStyle::from(("sans-serif", 11).into_font())
+        .transform(FontTransform::Rotate270)
+        .color(&RGBColor(90, 90, 90));
+    for (si, s) in ss.iter().enumerate() {
+        let x = si as f64 * per_stream;
+        if si > 0 {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x, 0.0), (x, 100.0 + BAND)],
+                    RGBColor(200, 200, 200).stroke_width(1),
+                )))
+                .map_err(err)?;
+        }
+        let (px, py) = chart.backend_coord(&(x + per_stream / 2.0, 101.0));
+        root.draw_text(s, &name_style, (px - 6, py)).map_err(err)?;
+    }
     for (mi, m) in ms.iter().enumerate() {
         let color = COLORS[mi % COLORS.len()];
         let mut correct: Vec<f64> = Vec::new();

@@ -85,10 +85,11 @@ fn small_run_writes_layout_sheet_and_json_deterministically() {
         }
     }
 
-    // Contact sheet: 2 rows of 28·3 px, 6 columns of 4 samples.
+    // Contact sheet: 2 rows of 28·3 px, 6 columns of 4 samples, labels ("gaussian_noise", 14
+    // glyphs of 8 px, on the left; one line on top).
     let sheet = image::open(out.join("contact_sheet.png")).unwrap();
-    assert_eq!(sheet.height(), 2 * 84 + 3 * 4);
-    assert_eq!(sheet.width(), 6 * (4 * 84 + 3) + 7 * 4);
+    assert_eq!(sheet.height(), 8 + 4 + 2 * 84 + 3 * 4);
+    assert_eq!(sheet.width(), 14 * 8 + 4 + 6 * (4 * 84 + 3) + 7 * 4);
 
     // JSON summary.
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();

@@ -1,12 +1,11 @@
 //! Contact sheets for eyeballing the suite: one row per corruption (in the order given), columns
-//! clean, severity 1…5, each cell showing the first `samples` images side by side.
-//!
-//! There are no text labels (no font ships); the row order is exactly the `corruptions` slice,
-//! so callers print that as the legend.
+//! clean, severity 1…5, each cell showing the first `samples` images side by side. Rows are labelled
+//! with the corruption's name and columns with the severity, in the `font8x8` bitmap font.
 
 use std::path::Path;
 
 use cema_data::ImageSet;
+use font8x8::UnicodeFonts;
 use image::{Rgb, RgbImage};
 
 use crate::{CorruptError, Corruption, Plan, Table};
@@ -15,6 +14,26 @@ use crate::{CorruptError, Corruption, Plan, Table};
 const SAMPLE_GAP: u32 = 1;
 const CELL_GAP: u32 = 4;
 const BACKGROUND: Rgb<u8> = Rgb([96, 96, 96]);
+const INK: Rgb<u8> = Rgb([240, 240, 240]);
+/// Pixels of one glyph of the label font.
+const GLYPH: u32 = 8;
+
+/// Draws `text` with its top-left corner at (x, y), clipped to the image.
+fn label(img: &mut RgbImage, text: &str, x: u32, y: u32) {
+    for (i, ch) in text.chars().enumerate() {
+        let Some(rows) = font8x8::BASIC_FONTS.get(ch) else {
+            continue;
+        };
+        for (dy, bits) in rows.iter().enumerate() {
+            for dx in 0..GLYPH {
+                let (px, py) = (x + i as u32 * GLYPH + dx, y + dy as u32);
+                if bits >> dx & 1 == 1 && px < img.width() && py < img.height() {
+                    img.put_pixel(px, py, INK);
+                }
+            }
+        }
+    }
+}
 
 /// Nearest-neighbour upscale used for a `height`×`width` image: ×3 up to 32 px, ×2 up to 64 px,
 /// ×1 above.
@@ -50,12 +69,34 @@ pub fn contact_sheet(
     let cell_w = samples as u32 * iw + (samples as u32 - 1) * SAMPLE_GAP;
     let cols = 6u32;
     let rows = corruptions.len().max(1) as u32;
-    let sheet_w = cols * cell_w + (cols + 1) * CELL_GAP;
-    let sheet_h = rows * ih + (rows + 1) * CELL_GAP;
+    // Room for the labels: the longest corruption name on the left, one text line on top.
+    let longest = corruptions
+        .iter()
+        .map(|c| c.name().len())
+        .max()
+        .unwrap_or(0) as u32;
+    let (left, top) = (longest * GLYPH + CELL_GAP, GLYPH + CELL_GAP);
+    let sheet_w = left + cols * cell_w + (cols + 1) * CELL_GAP;
+    let sheet_h = top + rows * ih + (rows + 1) * CELL_GAP;
     let mut img = RgbImage::from_pixel(sheet_w, sheet_h, BACKGROUND);
+    let cell_x = |col: u32| left + CELL_GAP + col * (cell_w + CELL_GAP);
+    let row_y = |row: u32| top + CELL_GAP + row * (ih + CELL_GAP);
+    for col in 0..cols {
+        let text = match col {
+            0 => "clean".to_string(),
+            s if cell_w >= 10 * GLYPH => format!("severity {s}"),
+            s => s.to_string(),
+        };
+        let x = cell_x(col) + cell_w.saturating_sub(text.len() as u32 * GLYPH) / 2;
+        label(&mut img, &text, x, CELL_GAP / 2);
+    }
+    for (row, c) in corruptions.iter().enumerate() {
+        let y = row_y(row as u32) + ih.saturating_sub(GLYPH) / 2;
+        label(&mut img, c.name(), CELL_GAP / 2, y);
+    }
     let mut blit = |px: &[u8], col: u32, row: u32, j: usize| {
-        let x0 = CELL_GAP + col * (cell_w + CELL_GAP) + j as u32 * (iw + SAMPLE_GAP);
-        let y0 = CELL_GAP + row * (ih + CELL_GAP);
+        let x0 = cell_x(col) + j as u32 * (iw + SAMPLE_GAP);
+        let y0 = row_y(row);
         for y in 0..ih {
             for x in 0..iw {
                 let p = ((y / s) as usize * w + (x / s) as usize) * c;

@@ -343,8 +343,19 @@ fn contact_sheet_layout() {
     let set = gray_set(3);
     let rows = [Corruption::Fog, Corruption::Frost, Corruption::Saturate];
     let sheet = contact_sheet(&set, &rows, 2, 0, None).unwrap();
-    // ×3 for 28 px; cell = 2·84 + 1 = 169; 6 columns + 7 gaps of 4; 3 rows of 84 + 4 gaps.
-    assert_eq!(sheet.dimensions(), (6 * 169 + 7 * 4, 3 * 84 + 4 * 4));
+    // ×3 for 28 px; cell = 2·84 + 1 = 169; 6 columns + 7 gaps of 4; 3 rows of 84 + 4 gaps; the
+    // labels: "saturate" (8 glyphs of 8 px) and a gap on the left, a line and a gap on top.
+    assert_eq!(
+        sheet.dimensions(),
+        (8 * 8 + 4 + 6 * 169 + 7 * 4, 8 + 4 + 3 * 84 + 4 * 4)
+    );
+    // Label pixels are drawn in the left and top margins, never over an image.
+    let ink = image::Rgb([240, 240, 240]);
+    let inked = |x0: u32, x1: u32, y0: u32, y1: u32| {
+        (x0..x1).any(|x| (y0..y1).any(|y| *sheet.get_pixel(x, y) == ink))
+    };
+    assert!(inked(0, 68, 12, sheet.height()), "row labels");
+    assert!(inked(68, sheet.width(), 0, 12), "column labels");
     let dir = std::env::temp_dir().join(format!("cema-corrupt-sheet-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("sheet.png");

@@ -160,14 +160,19 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
                 let l = ema_loss.map_or(loss, |e| 0.98 * e + 0.02 * loss);
                 ema_loss = Some(l);
                 progress.inc(1);
-                progress.set_message(format!("epoch {} loss {l:.3} acc {:.3}", epoch + 1, acc));
+                progress.set_message(format!(
+                    "epoch {} loss {l:.3} acc {:.1}%",
+                    epoch + 1,
+                    100.0 * acc
+                ));
             }
             TrainEvent::Epoch(r) => progress.note(format!(
-                "epoch {:>3}: loss {:.4} train acc {:.4} test acc {} ({:.0} s)",
+                "epoch {:>3}: loss {:.4} train acc {:.2}% test acc {} ({:.0} s)",
                 r.epoch,
                 r.train_loss,
-                r.train_acc,
-                r.test_acc.map_or("-".into(), |a| format!("{a:.4}")),
+                100.0 * r.train_acc,
+                r.test_acc
+                    .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a)),
                 r.seconds
             )),
         },
@@ -194,10 +199,10 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         .save(&args.out)
         .usage_err(format!("--out {}", args.out.display()))?;
     println!(
-        "wrote {} ({} parameters): clean test accuracy {:.4} after {} epochs, {:.0} s",
+        "wrote {} ({} parameters): clean test accuracy {:.2}% after {} epochs, {:.0} s",
         args.out.display(),
         model.card.parameters.unwrap_or(0),
-        clean.unwrap_or(f64::NAN),
+        100.0 * clean.unwrap_or(f64::NAN),
         history.len(),
         seconds
     );
