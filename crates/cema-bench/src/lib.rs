@@ -19,4 +19,4 @@ pub use report::{MethodSummary, Report, StreamReport};
 pub use run::{
     rates_from, run, BenchConfig, BenchError, Models, Observer, Outcome, RandomRate, StreamSpec,
 };
-pub use stream::{run_stream, stream, stream_order, StreamResult, TeacherCounts};
+pub use stream::{run_stream, stream, stream_order, Corrupted, StreamResult, TeacherCounts};

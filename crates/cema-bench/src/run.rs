@@ -85,8 +85,8 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Seed of the corruptions generated on the fly.
     pub corruption_seed: u64,
-    /// Folder in the CIFAR-10-C layout read for the corruptions it holds.
-    pub corrupted: PathBuf,
+    /// Where the corrupted images come from.
+    pub corrupted: crate::Corrupted,
     pub settings: Settings,
     pub random_rate: RandomRate,
     /// Where each (method, stream) result is recorded as soon as it is measured.
@@ -150,6 +150,10 @@ impl BenchConfig {
         if self.streams.is_empty() {
             return input("no streams: the corruption selection is empty".into());
         }
+        let corruptions: Vec<Corruption> = self.streams.iter().map(|s| s.corruption).collect();
+        self.corrupted
+            .check(&corruptions)
+            .map_err(BenchError::Input)?;
         let methods = self.methods();
         if methods.contains(&MethodKey::RandomUpload)
             && !methods.contains(&MethodKey::Cema)
@@ -187,7 +191,7 @@ impl BenchConfig {
         set(&mut f, "corruption_seed", json!(self.corruption_seed));
         set(&mut f, "batch", json!(self.batch));
         set(&mut f, "images_per_stream", json!(images));
-        set(&mut f, "corrupted", json!(self.corrupted));
+        set(&mut f, "corrupted", json!(self.corrupted.dir));
         set(
             &mut f,
             "diagnose_teacher",

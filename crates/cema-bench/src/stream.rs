@@ -1,6 +1,6 @@
 //! One stream: its order, its images (read or generated), and one method's pass over it.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use cema_adapt::{Dropped, Method};
@@ -110,6 +110,68 @@ impl StreamResult {
     }
 }
 
+/// Where the corrupted images come from: a folder in the CIFAR-10-C layout, or none (every
+/// corruption generated). Given explicitly a folder is `required`: every corruption asked for must
+/// be there, and none is generated in its place (a mistyped path must not quietly benchmark
+/// generated data); the default folder is used for the corruptions it holds, the others generated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corrupted {
+    pub dir: Option<PathBuf>,
+    pub required: bool,
+}
+
+impl Corrupted {
+    /// A folder the user named: it must hold every corruption asked for.
+    pub fn given(dir: impl Into<PathBuf>) -> Self {
+        Corrupted {
+            dir: Some(dir.into()),
+            required: true,
+        }
+    }
+
+    /// The default folder: read what it holds, generate the rest.
+    pub fn default_at(dir: impl Into<PathBuf>) -> Self {
+        Corrupted {
+            dir: Some(dir.into()),
+            required: false,
+        }
+    }
+
+    /// No folder: every corruption is generated from the clean test set.
+    pub fn generated() -> Self {
+        Corrupted {
+            dir: None,
+            required: false,
+        }
+    }
+
+    pub fn file(&self, c: Corruption) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        Some(dir.join(format!("{}.npy", c.name())))
+    }
+
+    /// Checks, before anything runs, that a given folder exists and holds every corruption.
+    pub fn check(&self, corruptions: &[Corruption]) -> anyhow::Result<()> {
+        let (Some(dir), true) = (&self.dir, self.required) else {
+            return Ok(());
+        };
+        anyhow::ensure!(dir.is_dir(), "{}: no such folder", dir.display());
+        let missing: Vec<String> = corruptions
+            .iter()
+            .filter(|&&c| !dir.join(format!("{}.npy", c.name())).exists())
+            .map(|c| format!("{}.npy", c.name()))
+            .collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "{}: has no {} (given explicitly, the folder must hold every corruption asked for; \
+             leave it out to generate them)",
+            dir.display(),
+            missing.join(", ")
+        );
+        Ok(())
+    }
+}
+
 /// The fixed stream order for `seed`: a ChaCha8 shuffle of `0..len`.
 pub fn stream_order(len: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
@@ -121,14 +183,15 @@ pub fn stream_order(len: usize, seed: u64) -> Vec<usize> {
 /// corruption, else generated image by image with the image's index in the test set, which gives
 /// the same bytes as `cema corrupt --seed seed` (and `corrupt_set`) without corrupting the rest.
 pub fn stream(
-    dir: &Path,
+    corrupted: &Corrupted,
     test: &ImageSet,
     indices: &[usize],
     c: Corruption,
     severity: u8,
     seed: u64,
 ) -> anyhow::Result<(ImageSet, &'static str)> {
-    if dir.join(format!("{}.npy", c.name())).exists() {
+    let file = corrupted.file(c);
+    if let (Some(dir), Some(file)) = (&corrupted.dir, file.as_ref().filter(|f| f.exists())) {
         let set = CorruptedDir::open(dir)?.load(c.name(), severity)?;
         anyhow::ensure!(
             (set.height, set.width, set.channels) == (test.height, test.width, test.channels),
@@ -143,11 +206,27 @@ pub fn stream(
             test.channels
         );
         anyhow::ensure!(
-            set.len() >= test.len() && set.labels[..test.len()] == test.labels[..],
+            set.len() >= test.len(),
+            "{}: {} images per severity, fewer than the clean test set's {}: a partial copy \
+             cannot be streamed in the seed's order of the whole test set (write a complete one \
+             with `cema corrupt`, or leave the folder out to generate the corruption)",
+            file.display(),
+            set.len(),
+            test.len()
+        );
+        anyhow::ensure!(
+            set.labels[..test.len()] == test.labels[..],
             "{}: labels do not match the clean test set (generated from another split or dataset?)",
             dir.display()
         );
         return Ok((set.select(indices), "file"));
+    }
+    if let (Some(file), true) = (&file, corrupted.required) {
+        anyhow::bail!(
+            "{}: no such file, and the folder was given explicitly, so nothing is generated in \
+             its place",
+            file.display()
+        );
     }
     let (h, w, ch) = (test.height, test.width, test.channels);
     let plan = Plan::new(c, severity, Table::for_size(h, w), h, w, ch)?;
@@ -258,9 +337,25 @@ mod tests {
         let c = Corruption::GaussianNoise;
         let whole = cema_corrupt::corrupt_set(&test, c, 3, None, 9).unwrap();
         let idx = [4, 1, 5];
-        let (s, from) = stream(Path::new("/nonexistent"), &test, &idx, c, 3, 9).unwrap();
+        let dir = Corrupted::default_at("/nonexistent");
+        let (s, from) = stream(&dir, &test, &idx, c, 3, 9).unwrap();
         assert_eq!(from, "generated");
         assert_eq!(s.images, whole.select(&idx).images);
         assert_eq!(s.labels, vec![4, 1, 5]);
+        // Given explicitly, a folder without the corruption generates nothing.
+        let given = Corrupted::given("/nonexistent");
+        let e = stream(&given, &test, &idx, c, 3, 9)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/gaussian_noise.npy"), "{e}");
+        let e = given.check(&[c]).unwrap_err().to_string();
+        assert!(e.contains("no such folder"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = Corrupted::given(dir.path())
+            .check(&[c])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no gaussian_noise.npy"), "{e}");
+        assert!(Corrupted::default_at(dir.path()).check(&[c]).is_ok());
     }
 }

@@ -53,7 +53,7 @@ fn config(records: &Path, resume: bool) -> BenchConfig {
         batch: 32,
         seed: 0,
         corruption_seed: 0,
-        corrupted: "/nonexistent".into(),
+        corrupted: cema_bench::Corrupted::default_at("/nonexistent"),
         settings: Settings {
             tent: GradConfig::default(),
             eata: GradConfig::default(),

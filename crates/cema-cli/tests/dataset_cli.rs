@@ -175,36 +175,58 @@ fn cifar10_trains_evaluates_and_benchmarks_on_a_cifar10_c_folder() {
     let eval_acc = eval["corrupted"]["gaussian_noise"]["5"].as_f64().unwrap();
 
     let out = root.join("bench");
-    ok(&cema(&[
-        "-q",
-        "bench",
-        "--dataset",
-        "cifar10",
-        "--data-dir",
-        data,
-        "--edge",
-        model_s,
-        "--foundation",
-        model_s,
-        "--corrupted",
-        root.join("CIFAR-10-C").to_str().unwrap(),
-        "--corruptions",
-        "gaussian_noise,fog",
-        "--methods",
+    let bench = |source: &[&str], corruptions: &str, methods: &str, out: &Path| {
+        let mut args = vec![
+            "-q",
+            "bench",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            data,
+            "--edge",
+            model_s,
+            "--foundation",
+            model_s,
+            "--corruptions",
+            corruptions,
+            "--methods",
+            methods,
+            "--batch",
+            "32",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(source);
+        cema(&args)
+    };
+    let folder = root.join("CIFAR-10-C");
+    let given = ["--corrupted", folder.to_str().unwrap()];
+    // The folder holds gaussian_noise only: asking it for fog is refused, never generated.
+    let o = bench(&given, "gaussian_noise,fog", "source", &out);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fog.npy") && stderr(&o).contains("--corrupted"));
+    ok(&bench(
+        &given,
+        "gaussian_noise",
         "source,bn_adapt,cema",
-        "--batch",
-        "32",
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+        &out,
+    ));
+    let generated = root.join("bench-generated");
+    ok(&bench(
+        &["--generate-corruptions"],
+        "fog",
+        "source",
+        &generated,
+    ));
+    let fog = read_json(&generated.join("manifest.json"));
     let results = read_json(&out.join("results.json"));
     let manifest = read_json(&out.join("manifest.json"));
     assert_eq!(manifest["dataset"], "cifar10");
     assert_eq!(manifest["images_per_stream"], 64);
     // The stream was read from the folder, not generated.
     assert_eq!(manifest["stream_sources"]["gaussian_noise"], "file");
-    // fog is not in the folder: generated from the clean CIFAR test set at 32×32×3.
-    assert_eq!(manifest["stream_sources"]["fog"], "generated");
+    // fog generated from the clean CIFAR test set at 32×32×3.
+    assert_eq!(fog["stream_sources"]["fog"], "generated");
     // Source with running statistics does not depend on the order: bench's online accuracy on the
     // file's severity-5 rows is eval's accuracy on them.
     let source = results["methods"]["source"]["corruptions"]["gaussian_noise"]["accuracy"]

@@ -67,8 +67,7 @@ fn train_then_eval_tiny_model_writes_card_and_json() {
         "1,5",
         "--limit",
         "128",
-        "--corrupted",
-        dir.path().join("none").to_str().unwrap(),
+        "--generate-corruptions",
         "--json",
         eval_json.to_str().unwrap(),
         "-q",
@@ -102,8 +101,8 @@ fn eval_matches_between_generated_and_written_corruptions() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let model = repo().join("models/foundation.safetensors");
-    let run = |corrupted: &Path, json: &Path| {
-        let o = cema(&[
+    let run = |source: &[&str], json: &Path| {
+        let mut args = vec![
             "eval",
             "--model",
             model.to_str().unwrap(),
@@ -113,19 +112,22 @@ fn eval_matches_between_generated_and_written_corruptions() {
             "3",
             "--limit",
             "100",
-            "--corrupted",
-            corrupted.to_str().unwrap(),
             "--json",
             json.to_str().unwrap(),
             "-q",
-        ]);
+        ];
+        args.extend(source);
+        let o = cema(&args);
         assert!(o.status.success(), "{}", stderr(&o));
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
         v["corrupted"]["gaussian_noise"]["3"].as_f64().unwrap()
     };
-    let a = run(&cdir, &dir.path().join("a.json"));
-    let b = run(&dir.path().join("missing"), &dir.path().join("b.json"));
+    let a = run(
+        &["--corrupted", cdir.to_str().unwrap()],
+        &dir.path().join("a.json"),
+    );
+    let b = run(&["--generate-corruptions"], &dir.path().join("b.json"));
     assert_eq!(
         a, b,
         "on-the-fly corruptions must equal cema corrupt's files"
@@ -159,6 +161,24 @@ fn eval_bad_inputs_are_usage_errors_naming_the_file() {
     );
     let o = cema(&["eval", "--severities", "6"]);
     assert_eq!(o.status.code(), Some(2));
+    // A mistyped --corrupted is refused, not replaced by generated corruptions.
+    if have_fmnist() {
+        let model = repo().join("models/edge.safetensors");
+        let missing = dir.path().join("fashion-mnist-c-typo");
+        let o = cema(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--corrupted",
+            missing.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--corrupted") && stderr(&o).contains("fashion-mnist-c-typo"),
+            "{}",
+            stderr(&o)
+        );
+    }
 }
 
 #[test]

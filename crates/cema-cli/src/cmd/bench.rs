@@ -71,6 +71,10 @@ pub struct Args {
     /// test set. Default: data/<dataset>-c.
     #[arg(long)]
     corrupted: Option<PathBuf>,
+    /// Generate every corruption from the clean test set, reading no folder (not even the
+    /// default one).
+    #[arg(long, conflicts_with = "corrupted")]
+    generate_corruptions: bool,
     #[command(flatten)]
     data: DataArgs,
     /// Output folder: results.json, results.csv, manifest.json and the SVG figures.
@@ -300,7 +304,10 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             args.data.check_model(m, &test, flag, path)?;
         }
     }
-    let corrupted = args.data.corrupted_dir(args.corrupted.as_deref());
+    let corrupted = args
+        .data
+        .corrupted(args.corrupted.as_deref(), args.generate_corruptions);
+    corrupted.check(&corruptions).usage_err("--corrupted")?;
 
     // Taken before the run, not after: a run lasts hours, and the checkout may move meanwhile. The
     // binary's own hash pins what actually ran (it may have been built from another commit).
@@ -404,7 +411,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "stream_order": "ChaCha8 shuffle of the test set seeded by `seed`, first `images_per_stream`; the indices are in stream_order.npy (int64) beside this file",
         "corruption_seed": args.corruption_seed,
         "dataset": args.data.dataset().name(),
-        "corrupted": corrupted,
+        "corrupted": corrupted.dir,
         "data_dir": args.data.dir(),
         "checkpoints": {
             "edge": checkpoint(&args.edge, &models.edge),

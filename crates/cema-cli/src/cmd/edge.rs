@@ -52,6 +52,10 @@ pub struct Args {
     /// generated from the clean test set). Default: data/<dataset>-c.
     #[arg(long)]
     pub corrupted: Option<PathBuf>,
+    /// Generate every corruption from the clean test set, reading no folder (not even the
+    /// default one).
+    #[arg(long, conflicts_with = "corrupted")]
+    pub generate_corruptions: bool,
     #[command(flatten)]
     pub data: DataArgs,
     /// Images per batch: one forward pass, one selection, one upload.
@@ -138,8 +142,14 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     args.data.check_model(&model, &test, "--edge", &args.edge)?;
     let mut order = stream_order(test.len(), args.seed);
     order.truncate(args.limit.unwrap_or(usize::MAX));
+    let corrupted = args
+        .data
+        .corrupted(args.corrupted.as_deref(), args.generate_corruptions);
+    corrupted
+        .check(&[args.corruption])
+        .usage_err("--corrupted")?;
     let (set, _) = stream(
-        &args.data.corrupted_dir(args.corrupted.as_deref()),
+        &corrupted,
         &test,
         &order,
         args.corruption,

@@ -31,6 +31,10 @@ pub struct Args {
     /// corruptions missing there are generated in memory. Default: data/<dataset>-c.
     #[arg(long)]
     corrupted: Option<PathBuf>,
+    /// Generate every corruption from the clean test set, reading no folder (not even the
+    /// default one).
+    #[arg(long, conflicts_with = "corrupted")]
+    generate_corruptions: bool,
     /// Corruptions (names or the groups benchmark, held-out, all), comma-separated.
     #[arg(long, value_delimiter = ',', value_parser = parse_selection, default_value = "benchmark")]
     corruptions: Vec<Selection>,
@@ -70,13 +74,16 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     }
     args.data
         .check_model(&model, &test, "--model", &args.model)?;
-    let corrupted = args.data.corrupted_dir(args.corrupted.as_deref());
+    let corrupted = args
+        .data
+        .corrupted(args.corrupted.as_deref(), args.generate_corruptions);
     let all: Vec<usize> = (0..test.len()).collect();
     let corruptions = if args.clean_only {
         vec![]
     } else {
         expand(&args.corruptions)
     };
+    corrupted.check(&corruptions).usage_err("--corrupted")?;
     let mut severities = args.severities.clone();
     severities.sort_unstable();
     severities.dedup();
@@ -157,7 +164,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             "model": args.model,
             "dataset": args.data.dataset().name(),
             "data_dir": args.data.dir(),
-            "corrupted_dir": corrupted,
+            "corrupted_dir": corrupted.dir,
             "model_sha256": model.card.sha256,
             "norm": args.norm.name(),
             "batch": args.batch,

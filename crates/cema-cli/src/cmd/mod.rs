@@ -107,6 +107,17 @@ impl DataArgs {
             .unwrap_or_else(|| PathBuf::from(format!("data/{}-c", self.dataset().name())))
     }
 
+    /// Where streams read their corruptions: `--corrupted` if given (then every corruption asked
+    /// for must be there), else the default folder for what it holds.
+    /// With `generate`, no folder: every corruption is generated.
+    pub fn corrupted(&self, given: Option<&Path>, generate: bool) -> cema_bench::Corrupted {
+        match (given, generate) {
+            (_, true) => cema_bench::Corrupted::generated(),
+            (Some(dir), false) => cema_bench::Corrupted::given(dir),
+            (None, false) => cema_bench::Corrupted::default_at(self.corrupted_dir(None)),
+        }
+    }
+
     /// `model` can run on `set` (this dataset's images): the same geometry and as many classes.
     pub fn check_model(
         &self,
