@@ -412,3 +412,48 @@ fn sigterm_with_a_half_sent_request_open_exits_within_the_drain_deadline() {
     assert!(status.success(), "{status}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+#[test]
+fn the_edge_library_predicts_like_the_model_uploads_and_installs_updates() {
+    use cema_edge::{CloudLink, Edge};
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"), "127.0.0.1:0", &[]);
+    let (edge_path, _) = models();
+    let model = cema_model::Model::load(edge_path.as_ref(), &cema_model::cpu()).unwrap();
+    let test = cema_data::Dataset::FashionMnist
+        .load(None, cema_data::Split::Test)
+        .unwrap();
+    let mut order = cema_bench::stream_order(test.len(), 0);
+    order.truncate(1280);
+    let corrupted = cema_bench::Corrupted::generated();
+    let fog = cema_corrupt::Corruption::Fog;
+    let (set, _) = cema_bench::stream(&corrupted, &test, &order, fog, 5, 0).unwrap();
+    let link = CloudLink::new(&cloud.url(), "dev-a", "tok-a");
+    let mut edge = Edge::new(model.clone(), Default::default(), Some(&link)).unwrap();
+    let mut offline = Edge::new(model, Default::default(), None).unwrap();
+    let mut compared = 0;
+    for batch in set.images.chunks(64 * set.image_size()) {
+        let (a, b) = (
+            edge.predict(batch).unwrap(),
+            offline.predict(batch).unwrap(),
+        );
+        // Until the first update lands, the connected edge is the offline one.
+        if a.version == 0 {
+            assert_eq!(a.predictions, b.predictions);
+            assert_eq!(a.selected, b.selected);
+            compared += 1;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(compared > 0);
+    let c = edge.finish(Duration::from_secs(10)).unwrap();
+    assert_eq!(c.images, 1280);
+    assert!(c.selected > 0 && c.uploaded > 0, "{c:?}");
+    assert!(c.updates_applied > 0 && c.version > 0, "{c:?}");
+    // Every batch's upload was acknowledged (one per batch, empty or not); the cloud learns from
+    // them in order, so what it has learned from is a prefix of what was uploaded.
+    let s = &cloud.sessions()[0];
+    assert_eq!(s["next_seq"], 20, "{s}");
+    assert!(s["samples"].as_u64().unwrap() <= c.uploaded, "{s}");
+    assert_eq!(offline.finish(Duration::ZERO).unwrap().version, 0);
+}

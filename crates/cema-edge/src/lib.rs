@@ -4,9 +4,11 @@
 
 pub mod client;
 pub mod downlink;
+pub mod edge;
 pub mod runtime;
 pub mod uplink;
 
 pub use client::{ClientError, CloudClient};
+pub use edge::{CloudLink, Edge, EdgeCounters, Prediction};
 pub use runtime::{run_stream, EdgeError, EdgeOptions, EdgeReport};
 pub use uplink::{Uplink, UplinkConfig, UplinkCounters};

@@ -1,19 +1,16 @@
 //! The edge's inference loop: forward only, predictions first, selection, uploads handed to the
 //! uplink thread, pushed norm states validated and swapped between batches.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cema_adapt::{gather, EdgeAdapter, EdgeConfig};
+use cema_adapt::{gather, EdgeConfig};
 use cema_data::ImageSet;
 use cema_model::{Model, NormMode, NormState};
 use cema_wire::{EdgeTelemetry, ErrorCode, UploadStamp};
 use serde::Serialize;
 
 use crate::client::{ClientError, CloudClient};
-use crate::downlink::{Downlink, Incoming};
-use crate::uplink::{Uplink, UplinkConfig};
+use crate::edge::{CloudLink, Edge, EdgeCounters};
 
 #[derive(Debug, Clone)]
 pub struct EdgeOptions {
@@ -155,30 +152,13 @@ pub fn run_stream(
     let model_id = model.card.name.clone();
     let i = model.card.input.clone();
     let mut source = options.compare_source.then(|| model.clone());
-    let mut edge = EdgeAdapter::new(model, model_id.clone(), 0, options.selection);
-    // Stream reads time out after 15 s: three missed heartbeats.
-    let client = CloudClient::new(
-        &options.cloud,
-        &options.device,
-        &options.token,
-        Duration::from_secs(15),
-    );
-    let installed = Arc::new(AtomicU64::new(0));
-    let (uplink, downlink) = if options.sync {
-        (None, None)
-    } else {
-        (
-            Some(Uplink::start(
-                client.clone(),
-                UplinkConfig {
-                    stamp: stamp(&model_id, &i),
-                    max_queued_samples: options.max_queued_samples,
-                    kbps: options.uplink_kbps,
-                },
-            )),
-            Some(Downlink::start(client.clone(), installed.clone())),
-        )
+    let link = CloudLink {
+        uplink_kbps: options.uplink_kbps,
+        max_queued_samples: options.max_queued_samples,
+        ..CloudLink::new(&options.cloud, &options.device, &options.token)
     };
+    // The synchronous mode drives the cloud itself, batch by batch; the edge is then offline.
+    let mut edge = Edge::new(model, options.selection, (!options.sync).then_some(&link))?;
     // A synchronous upload waits for its round, which a loaded cloud may take far longer than a
     // heartbeat interval to run: only a hung cloud should time it out.
     let mut sync = options.sync.then(|| {
@@ -203,53 +183,33 @@ pub fn run_stream(
         let n = b.min(total - start);
         let pixels = &stream.images[start * per..(start + n) * per];
         let labels = &stream.labels[start..start + n];
-        if let Some(d) = &downlink {
-            install_pushed(&mut edge, d, &mut report, &installed, uplink.as_ref());
-        }
-        let out = edge.process(pixels, n)?;
+        let out = edge.predict(pixels)?;
         report.images += n as u64;
         report.correct += count_correct(&out.predictions, labels);
         if let Some(src) = &mut source {
             let p = src.predict(pixels, n, NormMode::Running)?;
             *report.source_correct.as_mut().expect("set") += count_correct(&p, labels);
         }
-        report.selected += out.upload.len() as u64;
-        if out.stats_initialised {
-            let state = edge.export_norm_state().to_bytes();
-            if let Some(u) = &uplink {
-                u.set_session_state(state);
-            } else if let Some(s) = &mut sync {
+        if let Some(s) = &mut sync {
+            if out.stats_adopted {
+                let state = edge.adapter_mut().export_norm_state().to_bytes();
                 s.open(&state)?;
                 report.bytes_up += state.len() as u64;
             }
-        }
-        let up = gather(pixels, n, &out.upload);
-        if let Some(u) = &uplink {
-            u.push(up, out.upload.len(), edge.version());
-            let c = u.counters();
-            report.uploaded = c.acked_samples;
-            report.dropped = c.dropped_samples;
-            report.refused = c.refused_samples;
-            report.bytes_up = c.bytes_up + c.session_bytes_up;
-            report.network_errors = c.network_errors;
-            if let Some(e) = u.fatal() {
-                return Err(EdgeError::Refused(e));
-            }
-            if options.report_accuracy {
-                u.set_telemetry(EdgeTelemetry {
-                    images: report.images,
-                    correct: report.correct,
-                    source_correct: report.source_correct,
-                    norm_version: edge.version(),
-                });
-            }
-        } else if let Some(s) = &mut sync {
-            if let Some(state) = s.round(&up, out.upload.len(), edge.version(), &mut report)? {
+            let up = gather(pixels, n, &out.selected);
+            if let Some(state) = s.round(&up, out.selected.len(), edge.version(), &mut report)? {
                 report.bytes_down += state.to_bytes().len() as u64;
-                apply(&mut edge, &state, &mut report, &installed, None);
+                edge.apply(&state);
             }
+        } else if options.report_accuracy {
+            edge.report(EdgeTelemetry {
+                images: report.images,
+                correct: report.correct,
+                source_correct: report.source_correct,
+                norm_version: edge.version(),
+            });
         }
-        report.norm_version = edge.version();
+        merge(&mut report, &edge.counters(), options.sync);
         report.seconds = t0.elapsed().as_secs_f64();
         on_batch(&report);
         start += n;
@@ -257,79 +217,31 @@ pub fn run_stream(
             std::thread::sleep(p);
         }
     }
-    if let Some(u) = uplink {
-        if let Some(e) = u.fatal() {
-            return Err(EdgeError::Refused(e));
-        }
-        let c = u.finish(options.drain);
-        report.network_errors = c.network_errors;
-        report.uploaded = c.acked_samples;
-        report.dropped = c.dropped_samples;
-        report.refused = c.refused_samples;
-        report.bytes_up = c.bytes_up + c.session_bytes_up;
-    }
-    if let Some(d) = &downlink {
-        // Updates for the last uploads arrive shortly after; install what came in time.
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_millis(500) {
-            install_pushed(&mut edge, d, &mut report, &installed, None);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    report.norm_version = edge.version();
+    let c = edge.finish(options.drain)?;
+    merge(&mut report, &c, options.sync);
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
 }
 
+/// The edge's counters into the report. In synchronous mode the link's are the report's own (the
+/// edge itself is offline then), so only what the edge counts is taken.
+fn merge(report: &mut EdgeReport, c: &EdgeCounters, sync: bool) {
+    report.selected = c.selected;
+    report.norm_version = c.version;
+    report.updates_applied = c.updates_applied;
+    report.updates_rejected = c.updates_rejected;
+    if !sync {
+        report.uploaded = c.uploaded;
+        report.dropped = c.dropped;
+        report.refused = c.refused;
+        report.bytes_up = c.bytes_up;
+        report.bytes_down = c.bytes_down;
+        report.network_errors = c.network_errors;
+    }
+}
+
 fn count_correct(pred: &[u32], labels: &[u32]) -> u64 {
     pred.iter().zip(labels).filter(|(p, l)| p == l).count() as u64
-}
-
-fn install_pushed(
-    edge: &mut EdgeAdapter,
-    d: &Downlink,
-    report: &mut EdgeReport,
-    installed: &AtomicU64,
-    uplink: Option<&Uplink>,
-) {
-    while let Ok(msg) = d.rx.try_recv() {
-        match msg {
-            Incoming::State { state, bytes } => {
-                report.bytes_down += bytes as u64;
-                apply(edge, &state, report, installed, uplink);
-            }
-            Incoming::Garbage { reason, bytes } => {
-                report.bytes_down += bytes as u64;
-                report.updates_rejected += 1;
-                tracing::warn!("rejected a pushed update: {reason}");
-            }
-        }
-    }
-}
-
-/// Validated swap (model id, newer version, names, shapes, finiteness: all or nothing).
-fn apply(
-    edge: &mut EdgeAdapter,
-    state: &NormState,
-    report: &mut EdgeReport,
-    installed: &AtomicU64,
-    uplink: Option<&Uplink>,
-) {
-    match edge.apply_update(state) {
-        Ok(()) => {
-            report.updates_applied += 1;
-            installed.store(edge.version(), Ordering::Release);
-            if let Some(u) = uplink {
-                // Should the cloud lose the session, it is reopened from what the edge runs now.
-                u.set_session_state_quiet(edge.norm_state().to_bytes());
-            }
-        }
-        Err(cema_adapt::AdaptError::StaleVersion { .. }) => {}
-        Err(e) => {
-            report.updates_rejected += 1;
-            tracing::warn!("rejected update v{}: {e}", state.version);
-        }
-    }
 }
 
 fn stamp(model_id: &str, i: &cema_model::InputSpec) -> UploadStamp {

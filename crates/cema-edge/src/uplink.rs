@@ -167,7 +167,8 @@ impl Uplink {
     }
 
     /// Waits up to `deadline` for the queue to drain, then stops the thread.
-    pub fn finish(mut self, deadline: Duration) -> UplinkCounters {
+    /// The final counters, or the refusal that stopped the thread for good.
+    pub fn finish(mut self, deadline: Duration) -> Result<UplinkCounters, ClientError> {
         let t = Instant::now();
         while self.backlog() > 0 && self.fatal().is_none() && t.elapsed() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -184,7 +185,10 @@ impl Uplink {
                 tracing::debug!(device = self.client.device(), "telemetry: {e}");
             }
         }
-        self.counters()
+        match self.fatal() {
+            Some(e) => Err(e),
+            None => Ok(self.counters()),
+        }
     }
 }
 
