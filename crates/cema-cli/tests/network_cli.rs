@@ -457,3 +457,92 @@ fn the_edge_library_predicts_like_the_model_uploads_and_installs_updates() {
     assert!(s["samples"].as_u64().unwrap() <= c.uploaded, "{s}");
     assert_eq!(offline.finish(Duration::ZERO).unwrap().version, 0);
 }
+
+/// `n` Fashion-MNIST test images as PNG files: in class folders (`0/`, `1/`, …) or flat.
+fn png_folder(root: &Path, n: usize, labelled: bool) {
+    let test = cema_data::Dataset::FashionMnist
+        .load(None, cema_data::Split::Test)
+        .unwrap();
+    for i in 0..n {
+        let dir = if labelled {
+            root.join(test.labels[i].to_string())
+        } else {
+            root.to_path_buf()
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = image::GrayImage::from_raw(28, 28, test.image(i).to_vec()).unwrap();
+        // Every third image at twice the size: the edge resizes what it is given.
+        let img = if i % 3 == 0 {
+            image::imageops::resize(&img, 56, 56, image::imageops::FilterType::Triangle)
+        } else {
+            img
+        };
+        img.save(dir.join(format!("img{i:04}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn the_edge_runs_on_a_folder_of_images_labelled_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"), "127.0.0.1:0", &[]);
+    let (edge, _) = models();
+    let labelled = dir.path().join("labelled");
+    png_folder(&labelled, 300, true);
+    let json = dir.path().join("edge.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args(["-q", "edge", "--cloud", &cloud.url(), "--device", "dev-a"])
+        .args(["--token", "tok-a", "--edge", &edge, "--input"])
+        .arg(&labelled)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        (r["images"].as_u64(), r["labelled"].as_bool()),
+        (Some(300), Some(true))
+    );
+    assert!(r["accuracy"].as_f64().unwrap() > 0.7, "{r}");
+    assert_eq!(r["network_errors"], 0, "{r}");
+    assert_eq!(
+        cloud.sessions()[0]["next_seq"],
+        5,
+        "one upload per batch of 64"
+    );
+
+    let flat = dir.path().join("flat");
+    png_folder(&flat, 30, false);
+    let o = Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args(["-q", "edge", "--cloud", &cloud.url(), "--device", "dev-b"])
+        .args(["--token", "tok-b", "--edge", &edge, "--input"])
+        .arg(&flat)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 30);
+    assert!(lines[0]["file"].as_str().unwrap().ends_with("img0000.png"));
+    assert!(lines.iter().all(|l| l["class"].as_u64().unwrap() < 10));
+
+    // A class folder that is not a class index, and an empty folder: exit 2 naming them.
+    std::fs::create_dir_all(labelled.join("cat")).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for (input, says) in [(&labelled, "`cat`"), (&empty, "empty")] {
+        let o = edge_cmd(&cloud.url(), "dev-a", "tok-a", "fog", 64)
+            .arg("--input")
+            .arg(input)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--input") && stderr(&o).contains(says),
+            "{}",
+            stderr(&o)
+        );
+    }
+}

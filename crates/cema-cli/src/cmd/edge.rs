@@ -33,6 +33,12 @@ pub struct Args {
     /// The edge checkpoint.
     #[arg(long, default_value = "models/edge.safetensors")]
     pub edge: PathBuf,
+    /// Your own images instead of a corrupted test stream: a folder of JPEG/PNG files of any
+    /// size (the centre square, or the card's crop recipe, resized to the model's input), in name
+    /// order. With class sub-folders named by class index (`0/`, `1/`, …) the labels are known
+    /// and accuracy is reported; without, one JSON line per image gives its predicted class.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["corrupted", "generate_corruptions", "sync", "compare_source"])]
+    pub input: Option<PathBuf>,
     /// The stream's corruption.
     #[arg(long, default_value = "gaussian_noise")]
     pub corruption: Corruption,
@@ -138,6 +144,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     }
     let model =
         Model::load(&args.edge, &cpu()).usage_err(format!("--edge {}", args.edge.display()))?;
+    if let Some(dir) = &args.input {
+        return super::edge_input::run(&args, dir, model, selection, ctx);
+    }
     let test = args.data.load(Split::Test)?;
     args.data.check_model(&model, &test, "--edge", &args.edge)?;
     let mut order = stream_order(test.len(), args.seed);

@@ -25,6 +25,7 @@ pub mod cloud;
 pub mod corrupt;
 pub mod demo;
 pub mod edge;
+mod edge_input;
 pub mod eval;
 pub mod load;
 pub mod plot;

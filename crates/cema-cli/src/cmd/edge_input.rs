@@ -1,0 +1,162 @@
+//! `cema edge --input DIR`: the edge on the user's own images. Labelled when the folder has class
+//! sub-folders named by class index, otherwise each image's predicted class is printed as a JSON
+//! line; either way the edge selects, uploads and installs the cloud's norm states as on a test
+//! stream.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cema_data::photo::{load_photo, photo_paths, Prepare};
+use cema_edge::{CloudLink, Edge, EdgeError};
+use cema_model::Model;
+use cema_wire::EdgeTelemetry;
+use serde_json::json;
+
+use super::edge::Args;
+use super::{write_json, Context};
+use crate::exit::{CliError, ResultExt};
+
+/// The images of `dir` in order, each with its class when the folder is labelled.
+fn images(dir: &Path, classes: usize) -> Result<Vec<(PathBuf, Option<u32>)>, CliError> {
+    let flag = || format!("--input {}", dir.display());
+    let subdirs = cema_data::folder::list_classes(dir).usage_err(flag())?;
+    if subdirs.is_empty() {
+        let files = photo_paths(dir).usage_err(flag())?;
+        return Ok(files.into_iter().map(|f| (f, None)).collect());
+    }
+    let mut out = Vec::new();
+    for name in subdirs {
+        let class = name
+            .parse::<u32>()
+            .ok()
+            .filter(|&c| (c as usize) < classes)
+            .ok_or_else(|| {
+                CliError::usage(anyhow::anyhow!(
+                    "{}: class folder `{name}` is not a class index of the model (0..{})",
+                    flag(),
+                    classes - 1
+                ))
+            })?;
+        let files = photo_paths(&dir.join(&name)).usage_err(flag())?;
+        out.extend(files.into_iter().map(|f| (f, Some(class))));
+    }
+    // Labelled folders are read class by class; a stream in that order would be one class after
+    // another, so it is interleaved by name across classes (deterministic, roughly mixed).
+    out.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()).then(a.0.cmp(&b.0)));
+    Ok(out)
+}
+
+pub fn run(
+    args: &Args,
+    dir: &Path,
+    model: Model,
+    selection: cema_adapt::EdgeConfig,
+    ctx: &Context,
+) -> Result<(), CliError> {
+    if args.batch == 0 {
+        return Err(CliError::usage(anyhow::anyhow!("--batch must be positive")));
+    }
+    let spec = model.card.input.clone();
+    let prepare = match &model.card.preprocess {
+        Some(p) => Prepare::CenterCrop {
+            fraction: p.crop_fraction,
+        },
+        // No recipe on the card: the largest centred square, resized to the input.
+        None => Prepare::CenterCrop { fraction: 1.0 },
+    };
+    let mut files = images(dir, model.card.architecture.num_classes())?;
+    files.truncate(args.limit.unwrap_or(usize::MAX));
+    let labelled = files.iter().all(|(_, l)| l.is_some());
+    let link = CloudLink {
+        uplink_kbps: args.uplink_kbps,
+        max_queued_samples: args.max_queued_samples,
+        ..CloudLink::new(&args.cloud, &args.device, &args.token)
+    };
+    let refused = |e: EdgeError| {
+        if e.is_usage() {
+            CliError::usage(anyhow::anyhow!(e).context("--cloud / --device / --token"))
+        } else {
+            CliError::failed(anyhow::anyhow!(e))
+        }
+    };
+    let mut edge = Edge::new(model, selection, Some(&link)).map_err(refused)?;
+    let t0 = Instant::now();
+    let mut correct = 0u64;
+    let mut out = std::io::stdout().lock();
+    for chunk in files.chunks(args.batch) {
+        let mut frames = Vec::new();
+        for (path, _) in chunk {
+            let px = load_photo(path, (spec.height, spec.width, spec.channels), prepare)
+                .usage_err(format!("--input {}", dir.display()))?;
+            frames.extend(px);
+        }
+        let batch = edge.predict(&frames).map_err(refused)?;
+        let selected: std::collections::HashSet<usize> = batch.selected.iter().copied().collect();
+        for (i, ((path, label), p)) in chunk.iter().zip(&batch.predictions).enumerate() {
+            correct += u64::from(*label == Some(*p));
+            if !labelled {
+                let line = json!({
+                    "file": path,
+                    "class": p,
+                    "selected": selected.contains(&i),
+                    "version": batch.version,
+                });
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        if labelled && args.report_accuracy {
+            let c = edge.counters();
+            edge.report(EdgeTelemetry {
+                images: c.images,
+                correct,
+                source_correct: None,
+                norm_version: c.version,
+            });
+        }
+        if args.pace_ms > 0 {
+            std::thread::sleep(Duration::from_millis(args.pace_ms));
+        }
+    }
+    let _ = out.flush();
+    drop(out);
+    let c = edge.finish(Duration::from_secs(10)).map_err(refused)?;
+    let accuracy = (labelled && c.images > 0).then(|| correct as f64 / c.images as f64);
+    let report = json!({
+        "device": args.device,
+        "input": dir,
+        "labelled": labelled,
+        "images": c.images,
+        "accuracy": accuracy,
+        "selected": c.selected,
+        "uploaded": c.uploaded,
+        "dropped": c.dropped,
+        "refused": c.refused,
+        "bytes_up": c.bytes_up,
+        "bytes_down": c.bytes_down,
+        "norm_version": c.version,
+        "updates_applied": c.updates_applied,
+        "updates_rejected": c.updates_rejected,
+        "network_errors": c.network_errors,
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    if let Some(path) = &args.json {
+        write_json(path, &report, "--json")?;
+    }
+    if !ctx.quiet {
+        let acc = accuracy.map_or("unlabelled".to_string(), |a| {
+            format!("accuracy {:.2}%", 100.0 * a)
+        });
+        eprintln!(
+            "{}: {} images from {}, {acc}, uploaded {}, version {}, {} B up, {} B down",
+            args.device,
+            c.images,
+            dir.display(),
+            c.uploaded,
+            c.version,
+            c.bytes_up,
+            c.bytes_down
+        );
+    }
+    Ok(())
+}
