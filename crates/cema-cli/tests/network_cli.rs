@@ -464,7 +464,10 @@ fn png_folder(root: &Path, n: usize, labelled: bool) {
         .load(None, cema_data::Split::Test)
         .unwrap();
     for i in 0..n {
-        let dir = if labelled {
+        // Class folders by index, and for class 9 by the card's name for it.
+        let dir = if labelled && test.labels[i] == 9 {
+            root.join("Ankle boot")
+        } else if labelled {
             root.join(test.labels[i].to_string())
         } else {
             root.to_path_buf()

@@ -35,8 +35,9 @@ pub struct Args {
     pub edge: PathBuf,
     /// Your own images instead of a corrupted test stream: a folder of JPEG/PNG files of any
     /// size (the centre square, or the card's crop recipe, resized to the model's input), in name
-    /// order. With class sub-folders named by class index (`0/`, `1/`, …) the labels are known
-    /// and accuracy is reported; without, one JSON line per image gives its predicted class.
+    /// order. With class sub-folders (named by class index, `0/`, `1/`, …, or by the model card's
+    /// class names) the labels are known and accuracy is reported; without, one JSON line per
+    /// image gives its predicted class.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["corrupted", "generate_corruptions", "sync", "compare_source"])]
     pub input: Option<PathBuf>,
     /// The stream's corruption.

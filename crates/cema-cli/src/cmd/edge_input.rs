@@ -17,8 +17,13 @@ use super::edge::Args;
 use super::{write_json, Context};
 use crate::exit::{CliError, ResultExt};
 
-/// The images of `dir` in order, each with its class when the folder is labelled.
-fn images(dir: &Path, classes: usize) -> Result<Vec<(PathBuf, Option<u32>)>, CliError> {
+/// The images of `dir` in order, each with its class when the folder is labelled: class folders
+/// are named by class index or by the model card's class names.
+fn images(
+    dir: &Path,
+    names: &[String],
+    classes: usize,
+) -> Result<Vec<(PathBuf, Option<u32>)>, CliError> {
     let flag = || format!("--input {}", dir.display());
     let subdirs = cema_data::folder::list_classes(dir).usage_err(flag())?;
     if subdirs.is_empty() {
@@ -27,17 +32,16 @@ fn images(dir: &Path, classes: usize) -> Result<Vec<(PathBuf, Option<u32>)>, Cli
     }
     let mut out = Vec::new();
     for name in subdirs {
-        let class = name
-            .parse::<u32>()
-            .ok()
-            .filter(|&c| (c as usize) < classes)
-            .ok_or_else(|| {
-                CliError::usage(anyhow::anyhow!(
-                    "{}: class folder `{name}` is not a class index of the model (0..{})",
-                    flag(),
-                    classes - 1
-                ))
-            })?;
+        let by_name = names.iter().position(|n| *n == name).map(|i| i as u32);
+        let by_index = name.parse::<u32>().ok().filter(|&c| (c as usize) < classes);
+        let class = by_name.or(by_index).ok_or_else(|| {
+            CliError::usage(anyhow::anyhow!(
+                "{}: class folder `{name}` is neither a class index of the model (0..{}) nor one \
+                 of its card's class names",
+                flag(),
+                classes - 1
+            ))
+        })?;
         let files = photo_paths(&dir.join(&name)).usage_err(flag())?;
         out.extend(files.into_iter().map(|f| (f, Some(class))));
     }
@@ -65,7 +69,11 @@ pub fn run(
         // No recipe on the card: the largest centred square, resized to the input.
         None => Prepare::CenterCrop { fraction: 1.0 },
     };
-    let mut files = images(dir, model.card.architecture.num_classes())?;
+    let mut files = images(
+        dir,
+        &model.card.classes,
+        model.card.architecture.num_classes(),
+    )?;
     files.truncate(args.limit.unwrap_or(usize::MAX));
     let labelled = files.iter().all(|(_, l)| l.is_some());
     let link = CloudLink {
