@@ -219,3 +219,72 @@ fn speed_bad_inputs_are_usage_errors_naming_the_file() {
     let o = cema(&["speed", "--seconds", "soon"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn import_recognises_a_checkpoint_and_refuses_a_damaged_one_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = repo().join("models/edge.safetensors");
+    let out = dir.path().join("imported.safetensors");
+    let o = cema(&[
+        "import",
+        shipped.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--input-size",
+        "28x28",
+        "--mean",
+        "0.286",
+        "--std",
+        "0.353",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = cema_model::Model::load(&shipped, &cema_model::cpu()).unwrap();
+    let b = cema_model::Model::load(&out, &cema_model::cpu()).unwrap();
+    assert_eq!(a.card.architecture, b.card.architecture);
+    assert_eq!(b.card.name, "imported");
+    assert_eq!(a.state_dict(), b.state_dict());
+
+    // One BatchNorm statistic missing: refused, naming it.
+    let mut t = a.state_dict();
+    t.remove("layer3.0.bn2.running_mean");
+    let damaged = dir.path().join("damaged.safetensors");
+    std::fs::write(&damaged, cema_model::tensors::to_safetensors(&t, None)).unwrap();
+    let o = cema(&[
+        "import",
+        damaged.to_str().unwrap(),
+        "--out",
+        dir.path().join("x.safetensors").to_str().unwrap(),
+        "--input-size",
+        "28x28",
+        "--mean",
+        "0.5",
+        "--std",
+        "0.5",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("layer3.0.bn2.running_mean"),
+        "{}",
+        stderr(&o)
+    );
+    // Flags the tensors cannot answer are checked.
+    for (flag, value) in [("--input-size", "28"), ("--mean", "0.1,0.2")] {
+        let mut args = vec![
+            "import",
+            shipped.to_str().unwrap(),
+            "--out",
+            "/tmp/never.safetensors",
+            "--input-size",
+            "28x28",
+            "--mean",
+            "0.5",
+            "--std",
+            "0.5",
+        ];
+        let at = args.iter().position(|a| *a == flag).unwrap();
+        args[at + 1] = value;
+        let o = cema(&args);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+        assert!(stderr(&o).contains(flag), "{}", stderr(&o));
+    }
+}

@@ -27,6 +27,7 @@ mod error;
 mod folded;
 mod gemm;
 mod graph;
+mod infer;
 mod input;
 mod losses;
 mod model;
@@ -51,6 +52,7 @@ pub use checkpoint::{
 pub use error::{ModelError, Result};
 pub use folded::FoldedNet;
 pub use graph::{Act, Graph, Node, Op, Padding, Shape, ValueId};
+pub use infer::infer_arch;
 pub use input::to_input;
 pub use losses::{
     cema_distill_grad, cema_distill_loss, cross_entropy_grad, entropy, entropy_margin,

@@ -27,6 +27,7 @@ pub mod demo;
 pub mod edge;
 mod edge_input;
 pub mod eval;
+pub mod import;
 pub mod load;
 pub mod plot;
 pub mod predict;
@@ -185,6 +186,7 @@ commands! {
     Demo(demo::Args),
     Edge(edge::Args),
     Eval(eval::Args),
+    Import(import::Args),
     Load(load::Args),
     Plot(plot::Args),
     Predict(predict::Args),
