@@ -244,6 +244,13 @@ fn import_recognises_a_checkpoint_and_refuses_a_damaged_one_naming_the_tensor() 
     assert_eq!(b.card.name, "imported");
     assert_eq!(a.state_dict(), b.state_dict());
 
+    // Weights without a card: the error says how to make one.
+    let bare = dir.path().join("bare.safetensors");
+    std::fs::copy(&shipped, &bare).unwrap();
+    let o = cema(&["eval", "--model", bare.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("bare.json") && stderr(&o).contains("cema import"));
+
     // One BatchNorm statistic missing: refused, naming it.
     let mut t = a.state_dict();
     t.remove("layer3.0.bn2.running_mean");

@@ -158,9 +158,20 @@ impl Model {
     /// Loads `<path>` (safetensors or .pth) and its card `<path>.json`, validating every tensor.
     pub fn load(path: &Path, device: &Device) -> Result<Model> {
         let card_file = card_path(path);
-        let text = std::fs::read_to_string(&card_file).map_err(|source| ModelError::Io {
-            path: card_file.clone(),
-            source,
+        let text = std::fs::read_to_string(&card_file).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound && path.exists() {
+                ModelError::Card {
+                    path: card_file.clone(),
+                    reason: "no such file: a checkpoint needs its model card beside it; \
+                             `cema import` writes one (docs/model-card.md)"
+                        .into(),
+                }
+            } else {
+                ModelError::Io {
+                    path: card_file.clone(),
+                    source,
+                }
+            }
         })?;
         let card: ModelCard = serde_json::from_str(&text).map_err(|e| ModelError::Card {
             path: card_file.clone(),
