@@ -549,3 +549,57 @@ fn the_edge_runs_on_a_folder_of_images_labelled_or_not() {
         );
     }
 }
+
+#[test]
+fn the_edge_reads_raw_frames_on_stdin() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"), "127.0.0.1:0", &[]);
+    let (edge, _) = models();
+    let test = cema_data::Dataset::FashionMnist
+        .load(None, cema_data::Split::Test)
+        .unwrap();
+    let run = |bytes: Vec<u8>| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cema"))
+            .args(["-q", "edge", "--cloud", &cloud.url(), "--device", "dev-a"])
+            .args([
+                "--token", "tok-a", "--edge", &edge, "--input", "-", "--batch", "32",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Written from a thread: the edge answers while frames still arrive.
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes);
+        });
+        let o = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        o
+    };
+    let o = run(test.images[..200 * 784].to_vec());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 200);
+    assert_eq!(lines[199]["frame"], 199);
+    // Predictions are the model's: most of these clean images are classified right.
+    let right = lines
+        .iter()
+        .zip(&test.labels)
+        .filter(|(l, y)| l["class"].as_u64() == Some(**y as u64))
+        .count();
+    assert!(right > 150, "{right} of 200");
+    // A truncated last frame is an error saying so.
+    let o = run(test.images[..2 * 784 + 100].to_vec());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("100 bytes into a frame of 784"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -37,7 +37,8 @@ pub struct Args {
     /// size (the centre square, or the card's crop recipe, resized to the model's input), in name
     /// order. With class sub-folders (named by class index, `0/`, `1/`, …, or by the model card's
     /// class names) the labels are known and accuracy is reported; without, one JSON line per
-    /// image gives its predicted class.
+    /// image gives its predicted class. `-`: raw frames on stdin, each exactly the model's input
+    /// (H×W×C bytes, u8), e.g. from `ffmpeg -i cam.mp4 -vf scale=28:28,format=gray -f rawvideo -`.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["corrupted", "generate_corruptions", "sync", "compare_source"])]
     pub input: Option<PathBuf>,
     /// The stream's corruption.

@@ -3,12 +3,12 @@
 //! line; either way the edge selects, uploads and installs the cloud's norm states as on a test
 //! stream.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cema_data::photo::{load_photo, photo_paths, Prepare};
-use cema_edge::{CloudLink, Edge, EdgeError};
+use cema_edge::{CloudLink, Edge, EdgeCounters, EdgeError};
 use cema_model::Model;
 use cema_wire::EdgeTelemetry;
 use serde_json::json;
@@ -51,6 +51,64 @@ fn images(
     Ok(out)
 }
 
+/// Reads up to `n` whole frames of `size` bytes; fewer only at the end of the input. A trailing
+/// partial frame is an error naming how many bytes it had.
+fn read_frames(input: &mut impl Read, n: usize, size: usize) -> Result<Vec<u8>, CliError> {
+    let mut buf = vec![0u8; n * size];
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(CliError::usage(anyhow::anyhow!("--input -: {e}"))),
+        }
+    }
+    if got % size != 0 {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--input -: the input ended {} bytes into a frame of {size} bytes (frames must be \
+             exactly the model's input, u8)",
+            got % size
+        )));
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// `--input -`: raw frames from stdin, unlabelled, one JSON line per frame.
+fn run_stdin(args: &Args, mut edge: Edge, size: usize) -> Result<EdgeCounters, CliError> {
+    let mut stdin = std::io::stdin().lock();
+    let mut out = std::io::stdout().lock();
+    let mut frame = 0u64;
+    loop {
+        let frames = read_frames(&mut stdin, args.batch, size)?;
+        if frames.is_empty() {
+            break;
+        }
+        let batch = edge.predict(&frames).map_err(refused)?;
+        for (i, p) in batch.predictions.iter().enumerate() {
+            let line = json!({
+                "frame": frame,
+                "class": p,
+                "selected": batch.selected.contains(&i),
+                "version": batch.version,
+            });
+            let _ = writeln!(out, "{line}");
+            frame += 1;
+        }
+        let _ = out.flush();
+    }
+    edge.finish(Duration::from_secs(10)).map_err(refused)
+}
+
+fn refused(e: EdgeError) -> CliError {
+    if e.is_usage() {
+        CliError::usage(anyhow::anyhow!(e).context("--cloud / --device / --token"))
+    } else {
+        CliError::failed(anyhow::anyhow!(e))
+    }
+}
+
 pub fn run(
     args: &Args,
     dir: &Path,
@@ -60,6 +118,27 @@ pub fn run(
 ) -> Result<(), CliError> {
     if args.batch == 0 {
         return Err(CliError::usage(anyhow::anyhow!("--batch must be positive")));
+    }
+    if dir == Path::new("-") {
+        let i = &model.card.input;
+        let size = i.height * i.width * i.channels;
+        let link = CloudLink {
+            uplink_kbps: args.uplink_kbps,
+            max_queued_samples: args.max_queued_samples,
+            ..CloudLink::new(&args.cloud, &args.device, &args.token)
+        };
+        let edge = Edge::new(model, selection, Some(&link)).map_err(refused)?;
+        let c = run_stdin(args, edge, size)?;
+        if !ctx.quiet {
+            eprintln!(
+                "{}: {} frames from stdin, uploaded {}, version {}",
+                args.device, c.images, c.uploaded, c.version
+            );
+        }
+        if let Some(path) = &args.json {
+            write_json(path, &json!(c), "--json")?;
+        }
+        return Ok(());
     }
     let spec = model.card.input.clone();
     let prepare = match &model.card.preprocess {
@@ -80,13 +159,6 @@ pub fn run(
         uplink_kbps: args.uplink_kbps,
         max_queued_samples: args.max_queued_samples,
         ..CloudLink::new(&args.cloud, &args.device, &args.token)
-    };
-    let refused = |e: EdgeError| {
-        if e.is_usage() {
-            CliError::usage(anyhow::anyhow!(e).context("--cloud / --device / --token"))
-        } else {
-            CliError::failed(anyhow::anyhow!(e))
-        }
     };
     let mut edge = Edge::new(model, selection, Some(&link)).map_err(refused)?;
     let t0 = Instant::now();
