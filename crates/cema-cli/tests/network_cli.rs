@@ -603,3 +603,59 @@ fn the_edge_reads_raw_frames_on_stdin() {
         stderr(&o)
     );
 }
+
+#[test]
+fn the_edge_watches_a_folder_until_its_limit_or_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"), "127.0.0.1:0", &[]);
+    let (edge, _) = models();
+    let watched = dir.path().join("in");
+    png_folder(&watched, 10, false);
+    let start = |limit: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cema"));
+        c.args(["-q", "edge", "--cloud", &cloud.url(), "--device", "dev-a"])
+            .args([
+                "--token", "tok-a", "--edge", &edge, "--batch", "8", "--watch",
+            ])
+            .arg("--input")
+            .arg(&watched)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(l) = limit {
+            c.args(["--limit", l]);
+        }
+        c.spawn().unwrap()
+    };
+    let mut child = start(Some("40"));
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..10 {
+        lines.next().unwrap().unwrap();
+    }
+    // 30 more images arrive while it runs; it stops at its limit of 40.
+    let more = dir.path().join("more");
+    png_folder(&more, 40, false);
+    for i in 10..40 {
+        let name = format!("img{i:04}.png");
+        std::fs::copy(more.join(&name), watched.join(&name)).unwrap();
+    }
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(rest.len(), 30);
+    assert!(rest[29].contains("img0039.png"), "{}", rest[29]);
+    assert!(child.wait().unwrap().success());
+
+    // Without a limit, SIGTERM ends the watch cleanly.
+    let mut child = start(None);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..40 {
+        lines.next().unwrap().unwrap();
+    }
+    let t = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+}

@@ -41,6 +41,10 @@ pub struct Args {
     /// (H×W×C bytes, u8), e.g. from `ffmpeg -i cam.mp4 -vf scale=28:28,format=gray -f rawvideo -`.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["corrupted", "generate_corruptions", "sync", "compare_source"])]
     pub input: Option<PathBuf>,
+    /// With --input DIR: keep watching the folder and predict on images as they arrive, until
+    /// SIGINT/SIGTERM or --limit images.
+    #[arg(long, requires = "input")]
+    pub watch: bool,
     /// The stream's corruption.
     #[arg(long, default_value = "gaussian_noise")]
     pub corruption: Corruption,

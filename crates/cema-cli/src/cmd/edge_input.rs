@@ -148,13 +148,30 @@ pub fn run(
         // No recipe on the card: the largest centred square, resized to the input.
         None => Prepare::CenterCrop { fraction: 1.0 },
     };
-    let mut files = images(
-        dir,
-        &model.card.classes,
+    let (names, classes) = (
+        model.card.classes.clone(),
         model.card.architecture.num_classes(),
-    )?;
-    files.truncate(args.limit.unwrap_or(usize::MAX));
-    let labelled = files.iter().all(|(_, l)| l.is_some());
+    );
+    let limit = args.limit.unwrap_or(usize::MAX);
+    let labelled = !cema_data::folder::list_classes(dir)
+        .usage_err(format!("--input {}", dir.display()))?
+        .is_empty();
+    let mut files = match images(dir, &names, classes) {
+        // A watched folder may start empty.
+        Err(_) if args.watch && !labelled => Vec::new(),
+        r => r?,
+    };
+    files.truncate(limit);
+    let mut seen: std::collections::HashSet<PathBuf> =
+        files.iter().map(|(p, _)| p.clone()).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if args.watch {
+        // SIGINT and SIGTERM end the watch; what was queued is still uploaded before exit.
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, stop.clone())
+                .run_err("installing a signal handler")?;
+        }
+    }
     let link = CloudLink {
         uplink_kbps: args.uplink_kbps,
         max_queued_samples: args.max_queued_samples,
@@ -164,41 +181,77 @@ pub fn run(
     let t0 = Instant::now();
     let mut correct = 0u64;
     let mut out = std::io::stdout().lock();
-    for chunk in files.chunks(args.batch) {
-        let mut frames = Vec::new();
-        for (path, _) in chunk {
-            let px = load_photo(path, (spec.height, spec.width, spec.channels), prepare)
-                .usage_err(format!("--input {}", dir.display()))?;
-            frames.extend(px);
-        }
-        let batch = edge.predict(&frames).map_err(refused)?;
-        let selected: std::collections::HashSet<usize> = batch.selected.iter().copied().collect();
-        for (i, ((path, label), p)) in chunk.iter().zip(&batch.predictions).enumerate() {
-            correct += u64::from(*label == Some(*p));
-            if !labelled {
-                let line = json!({
-                    "file": path,
-                    "class": p,
-                    "selected": selected.contains(&i),
-                    "version": batch.version,
+    let mut done = 0usize;
+    loop {
+        for chunk in files.chunks(args.batch) {
+            let mut frames = Vec::new();
+            for (path, _) in chunk {
+                let px = load_photo(path, (spec.height, spec.width, spec.channels), prepare)
+                    .usage_err(format!("--input {}", dir.display()))?;
+                frames.extend(px);
+            }
+            let batch = edge.predict(&frames).map_err(refused)?;
+            let selected: std::collections::HashSet<usize> =
+                batch.selected.iter().copied().collect();
+            for (i, ((path, label), p)) in chunk.iter().zip(&batch.predictions).enumerate() {
+                correct += u64::from(*label == Some(*p));
+                if !labelled {
+                    let line = json!({
+                        "file": path,
+                        "class": p,
+                        "selected": selected.contains(&i),
+                        "version": batch.version,
+                    });
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            if labelled && args.report_accuracy {
+                let c = edge.counters();
+                edge.report(EdgeTelemetry {
+                    images: c.images,
+                    correct,
+                    source_correct: None,
+                    norm_version: c.version,
                 });
-                let _ = writeln!(out, "{line}");
+            }
+            if args.pace_ms > 0 {
+                std::thread::sleep(Duration::from_millis(args.pace_ms));
             }
         }
-        if labelled && args.report_accuracy {
-            let c = edge.counters();
-            edge.report(EdgeTelemetry {
-                images: c.images,
-                correct,
-                source_correct: None,
-                norm_version: c.version,
-            });
+        let _ = out.flush();
+        done += files.len();
+        if !args.watch || done >= limit {
+            break;
         }
-        if args.pace_ms > 0 {
-            std::thread::sleep(Duration::from_millis(args.pace_ms));
+        // Watching: the files that appeared since, once they have stopped changing (a file still
+        // being written is picked up at a later look).
+        files = loop {
+            if stop.load(std::sync::atomic::Ordering::Acquire) {
+                break Vec::new();
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let settled = |p: &Path| {
+                std::fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|e| e > Duration::from_millis(300)))
+            };
+            let fresh: Vec<(PathBuf, Option<u32>)> = match images(dir, &names, classes) {
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|(p, l)| !seen.contains(p) && settled(p) && l.is_some() == labelled)
+                    .take(limit - done)
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            if !fresh.is_empty() {
+                seen.extend(fresh.iter().map(|(p, _)| p.clone()));
+                break fresh;
+            }
+        };
+        if files.is_empty() {
+            break;
         }
     }
-    let _ = out.flush();
     drop(out);
     let c = edge.finish(Duration::from_secs(10)).map_err(refused)?;
     let accuracy = (labelled && c.images > 0).then(|| correct as f64 / c.images as f64);
