@@ -6,10 +6,12 @@ if ! command -v promtool >/dev/null || ! command -v curl >/dev/null || ! command
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     prometheus curl chromium fonts-dejavu-core
 fi
-# schemathesis checks docs/openapi.yaml against a running cloud (in its own virtual environment:
-# its dependency tree stays out of the system Python).
-if [ ! -x tools/.venv/bin/schemathesis ]; then
-  echo "installing schemathesis into tools/.venv (pip)"
-  python3 -m venv tools/.venv &&
-    tools/.venv/bin/pip install -q --disable-pip-version-check schemathesis==4.32.5
+# In their own virtual environment (their dependency trees stay out of the system Python):
+# schemathesis checks docs/openapi.yaml against a running cloud; maturin builds the Python
+# bindings (crates/cema-py) that pytest then tests.
+if [ ! -x tools/.venv/bin/schemathesis ] || [ ! -x tools/.venv/bin/maturin ]; then
+  echo "installing schemathesis, maturin, pytest and numpy into tools/.venv (pip)"
+  { [ -x tools/.venv/bin/pip ] || python3 -m venv tools/.venv; } &&
+    tools/.venv/bin/pip install -q --disable-pip-version-check schemathesis==4.32.5 \
+      maturin==1.16.0 pytest==9.2.0 numpy==2.4.6
 fi

@@ -7,3 +7,7 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The Python bindings: built into tools/.venv (dev profile, sharing target/ with the tests above),
+# then tested against the cema binary the tests built.
+VIRTUAL_ENV="$PWD/tools/.venv" tools/.venv/bin/maturin develop -q -m crates/cema-py/Cargo.toml
+tools/.venv/bin/python -m pytest -q crates/cema-py/tests

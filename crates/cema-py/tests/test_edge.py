@@ -1,0 +1,80 @@
+"""cema.Edge from Python against a real `cema cloud` and the `cema edge` CLI on the same frames.
+
+Run by scripts/test.sh after `maturin develop` (the binary: target/debug/cema)."""
+
+import gzip
+import json
+import pathlib
+import subprocess
+
+import numpy as np
+import pytest
+
+import cema
+
+REPO = pathlib.Path(__file__).resolve().parents[3]
+CEMA = REPO / "target" / "debug" / "cema"
+MODEL = str(REPO / "models" / "edge.safetensors")
+IMAGES = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
+
+
+def frames(n):
+    raw = gzip.open(IMAGES).read()[16:]
+    return np.frombuffer(raw, np.uint8)[: n * 784].reshape(n, 28, 28, 1)
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    store = tmp_path_factory.mktemp("cloud")
+    p = subprocess.Popen(
+        [str(CEMA), "-q", "cloud", "--listen", "127.0.0.1:0", "--store-dir", str(store),
+         "--device", "py:tok-py", "--device", "cli:tok-cli"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    yield "http://" + json.loads(line)["listening"]
+    p.terminate()
+    p.wait(timeout=30)
+
+
+def test_predictions_are_the_clis_on_the_same_frames(cloud):
+    x = frames(256)
+    cli = subprocess.run(
+        [str(CEMA), "-q", "edge", "--cloud", cloud, "--device", "cli", "--token", "tok-cli",
+         "--edge", MODEL, "--input", "-", "--batch", "64"],
+        cwd=REPO, input=x.tobytes(), capture_output=True, check=True)
+    lines = [json.loads(l) for l in cli.stdout.decode().splitlines()]
+    assert len(lines) == 256
+    edge = cema.Edge(MODEL, cloud=cloud, device="py", token="tok-py")
+    assert edge.input_shape == (28, 28, 1)
+    compared = 0
+    for b in range(4):
+        out = edge.predict(x[b * 64:(b + 1) * 64])
+        mine = [l for l in lines[b * 64:(b + 1) * 64]]
+        # Both start from the same model; until either installs a cloud update, they agree.
+        if out["version"] == 0 and all(l["version"] == 0 for l in mine):
+            assert out["predictions"] == [l["class"] for l in mine]
+            assert sorted(out["selected"]) == [i for i, l in enumerate(mine) if l["selected"]]
+            compared += 1
+    assert compared >= 1
+    c = edge.finish(drain_s=10)
+    assert c["images"] == 256 and c["uploaded"] > 0 and c["network_errors"] == 0
+
+
+def test_offline_and_bad_input():
+    edge = cema.Edge(MODEL)
+    out = edge.predict(np.ascontiguousarray(frames(8)))
+    assert len(out["predictions"]) == 8 and out["version"] == 0
+    assert edge.counters()["uploaded"] == 0
+    with pytest.raises(ValueError, match="not whole frames"):
+        edge.predict(np.zeros(100, np.uint8))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        edge.predict(frames(8)[:, ::2])
+    edge.finish(drain_s=0)
+    with pytest.raises(RuntimeError, match="finished"):
+        edge.predict(frames(8))
+    with pytest.raises(ValueError, match="together"):
+        cema.Edge(MODEL, cloud="http://127.0.0.1:1")
+    with pytest.raises(ValueError, match="nope"):
+        cema.Edge(str(REPO / "nope.safetensors"))
+    with pytest.raises(ValueError, match="cloud URL"):
+        cema.Edge(MODEL, cloud="127.0.0.1:1", device="d", token="t")
