@@ -659,3 +659,69 @@ fn the_edge_watches_a_folder_until_its_limit_or_sigterm() {
     assert!(status.success(), "{status}");
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
 }
+
+#[test]
+fn eval_and_bench_take_a_folder_of_your_own_labelled_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("mine");
+    png_folder(&images, 200, true);
+    let (edge, foundation) = models();
+    let data = images.to_str().unwrap();
+    let json = dir.path().join("eval.json");
+    let o = cema(&[
+        "-q",
+        "eval",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        data,
+        "--model",
+        &edge,
+        "--corruptions",
+        "fog",
+        "--severities",
+        "5",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["dataset"], "folder");
+    assert!(v["clean_accuracy"].as_f64().unwrap() > 0.7, "{v}");
+    assert!(v["corrupted"]["fog"]["5"].as_f64().unwrap() < v["clean_accuracy"].as_f64().unwrap());
+
+    let out = dir.path().join("bench");
+    let o = cema(&[
+        "-q",
+        "bench",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        data,
+        "--edge",
+        &edge,
+        "--foundation",
+        &foundation,
+        "--methods",
+        "source,bn_adapt",
+        "--corruptions",
+        "fog",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r["images_per_stream"], 200);
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["stream_sources"]["fog"], "generated");
+
+    // Commands that need fixed-size images, and a folder without --data-dir: exit 2 saying so.
+    let o = cema(&["corrupt", "--dataset", "folder", "--data-dir", data]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--dataset folder"), "{}", stderr(&o));
+    let o = cema(&["eval", "--dataset", "folder", "--model", &edge]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--data-dir"), "{}", stderr(&o));
+}

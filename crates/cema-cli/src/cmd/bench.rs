@@ -295,7 +295,13 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     if methods.iter().any(|m| m.needs_foundation()) {
         models.foundation = Some(load_model(&args.foundation, "--foundation", &ctx.device)?);
     }
-    let test = args.data.load(Split::Test)?;
+    let reference = models
+        .edge
+        .as_ref()
+        .or(models.foundation.as_ref())
+        .map(|(m, _)| m)
+        .expect("every method needs a model");
+    let test = args.data.load_for(Split::Test, reference)?;
     for (model, flag, path) in [
         (&models.edge, "--edge", &args.edge),
         (&models.foundation, "--foundation", &args.foundation),
@@ -322,7 +328,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         .cloned()
         .unwrap_or(Value::Null);
     let mut environment = Map::new();
-    environment.insert("dataset".into(), json!(args.data.dataset().name()));
+    environment.insert("dataset".into(), json!(args.data.name()));
     environment.insert("data_dir".into(), json!(args.data.dir()));
     environment.insert("binary_sha256".into(), binary_sha);
     environment.insert("threads".into(), json!(rayon::current_num_threads()));
@@ -410,7 +416,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "seed": args.seed,
         "stream_order": "ChaCha8 shuffle of the test set seeded by `seed`, first `images_per_stream`; the indices are in stream_order.npy (int64) beside this file",
         "corruption_seed": args.corruption_seed,
-        "dataset": args.data.dataset().name(),
+        "dataset": args.data.name(),
         "corrupted": corrupted.dir,
         "data_dir": args.data.dir(),
         "checkpoints": {

@@ -325,7 +325,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         TableArg::Imagenet => Table::ImageNet,
     };
     let settings = Settings {
-        dataset: args.data.dataset().name().to_string(),
+        dataset: args.data.name().to_string(),
         split: args.split.name().to_string(),
         images: n,
         seed: args.seed,

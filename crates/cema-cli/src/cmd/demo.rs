@@ -151,11 +151,16 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     }
     // Checked here, before any process starts, so that a model of another dataset is a usage
     // error naming the flag rather than N failed edges after the cloud came up.
-    let test = args.data.load(cema_data::Split::Test)?;
+    let mut test = None;
     for (p, flag) in [(&args.edge, "--edge"), (&args.foundation, "--foundation")] {
         let model = cema_model::Model::load(p, &cema_model::cpu())
             .usage_err(format!("{flag} {}", p.display()))?;
-        args.data.check_model(&model, &test, flag, p)?;
+        // Loaded for the edge model (a folder of images takes its input size).
+        if test.is_none() {
+            test = Some(args.data.load_for(cema_data::Split::Test, &model)?);
+        }
+        args.data
+            .check_model(&model, test.as_ref().expect("loaded"), flag, p)?;
     }
     drop(test);
     let exe = std::env::current_exe().context("locating the cema binary")?;
@@ -211,7 +216,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         if let Some(k) = args.uplink_kbps {
             cmd.args(["--uplink-kbps", &k.to_string()]);
         }
-        cmd.args(["--dataset", args.data.dataset().name()]);
+        cmd.args(["--dataset", args.data.name()]);
         if let Some(dir) = &args.data.data_dir {
             cmd.arg("--data-dir").arg(dir);
         }

@@ -153,7 +153,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     if let Some(dir) = &args.input {
         return super::edge_input::run(&args, dir, model, selection, ctx);
     }
-    let test = args.data.load(Split::Test)?;
+    let test = args.data.load_for(Split::Test, &model)?;
     args.data.check_model(&model, &test, "--edge", &args.edge)?;
     let mut order = stream_order(test.len(), args.seed);
     order.truncate(args.limit.unwrap_or(usize::MAX));

@@ -68,7 +68,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let device = ctx.device.clone();
     let mut model =
         Model::load(&args.model, &device).usage_err(format!("--model {}", args.model.display()))?;
-    let mut test = args.data.load(Split::Test)?;
+    let mut test = args.data.load_for(Split::Test, &model)?;
     if let Some(n) = args.limit {
         test = test.take(n);
     }
@@ -162,7 +162,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             .collect();
         let v = json!({
             "model": args.model,
-            "dataset": args.data.dataset().name(),
+            "dataset": args.data.name(),
             "data_dir": args.data.dir(),
             "corrupted_dir": corrupted.dir,
             "model_sha256": model.card.sha256,

@@ -111,7 +111,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             args.foundation.display()
         )));
     }
-    let test = args.data.load(Split::Test)?;
+    let test = args.data.load_for(Split::Test, &model)?;
     args.data.check_model(&model, &test, "--edge", &args.edge)?;
     let foundation = Model::load(&args.foundation, &cpu())
         .usage_err(format!("--foundation {}", args.foundation.display()))?;

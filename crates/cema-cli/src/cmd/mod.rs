@@ -63,14 +63,17 @@ impl Context {
 pub struct DataArgs {
     /// Dataset: fashion-mnist (Debian's dataset-fashion-mnist), cifar10 or cifar100 (their
     /// "binary version" tarballs; cifar100 with its 100 fine labels), imagenet-photos (labelled
-    /// ImageNet photographs, test split only).
+    /// ImageNet photographs, test split only), folder (your own labelled images in class
+    /// sub-folders of --data-dir, test split only: eval, bench, edge, demo, load).
     #[arg(long, value_enum, default_value_t = DatasetArg::FashionMnist)]
     pub dataset: DatasetArg,
     /// Folder with the dataset's files. fashion-mnist: the four IDX files, .gz or not (default
     /// $CEMA_FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist); cifar10 / cifar100: the
     /// extracted cifar-10-batches-bin / cifar-100-binary folder or the folder holding it
     /// (default data/); imagenet-photos: JPEG/PNG files named `…_<class index>` (default
-    /// data/imagenet-photos).
+    /// data/imagenet-photos); folder: class sub-folders named by class index or by the model
+    /// card's class names (in DIR/test/ if there is one, else DIR), images resized to the
+    /// model's input.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 }
@@ -84,21 +87,99 @@ pub enum DatasetArg {
     /// The labelled ImageNet photographs `scripts/setup.sh` installs (data/imagenet-photos), 16
     /// views each at 224 px, for the EfficientNet-Lite pair; a test split only.
     ImagenetPhotos,
+    /// Labelled images of your own, in class sub-folders of --data-dir.
+    Folder,
 }
 
 impl DataArgs {
-    pub fn dataset(&self) -> Dataset {
-        match self.dataset {
+    /// The named dataset; `--dataset folder` is none of them (a usage error here: the commands
+    /// that take it ask [`DataArgs::load_for`]).
+    pub fn dataset(&self) -> Result<Dataset, CliError> {
+        Ok(match self.dataset {
             DatasetArg::FashionMnist => Dataset::FashionMnist,
             DatasetArg::Cifar10 => Dataset::Cifar10,
             DatasetArg::Cifar100 => Dataset::Cifar100,
             DatasetArg::ImagenetPhotos => Dataset::ImagenetPhotos,
+            DatasetArg::Folder => {
+                return Err(CliError::usage(anyhow::anyhow!(
+                    "--dataset folder: this command needs a dataset of fixed-size images \
+                     (folder works with eval, bench, edge, demo and load)"
+                )))
+            }
+        })
+    }
+
+    /// The dataset's name as reports and child processes take it.
+    pub fn name(&self) -> &'static str {
+        match self.dataset() {
+            Ok(d) => d.name(),
+            Err(_) => "folder",
         }
     }
 
     /// The folder the files are read from, after defaults and `$CEMA_FASHION_MNIST_DIR`.
     pub fn dir(&self) -> PathBuf {
-        self.dataset().resolve_dir(self.data_dir.as_deref())
+        match self.dataset() {
+            Ok(d) => d.resolve_dir(self.data_dir.as_deref()),
+            Err(_) => self.data_dir.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The test split for `model`: a named dataset as [`DataArgs::load`]; a folder loaded at the
+    /// model's input size and channels, its class folders mapped to the model's classes by the
+    /// card's class names or by index.
+    pub fn load_for(&self, split: Split, model: &cema_model::Model) -> Result<ImageSet, CliError> {
+        if self.dataset != DatasetArg::Folder {
+            return self.load(split);
+        }
+        let root = self.data_dir.as_deref().ok_or_else(|| {
+            CliError::usage(anyhow::anyhow!("--dataset folder needs --data-dir DIR"))
+        })?;
+        if split != Split::Test {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "--dataset folder has a test split only"
+            )));
+        }
+        let dir = if root.join("test").is_dir() {
+            root.join("test")
+        } else {
+            root.to_path_buf()
+        };
+        let at = || format!("--data-dir {}", dir.display());
+        let i = &model.card.input;
+        let opts = cema_data::folder::FolderOptions {
+            color: if i.channels == 1 {
+                cema_data::folder::ColorMode::Luma
+            } else {
+                cema_data::folder::ColorMode::Rgb
+            },
+            size: cema_data::folder::SizePolicy::Resize {
+                height: i.height as u32,
+                width: i.width as u32,
+            },
+        };
+        let mut loaded = cema_data::folder::load_class_folders(&dir, &opts).usage_err(at())?;
+        let classes = model.card.architecture.num_classes();
+        let map: Vec<u32> = loaded
+            .classes
+            .iter()
+            .map(|name| {
+                let by_name = model.card.classes.iter().position(|n| n == name);
+                let by_index = name.parse::<usize>().ok().filter(|&c| c < classes);
+                by_name.or(by_index).map(|c| c as u32).ok_or_else(|| {
+                    CliError::usage(anyhow::anyhow!(
+                        "{}: class folder `{name}` is neither a class index of the model \
+                         (0..{}) nor one of its card's class names",
+                        at(),
+                        classes - 1
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        for l in &mut loaded.set.labels {
+            *l = map[*l as usize];
+        }
+        Ok(loaded.set)
     }
 
     /// The corrupted copy's folder: `given`, else `data/<dataset>-c` (where `cema corrupt`'s
@@ -106,7 +187,7 @@ impl DataArgs {
     pub fn corrupted_dir(&self, given: Option<&Path>) -> PathBuf {
         given
             .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(format!("data/{}-c", self.dataset().name())))
+            .unwrap_or_else(|| PathBuf::from(format!("data/{}-c", self.name())))
     }
 
     /// Where streams read their corruptions: `--corrupted` if given (then every corruption asked
@@ -116,6 +197,10 @@ impl DataArgs {
         match (given, generate) {
             (_, true) => cema_bench::Corrupted::generated(),
             (Some(dir), false) => cema_bench::Corrupted::given(dir),
+            // A folder of the user's images has no default corrupted copy: generated.
+            (None, false) if self.dataset == DatasetArg::Folder => {
+                cema_bench::Corrupted::generated()
+            }
             (None, false) => cema_bench::Corrupted::default_at(self.corrupted_dir(None)),
         }
     }
@@ -130,15 +215,15 @@ impl DataArgs {
     ) -> Result<(), CliError> {
         let at = || format!("{flag} {}", path.display());
         model.check_geometry(set).usage_err(at())?;
-        let (have, want) = (
-            model.card.architecture.num_classes(),
-            self.dataset().num_classes(),
-        );
+        // A folder's labels were mapped to this model's classes as it was loaded.
+        let Ok(dataset) = self.dataset() else {
+            return Ok(());
+        };
+        let (have, want) = (model.card.architecture.num_classes(), dataset.num_classes());
         if have != want {
             return Err(CliError::usage(anyhow::anyhow!(
-                "{}: the model has {have} classes but --dataset {} has {want}",
+                "{}: the model has {have} classes but --dataset {dataset} has {want}",
                 at(),
-                self.dataset()
             )));
         }
         Ok(())
@@ -146,7 +231,7 @@ impl DataArgs {
 
     /// One split; a missing or malformed file is a usage error naming both flags.
     pub fn load(&self, split: Split) -> Result<ImageSet, CliError> {
-        let d = self.dataset();
+        let d = self.dataset()?;
         d.load(self.data_dir.as_deref(), split)
             .usage_err(format!("--dataset {d} --data-dir {}", self.dir().display()))
     }

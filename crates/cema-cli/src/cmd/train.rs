@@ -66,7 +66,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
-    let dataset = args.data.dataset();
+    let dataset = args.data.dataset()?;
     let (height, width, channels) = dataset.geometry();
     let arch = Arch::CifarResnet {
         depth: args.depth,
