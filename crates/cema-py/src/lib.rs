@@ -152,9 +152,35 @@ impl Edge {
     }
 }
 
+/// A `cema bench` run's results (its `results.json`, or the `--out` folder holding it) as Python
+/// objects: {"protocol", "streams", "methods": {method: {"avg_accuracy", …, "corruptions": {stream:
+/// {"accuracy", "upload_fraction", …}}}}, …}. A file that is not one is a ValueError naming it.
+#[pyfunction]
+fn load_results<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyAny>> {
+    let file = if path.is_dir() {
+        path.join("results.json")
+    } else {
+        path
+    };
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| PyValueError::new_err(format!("{}: {e}", file.display())))?;
+    let results = py.import("json")?.call_method1("loads", (text,))?;
+    let ok = ["protocol", "streams", "methods"]
+        .iter()
+        .all(|k| results.contains(*k).unwrap_or(false));
+    if !ok {
+        return Err(PyValueError::new_err(format!(
+            "{}: not the results of cema bench (no protocol, streams and methods)",
+            file.display()
+        )));
+    }
+    Ok(results)
+}
+
 #[pymodule]
 fn cema(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Edge>()?;
+    m.add_function(wrap_pyfunction!(load_results, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

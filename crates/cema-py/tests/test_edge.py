@@ -78,3 +78,20 @@ def test_offline_and_bad_input():
         cema.Edge(str(REPO / "nope.safetensors"))
     with pytest.raises(ValueError, match="cloud URL"):
         cema.Edge(MODEL, cloud="127.0.0.1:1", device="d", token="t")
+
+
+def test_bench_results_load_as_python_objects(tmp_path):
+    out = tmp_path / "bench"
+    subprocess.run(
+        [str(CEMA), "-q", "bench", "--methods", "source,bn_adapt", "--corruptions", "fog",
+         "--limit", "128", "--out", str(out)], cwd=REPO, check=True)
+    r = cema.load_results(out)
+    assert r["streams"] == ["fog"]
+    acc = r["methods"]["bn_adapt"]["corruptions"]["fog"]["accuracy"]
+    assert 0.0 <= acc <= 1.0
+    assert cema.load_results(out / "results.json") == r
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="not the results of cema bench"):
+        cema.load_results(tmp_path / "other.json")
+    with pytest.raises(ValueError, match="nothing.json"):
+        cema.load_results(tmp_path / "nothing.json")
