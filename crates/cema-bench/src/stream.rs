@@ -118,6 +118,10 @@ impl StreamResult {
 pub struct Corrupted {
     pub dir: Option<PathBuf>,
     pub required: bool,
+    /// For a test set loaded from class folders: each image's path under the folder
+    /// (`class/file`), in test-set order, so that a copy in the ImageNet-C layout
+    /// (`<corruption>/<severity>/<class>/<file>`) is matched to it image by image.
+    pub names: Option<std::sync::Arc<Vec<PathBuf>>>,
 }
 
 impl Corrupted {
@@ -126,6 +130,7 @@ impl Corrupted {
         Corrupted {
             dir: Some(dir.into()),
             required: true,
+            names: None,
         }
     }
 
@@ -134,6 +139,7 @@ impl Corrupted {
         Corrupted {
             dir: Some(dir.into()),
             required: false,
+            names: None,
         }
     }
 
@@ -142,7 +148,21 @@ impl Corrupted {
         Corrupted {
             dir: None,
             required: false,
+            names: None,
         }
+    }
+
+    /// With the test set's image names (see [`Corrupted::names`]).
+    pub fn with_names(self, names: Option<Vec<PathBuf>>) -> Self {
+        Corrupted {
+            names: names.map(std::sync::Arc::new),
+            ..self
+        }
+    }
+
+    /// Whether `dir` holds corruption `c`: `<c>.npy` (the CIFAR-10-C layout) or `<c>/` (ImageNet-C).
+    fn holds(dir: &std::path::Path, c: Corruption) -> bool {
+        dir.join(format!("{}.npy", c.name())).exists() || dir.join(c.name()).is_dir()
     }
 
     pub fn file(&self, c: Corruption) -> Option<PathBuf> {
@@ -158,8 +178,8 @@ impl Corrupted {
         anyhow::ensure!(dir.is_dir(), "{}: no such folder", dir.display());
         let missing: Vec<String> = corruptions
             .iter()
-            .filter(|&&c| !dir.join(format!("{}.npy", c.name())).exists())
-            .map(|c| format!("{}.npy", c.name()))
+            .filter(|&&c| !Self::holds(dir, c))
+            .map(|c| format!("{0}.npy or {0}/", c.name()))
             .collect();
         anyhow::ensure!(
             missing.is_empty(),
@@ -190,6 +210,9 @@ pub fn stream(
     severity: u8,
     seed: u64,
 ) -> anyhow::Result<(ImageSet, &'static str)> {
+    if let Some(dir) = corrupted.dir.as_ref().filter(|d| d.join(c.name()).is_dir()) {
+        return imagenet_c(dir, corrupted, test, indices, c, severity);
+    }
     let file = corrupted.file(c);
     if let (Some(dir), Some(file)) = (&corrupted.dir, file.as_ref().filter(|f| f.exists())) {
         let set = CorruptedDir::open(dir)?.load(c.name(), severity)?;
@@ -243,6 +266,67 @@ pub fn stream(
         channels: ch,
     };
     Ok((set, "generated"))
+}
+
+/// A stream's images from a copy in the ImageNet-C layout, matched to the test set by name.
+fn imagenet_c(
+    dir: &std::path::Path,
+    corrupted: &Corrupted,
+    test: &ImageSet,
+    indices: &[usize],
+    c: Corruption,
+    severity: u8,
+) -> anyhow::Result<(ImageSet, &'static str)> {
+    use cema_data::folder::{
+        imagenet_c_dir, load_imagenet_c, ColorMode, FolderOptions, SizePolicy,
+    };
+    let root = imagenet_c_dir(dir, c.name(), severity);
+    let names = corrupted.names.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: the ImageNet-C layout is read for a test set of class folders (--dataset \
+             folder), whose images it matches by class folder and file name",
+            dir.join(c.name()).display()
+        )
+    })?;
+    let opts = FolderOptions {
+        color: if test.channels == 1 {
+            ColorMode::Luma
+        } else {
+            ColorMode::Rgb
+        },
+        size: SizePolicy::Resize {
+            height: test.height as u32,
+            width: test.width as u32,
+        },
+    };
+    let copy = load_imagenet_c(dir, c.name(), severity, &opts)?;
+    let by_name: std::collections::HashMap<&std::path::Path, usize> = copy
+        .files
+        .iter()
+        .enumerate()
+        .map(|(k, f)| (f.strip_prefix(&root).unwrap_or(f), k))
+        .collect();
+    let per = test.image_size();
+    let mut images = Vec::with_capacity(indices.len() * per);
+    for &i in indices {
+        let name = &names[i];
+        let k = by_name.get(name.as_path()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: has no {} (the clean test set's image {i})",
+                root.display(),
+                name.display()
+            )
+        })?;
+        images.extend_from_slice(copy.set.image(*k));
+    }
+    let set = ImageSet {
+        images,
+        labels: indices.iter().map(|&i| test.labels[i]).collect(),
+        height: test.height,
+        width: test.width,
+        channels: test.channels,
+    };
+    Ok((set, "file"))
 }
 
 /// Feeds `set` to `method` batch by batch and scores the predictions it returns.
@@ -357,5 +441,17 @@ mod tests {
             .to_string();
         assert!(e.contains("has no gaussian_noise.npy"), "{e}");
         assert!(Corrupted::default_at(dir.path()).check(&[c]).is_ok());
+        // An ImageNet-C-layout folder is matched by image names, which only class-folder test
+        // sets have.
+        std::fs::create_dir_all(dir.path().join("gaussian_noise/3")).unwrap();
+        let imagenet_c = Corrupted::given(dir.path());
+        assert!(imagenet_c.check(&[c]).is_ok());
+        let e = stream(&imagenet_c, &test, &idx, c, 3, 9)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ImageNet-C layout") && e.contains("--dataset"),
+            "{e}"
+        );
     }
 }

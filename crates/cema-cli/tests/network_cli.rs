@@ -717,6 +717,82 @@ fn eval_and_bench_take_a_folder_of_your_own_labelled_images() {
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["stream_sources"]["fog"], "generated");
 
+    // A corrupted copy in the ImageNet-C layout (<corruption>/<severity>/<class>/<file>), made
+    // with the same corruption the stream generates for each image: read from files, it scores
+    // what the generated stream scores.
+    let opts = cema_data::folder::FolderOptions {
+        color: cema_data::folder::ColorMode::Luma,
+        size: cema_data::folder::SizePolicy::Resize {
+            height: 28,
+            width: 28,
+        },
+    };
+    let clean = cema_data::folder::load_class_folders(&images, &opts).unwrap();
+    let fog = cema_corrupt::Corruption::Fog;
+    let plan =
+        cema_corrupt::Plan::new(fog, 5, cema_corrupt::Table::for_size(28, 28), 28, 28, 1).unwrap();
+    let copy = dir.path().join("mine-c");
+    for (i, file) in clean.files.iter().enumerate() {
+        let rel = file.strip_prefix(&images).unwrap();
+        let to = copy.join("fog").join("5").join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let px = plan.apply(clean.set.image(i), 0, i as u64).unwrap();
+        image::GrayImage::from_raw(28, 28, px)
+            .unwrap()
+            .save(&to)
+            .unwrap();
+    }
+    let eval = |source: &[&str], json: &Path| {
+        let mut a = vec![
+            "-q",
+            "eval",
+            "--dataset",
+            "folder",
+            "--data-dir",
+            data,
+            "--model",
+            &edge,
+            "--corruptions",
+            "fog",
+            "--severities",
+            "5",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        a.extend(source);
+        let o = cema(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        v["corrupted"]["fog"]["5"].as_f64().unwrap()
+    };
+    let from_files = eval(
+        &["--corrupted", copy.to_str().unwrap()],
+        &dir.path().join("a.json"),
+    );
+    let generated = eval(&["--generate-corruptions"], &dir.path().join("b.json"));
+    assert_eq!(from_files, generated);
+    // A copy missing an image the test set has: refused, naming it.
+    let gone = clean.files[7].strip_prefix(&images).unwrap().to_path_buf();
+    std::fs::remove_file(copy.join("fog").join("5").join(&gone)).unwrap();
+    let o = cema(&[
+        "eval",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        data,
+        "--model",
+        &edge,
+        "--corruptions",
+        "fog",
+        "--severities",
+        "5",
+        "--corrupted",
+        copy.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let name = gone.file_name().unwrap().to_str().unwrap();
+    assert!(stderr(&o).contains(name), "{}", stderr(&o));
+
     // Commands that need fixed-size images, and a folder without --data-dir: exit 2 saying so.
     let o = cema(&["corrupt", "--dataset", "folder", "--data-dir", data]);
     assert_eq!(o.status.code(), Some(2));

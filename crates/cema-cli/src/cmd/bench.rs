@@ -301,7 +301,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         .or(models.foundation.as_ref())
         .map(|(m, _)| m)
         .expect("every method needs a model");
-    let test = args.data.load_for(Split::Test, reference)?;
+    let (test, names) = args.data.load_named(Split::Test, reference)?;
     for (model, flag, path) in [
         (&models.edge, "--edge", &args.edge),
         (&models.foundation, "--foundation", &args.foundation),
@@ -312,7 +312,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     }
     let corrupted = args
         .data
-        .corrupted(args.corrupted.as_deref(), args.generate_corruptions);
+        .corrupted(args.corrupted.as_deref(), args.generate_corruptions)
+        .with_names(names);
     corrupted.check(&corruptions).usage_err("--corrupted")?;
 
     // Taken before the run, not after: a run lasts hours, and the checkout may move meanwhile. The

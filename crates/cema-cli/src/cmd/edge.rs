@@ -153,13 +153,14 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     if let Some(dir) = &args.input {
         return super::edge_input::run(&args, dir, model, selection, ctx);
     }
-    let test = args.data.load_for(Split::Test, &model)?;
+    let (test, names) = args.data.load_named(Split::Test, &model)?;
     args.data.check_model(&model, &test, "--edge", &args.edge)?;
     let mut order = stream_order(test.len(), args.seed);
     order.truncate(args.limit.unwrap_or(usize::MAX));
     let corrupted = args
         .data
-        .corrupted(args.corrupted.as_deref(), args.generate_corruptions);
+        .corrupted(args.corrupted.as_deref(), args.generate_corruptions)
+        .with_names(names);
     corrupted
         .check(&[args.corruption])
         .usage_err("--corrupted")?;

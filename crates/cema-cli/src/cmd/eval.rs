@@ -68,7 +68,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let device = ctx.device.clone();
     let mut model =
         Model::load(&args.model, &device).usage_err(format!("--model {}", args.model.display()))?;
-    let mut test = args.data.load_for(Split::Test, &model)?;
+    let (mut test, names) = args.data.load_named(Split::Test, &model)?;
     if let Some(n) = args.limit {
         test = test.take(n);
     }
@@ -76,7 +76,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         .check_model(&model, &test, "--model", &args.model)?;
     let corrupted = args
         .data
-        .corrupted(args.corrupted.as_deref(), args.generate_corruptions);
+        .corrupted(args.corrupted.as_deref(), args.generate_corruptions)
+        .with_names(names);
     let all: Vec<usize> = (0..test.len()).collect();
     let corruptions = if args.clean_only {
         vec![]

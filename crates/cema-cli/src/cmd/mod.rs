@@ -129,8 +129,18 @@ impl DataArgs {
     /// model's input size and channels, its class folders mapped to the model's classes by the
     /// card's class names or by index.
     pub fn load_for(&self, split: Split, model: &cema_model::Model) -> Result<ImageSet, CliError> {
+        Ok(self.load_named(split, model)?.0)
+    }
+
+    /// [`DataArgs::load_for`], and for a folder each image's path under it (`class/file`), which
+    /// a corrupted copy in the ImageNet-C layout is matched by.
+    pub fn load_named(
+        &self,
+        split: Split,
+        model: &cema_model::Model,
+    ) -> Result<(ImageSet, Option<Vec<PathBuf>>), CliError> {
         if self.dataset != DatasetArg::Folder {
-            return self.load(split);
+            return Ok((self.load(split)?, None));
         }
         let root = self.data_dir.as_deref().ok_or_else(|| {
             CliError::usage(anyhow::anyhow!("--dataset folder needs --data-dir DIR"))
@@ -179,7 +189,12 @@ impl DataArgs {
         for l in &mut loaded.set.labels {
             *l = map[*l as usize];
         }
-        Ok(loaded.set)
+        let names = loaded
+            .files
+            .iter()
+            .map(|f| f.strip_prefix(&dir).unwrap_or(f).to_path_buf())
+            .collect();
+        Ok((loaded.set, Some(names)))
     }
 
     /// The corrupted copy's folder: `given`, else `data/<dataset>-c` (where `cema corrupt`'s
