@@ -481,13 +481,34 @@ where
     T: Send + 'static,
     F: FnOnce(&Cloud, &str, &[u8]) -> Result<T, Refusal> + Send + 'static,
 {
-    let cloud = &app.cloud;
-    if let Err(r) = cloud.authorize(&device, bearer(headers)) {
-        // Read the body first (bounded, see `read_body`): refusing with it unread resets the
-        // connection, which loses the 401 or breaks the client's next request on it.
-        drain(body.into_data_stream(), cloud.options().max_body).await;
-        return Err(r);
+    if let Err(r) = app.cloud.authorize(&device, bearer(headers)) {
+        return Err(refuse_unread(&app.cloud, body, r).await);
     }
+    authorized_call(app, device, headers, body, what, work).await
+}
+
+/// A refusal before the body was read: the body is read first (bounded, see `read_body`), since
+/// refusing with it unread resets the connection, which loses the answer or breaks the client's
+/// next request on it.
+async fn refuse_unread(cloud: &Cloud, body: Body, r: Refusal) -> Refusal {
+    drain(body.into_data_stream(), cloud.options().max_body).await;
+    r
+}
+
+/// [`device_call`] once the request is authorised.
+async fn authorized_call<T, F>(
+    app: &App,
+    device: String,
+    headers: &HeaderMap,
+    body: Body,
+    what: &str,
+    work: F,
+) -> Result<T, Refusal>
+where
+    T: Send + 'static,
+    F: FnOnce(&Cloud, &str, &[u8]) -> Result<T, Refusal> + Send + 'static,
+{
+    let cloud = &app.cloud;
     let bytes = read_body(cloud, &app.limits, headers, body).await?;
     let c = cloud.clone();
     tokio::task::spawn_blocking(move || work(&c, &device, &bytes))
@@ -531,15 +552,12 @@ async fn upload(
         .authorize(&device, bearer(&headers))
         .and_then(|()| query::<UploadQuery>(&uri))
     {
-        Ok(q) => device_call(&app, device, &headers, body, "upload", |c, d, b| {
+        Ok(q) => authorized_call(&app, device, &headers, body, "upload", |c, d, b| {
             c.upload(d, b)
         })
         .await
         .map(|x| (q, x)),
-        Err(r) => {
-            drain(body.into_data_stream(), cloud.options().max_body).await;
-            Err(r)
-        }
+        Err(r) => Err(refuse_unread(&cloud, body, r).await),
     };
     let (q, (mut ack, session)) = match result {
         Ok(x) => x,

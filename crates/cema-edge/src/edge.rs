@@ -247,16 +247,21 @@ impl Edge {
             }
         }
         for msg in arrived {
-            match msg {
-                Incoming::State { state, bytes } => {
-                    self.counters.bytes_down += bytes as u64;
-                    self.apply(&state);
-                }
-                Incoming::Garbage { reason, bytes } => {
-                    self.counters.bytes_down += bytes as u64;
-                    self.counters.updates_rejected += 1;
-                    tracing::warn!("rejected a pushed update: {reason}");
-                }
+            self.take(msg);
+        }
+    }
+
+    /// One message of the downlink: a state to validate and install, or garbage to count.
+    fn take(&mut self, msg: Incoming) {
+        match msg {
+            Incoming::State { state, bytes } => {
+                self.counters.bytes_down += bytes as u64;
+                self.apply(&state);
+            }
+            Incoming::Garbage { reason, bytes } => {
+                self.counters.bytes_down += bytes as u64;
+                self.counters.updates_rejected += 1;
+                tracing::warn!("rejected a pushed update: {reason}");
             }
         }
     }
@@ -278,17 +283,8 @@ impl Edge {
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(500) {
             while let Ok(msg) = downlink.rx.try_recv() {
-                match msg {
-                    Incoming::State { state, bytes } => {
-                        self.counters.bytes_down += bytes as u64;
-                        self.apply(&state);
-                        installed.store(self.adapter.version(), Ordering::Release);
-                    }
-                    Incoming::Garbage { bytes, .. } => {
-                        self.counters.bytes_down += bytes as u64;
-                        self.counters.updates_rejected += 1;
-                    }
-                }
+                self.take(msg);
+                installed.store(self.adapter.version(), Ordering::Release);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
