@@ -251,6 +251,24 @@ fn import_recognises_a_checkpoint_and_refuses_a_damaged_one_naming_the_tensor() 
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("bare.json") && stderr(&o).contains("cema import"));
 
+    // Not a checkpoint at all: refused, naming the file.
+    let text = dir.path().join("notes.safetensors");
+    std::fs::write(&text, b"just some text").unwrap();
+    let o = cema(&[
+        "import",
+        text.to_str().unwrap(),
+        "--out",
+        dir.path().join("y.safetensors").to_str().unwrap(),
+        "--input-size",
+        "28x28",
+        "--mean",
+        "0.5",
+        "--std",
+        "0.5",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("notes.safetensors"), "{}", stderr(&o));
+
     // One BatchNorm statistic missing: refused, naming it.
     let mut t = a.state_dict();
     t.remove("layer3.0.bn2.running_mean");

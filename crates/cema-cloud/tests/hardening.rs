@@ -157,6 +157,30 @@ fn every_error_is_json_and_authorisation_comes_first() {
         let (s, e) = api_error(a, &get("/v1/devices/dev-a/state", auth), b"");
         assert_eq!((s, e.code.as_str()), (401, "unauthorized"), "{auth:?}");
     }
+    // Telemetry: oversize, malformed, impossible totals; the dashboard's query.
+    let put = |len: usize| {
+        format!(
+            "PUT /v1/devices/dev-a/telemetry HTTP/1.1\r\nhost: t\r\nauthorization: Bearer tok-a\r\n\
+             content-length: {len}\r\nconnection: close\r\n\r\n"
+        )
+    };
+    for (body, status, code) in [
+        (vec![b' '; 2000], 413, "too_large"),
+        (b"{not json".to_vec(), 400, "bad_request"),
+        (
+            br#"{"images": 1, "correct": 2, "norm_version": 0}"#.to_vec(),
+            400,
+            "bad_request",
+        ),
+    ] {
+        let (s, e) = api_error(a, &put(body.len()), &body);
+        assert_eq!((s, e.code.as_str()), (status, code), "{}", e.message);
+    }
+    let ok = br#"{"images": 2, "correct": 1, "norm_version": 0}"#;
+    let (s, _, _) = http(a, &put(ok.len()), ok);
+    assert_eq!(s, 204);
+    let (s, e) = api_error(a, &get("/v1/dashboard?since=soon", ""), b"");
+    assert_eq!((s, e.code.as_str()), (400, "bad_request"));
     // Unknown routes and methods answer in the same shape.
     let (s, e) = api_error(a, &get("/v2/nothing", ""), b"");
     assert_eq!((s, e.code.as_str()), (404, "not_found"));
