@@ -17,6 +17,11 @@ impl ImageSet {
         self.labels.is_empty()
     }
 
+    /// (height, width, channels).
+    pub fn geometry(&self) -> (usize, usize, usize) {
+        (self.height, self.width, self.channels)
+    }
+
     /// Bytes per image.
     pub fn image_size(&self) -> usize {
         self.height * self.width * self.channels

@@ -142,7 +142,7 @@ pub fn run_stream(
     mut on_batch: impl FnMut(&EdgeReport),
 ) -> Result<EdgeReport, EdgeError> {
     model
-        .check_geometry(stream)
+        .check_geometry(stream.geometry())
         .map_err(|e| EdgeError::Input(e.to_string()))?;
     if options.batch == 0 {
         return Err(EdgeError::Input("batch size must be positive".into()));

@@ -9,7 +9,8 @@ fn main() {
         .take(n);
     for mode in [cema_model::NormMode::Running, cema_model::NormMode::Batch] {
         let t = std::time::Instant::now();
-        let acc = m.accuracy(&test, mode, 64).unwrap();
+        let set = cema_model::Labelled::new(&test.images, &test.labels, test.geometry()).unwrap();
+        let acc = m.accuracy(set, mode, 64).unwrap();
         println!(
             "{:?}: acc {acc:.4} ({:.0} img/s)",
             mode,

@@ -29,6 +29,7 @@ mod gemm;
 mod graph;
 mod infer;
 mod input;
+mod labelled;
 mod losses;
 mod model;
 mod net;
@@ -54,6 +55,7 @@ pub use folded::FoldedNet;
 pub use graph::{Act, Graph, Node, Op, Padding, Shape, ValueId};
 pub use infer::infer_arch;
 pub use input::to_input;
+pub use labelled::Labelled;
 pub use losses::{
     cema_distill_grad, cema_distill_loss, cross_entropy_grad, entropy, entropy_margin,
     entropy_rows, mean_entropy, mean_entropy_grad, reliability_weights, self_weighted_entropy,

@@ -4,19 +4,18 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor};
-use cema_data::ImageSet;
-
 use crate::arch::Arch;
 use crate::checkpoint::{
     card_path, load_into, sha256_file, sha256_hex, write_atomic, InputSpec, ModelCard,
 };
 use crate::error::{ModelError, Result};
 use crate::input::{check_pixels, to_input};
+use crate::labelled::Labelled;
 use crate::net::{argmax_rows, Backward, Net};
 use crate::norm::{NormLayer, NormMode};
 use crate::store::{tensor_to_vec, Store, Trainable};
 use crate::tensors::{self, HostTensor, NamedTensors};
+use burn::tensor::{Device, Tensor};
 
 /// A loaded model: weights on a device plus its card.
 #[derive(Debug, Clone)]
@@ -296,13 +295,13 @@ impl Model {
         Ok(argmax_rows(&logits, self.card.architecture.num_classes()))
     }
 
-    /// Checks that a dataset's geometry matches this model's input.
-    pub fn check_geometry(&self, set: &ImageSet) -> Result<()> {
+    /// Checks that images of `(height, width, channels)` fit this model's input.
+    pub fn check_geometry(&self, (height, width, channels): (usize, usize, usize)) -> Result<()> {
         let i = &self.card.input;
-        if (set.height, set.width, set.channels) != (i.height, i.width, i.channels) {
+        if (height, width, channels) != (i.height, i.width, i.channels) {
             return Err(ModelError::Input(format!(
-                "images are {}×{}×{}, model {} expects {}×{}×{}",
-                set.height, set.width, set.channels, self.card.name, i.height, i.width, i.channels
+                "images are {height}×{width}×{channels}, model {} expects {}×{}×{}",
+                self.card.name, i.height, i.width, i.channels
             )));
         }
         Ok(())
@@ -310,16 +309,15 @@ impl Model {
 
     /// Top-1 accuracy over `set` in batches of `batch` (batch statistics are per batch in `Batch`
     /// mode — the BN-adapt view; running statistics are never modified).
-    pub fn accuracy(&mut self, set: &ImageSet, mode: NormMode, batch: usize) -> Result<f64> {
-        self.check_geometry(set)?;
+    pub fn accuracy(&mut self, set: Labelled<'_>, mode: NormMode, batch: usize) -> Result<f64> {
+        self.check_geometry(set.geometry())?;
         let mut correct = 0usize;
-        let size = set.image_size();
         for start in (0..set.len()).step_by(batch.max(1)) {
             let n = batch.min(set.len() - start);
-            let preds = self.predict(&set.images[start * size..(start + n) * size], n, mode)?;
+            let preds = self.predict(set.images(start..start + n), n, mode)?;
             correct += preds
                 .iter()
-                .zip(&set.labels[start..start + n])
+                .zip(&set.labels()[start..start + n])
                 .filter(|(p, y)| p == y)
                 .count();
         }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cema_data::ImageSet;
+use crate::labelled::Labelled;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -129,14 +129,14 @@ fn augment(
 /// Returns the per-epoch history (including resumed epochs).
 pub fn train(
     model: &mut Model,
-    train_set: &ImageSet,
-    test_set: Option<&ImageSet>,
+    train_set: Labelled<'_>,
+    test_set: Option<Labelled<'_>>,
     cfg: &TrainConfig,
     ckpt: Option<&Path>,
     resume: bool,
     on_event: &mut dyn FnMut(TrainEvent<'_>),
 ) -> Result<Vec<EpochReport>> {
-    model.check_geometry(train_set)?;
+    model.check_geometry(train_set.geometry())?;
     if cfg.batch == 0 || cfg.epochs == 0 {
         return Err(ModelError::Input(
             "batch and epochs must be positive".into(),
@@ -171,7 +171,7 @@ pub fn train(
             history = st.history;
         }
     }
-    let (h, w, c) = (train_set.height, train_set.width, train_set.channels);
+    let (h, w, c) = train_set.geometry();
     let size = train_set.image_size();
     let steps = train_set.len() / cfg.batch;
     let total_steps = (cfg.epochs * steps).max(1);
@@ -202,7 +202,7 @@ pub fn train(
                     cfg.flip,
                     &mut rng,
                 );
-                labels[k] = train_set.labels[i];
+                labels[k] = train_set.labels()[i];
             }
             let x = to_input(&model.card.input, &batch_px, cfg.batch, model.net.device())?;
             let out = model

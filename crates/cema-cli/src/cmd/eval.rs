@@ -9,7 +9,7 @@ use cema_model::{Model, NormMode};
 use serde_json::{json, Map, Value};
 
 use super::corrupt::{expand, parse_selection, Selection};
-use super::{write_json, Context, DataArgs};
+use super::{labelled, write_json, Context, DataArgs};
 use crate::exit::{CliError, ResultExt};
 use crate::ui::Progress;
 use cema_bench::stream;
@@ -92,8 +92,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let progress = Progress::new(total as u64, "img", ctx.quiet);
     let t0 = Instant::now();
     let mut eval = |set: &ImageSet| -> Result<f64, CliError> {
-        let acc = model
-            .accuracy(set, args.norm, args.batch)
+        let acc = labelled(set)
+            .and_then(|set| model.accuracy(set, args.norm, args.batch))
             .run_err("evaluating")?;
         progress.inc(set.len() as u64);
         Ok(acc)

@@ -229,7 +229,7 @@ impl DataArgs {
         path: &Path,
     ) -> Result<(), CliError> {
         let at = || format!("{flag} {}", path.display());
-        model.check_geometry(set).usage_err(at())?;
+        model.check_geometry(set.geometry()).usage_err(at())?;
         // A folder's labels were mapped to this model's classes as it was loaded.
         let Ok(dataset) = self.dataset() else {
             return Ok(());
@@ -400,6 +400,11 @@ pub(crate) fn check_momentum(m: Option<f32>, flag: &str) -> Result<Option<f32>, 
         ))),
         _ => Ok(m),
     }
+}
+
+/// The model crate's view of a loaded set (cema-model reads no datasets itself).
+pub(crate) fn labelled(set: &ImageSet) -> cema_model::Result<cema_model::Labelled<'_>> {
+    cema_model::Labelled::new(&set.images, &set.labels, set.geometry())
 }
 
 #[cfg(test)]

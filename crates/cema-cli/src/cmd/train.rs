@@ -9,7 +9,7 @@ use cema_model::{
 };
 use serde_json::json;
 
-use super::{write_json, Context, DataArgs};
+use super::{labelled, write_json, Context, DataArgs};
 use crate::exit::{CliError, ResultExt};
 use crate::ui::Progress;
 
@@ -137,10 +137,13 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let t0 = std::time::Instant::now();
     let mut ema_loss = None::<f32>;
     let mut first = true;
+    let (train_view, test_view) = labelled(&train_set)
+        .and_then(|a| Ok((a, labelled(&test_set)?)))
+        .run_err("reading the training data")?;
     let history = train(
         &mut model,
-        &train_set,
-        Some(&test_set),
+        train_view,
+        Some(test_view),
         &cfg,
         Some(&ckpt),
         args.resume,
