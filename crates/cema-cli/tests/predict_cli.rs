@@ -98,3 +98,71 @@ fn predict_names_what_it_cannot_read() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--model"), "{}", stderr(&o));
 }
+
+/// The mini ImageNet-C of the EfficientNet pair: `cema corrupt` writes the photographs' views
+/// with the ImageNet-size constants, and Lite0 scores that copy exactly as it scores the same
+/// corruptions generated in memory.
+#[test]
+fn a_mini_imagenet_c_written_by_cema_corrupt_scores_as_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let lite0 = need(repo().join("models/imagenet/efficientnet-lite0.pth"));
+    let photos = need(repo().join("data/imagenet-photos"));
+    let out = dir.path().join("mini-c");
+    let o = cema(&[
+        "-q",
+        "corrupt",
+        "--dataset",
+        "imagenet-photos",
+        "--data-dir",
+        &photos,
+        "--corruptions",
+        "fog,jpeg_compression",
+        "--limit",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["table"], "imagenet", "{manifest}");
+    assert_eq!(manifest["image_shape"], serde_json::json!([224, 224, 3]));
+    let eval = |corrupted: Option<&Path>, json: &str| -> serde_json::Value {
+        let json = dir.path().join(json);
+        let mut args = vec![
+            "-q",
+            "eval",
+            "--model",
+            &lite0,
+            "--dataset",
+            "imagenet-photos",
+            "--data-dir",
+            &photos,
+            "--corruptions",
+            "fog,jpeg_compression",
+            "--severities",
+            "1,5",
+            "--limit",
+            "16",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        let c;
+        if let Some(p) = corrupted {
+            c = p.to_str().unwrap().to_string();
+            args.extend(["--corrupted", &c]);
+        }
+        let o = cema(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap()
+    };
+    let read = eval(Some(&out), "read.json");
+    let generated = eval(None, "generated.json");
+    assert_eq!(read["corrupted"], generated["corrupted"]);
+    // Severity 5 fog hurts a real ImageNet model: the copy holds corruptions, not clean views.
+    let (clean, fog5) = (
+        read["clean_accuracy"].as_f64().unwrap(),
+        read["corrupted"]["fog"]["5"].as_f64().unwrap(),
+    );
+    assert!(fog5 < clean, "fog s5 {fog5} vs clean {clean}");
+}
