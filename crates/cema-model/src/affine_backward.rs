@@ -32,6 +32,7 @@ use crate::error::Result;
 use crate::gemm::gemm_acc;
 use crate::graph::{Act, ValueId};
 use crate::input::{check_pixels, pixel_affine, to_input};
+use crate::lanes;
 use crate::model::Model;
 use crate::net::Net;
 use crate::nhwc::{
@@ -630,24 +631,16 @@ where
         let (s1, s2) = acc.split_at_mut(c);
         for row in 0..g.h {
             let (a, b) = (g.at(img, row, 0) * c, g.at(img, row, g.w) * c);
-            for ((gr, zr), yr) in gy[a..b]
-                .chunks_exact(c)
-                .zip(s.z[a..b].chunks_exact(c))
-                .zip(y[a..b].chunks_exact(c))
-            {
-                for (((((s1, s2), gv), z), yv), (mu, inv)) in s1
-                    .iter_mut()
-                    .zip(s2.iter_mut())
-                    .zip(gr)
-                    .zip(zr)
-                    .zip(yr)
-                    .zip(st.mu_b.iter().zip(inv_sb))
-                {
-                    let gv = if keep(*yv) { *gv } else { 0.0 };
-                    *s1 += gv;
-                    *s2 += gv * ((z - mu) * inv);
-                }
-            }
+            lanes::masked_sums(
+                s1,
+                s2,
+                &gy[a..b],
+                &s.z[a..b],
+                &y[a..b],
+                &st.mu_b,
+                inv_sb,
+                &keep,
+            );
         }
     })
 }
@@ -674,25 +667,8 @@ fn masked_dz<K>(
         .zip(s.z.par_chunks(group * per))
         .zip(y.par_chunks(group * per))
         .for_each(|(((d, gr), zr), yr)| {
-            for (((d, gr), zr), yr) in d
-                .chunks_exact_mut(c)
-                .zip(gr.chunks_exact(c))
-                .zip(zr.chunks_exact(c))
-                .zip(yr.chunks_exact(c))
-            {
-                for (((((d, gv), z), yv), a), (b, cc)) in d
-                    .iter_mut()
-                    .zip(gr)
-                    .zip(zr)
-                    .zip(yr)
-                    .zip(ca)
-                    .zip(cb.iter().zip(cc))
-                {
-                    // The mask: where the activation was flat, the incoming gradient is 0.
-                    let gv = if keep(*yv) { *gv } else { 0.0 };
-                    *d = a * gv + b * z + cc;
-                }
-            }
+            // The mask: where the activation was flat, the incoming gradient is 0.
+            lanes::masked_dz(d, gr, zr, yr, ca, cb, cc, &keep);
             let gg = Geo {
                 n: d.len() / per,
                 ..g
@@ -764,20 +740,9 @@ fn bn_apply(s: &Saved, dst: &mut [f32], residual: Option<&[f32]>, act: Option<Ac
         .enumerate()
         .for_each(|(k, (d, zr))| {
             let res = residual.map_or(empty, |r| &r[k * group * per..][..d.len()]);
-            for (p, (d, zr)) in d.chunks_exact_mut(c).zip(zr.chunks_exact(c)).enumerate() {
-                for (((d, z), (mu, a)), beta) in d
-                    .iter_mut()
-                    .zip(zr)
-                    .zip(st.mu_f.iter().zip(&a))
-                    .zip(&st.beta)
-                {
-                    *d = (z - mu) * a + beta;
-                }
-                if !res.is_empty() {
-                    d.iter_mut()
-                        .zip(&res[p * c..(p + 1) * c])
-                        .for_each(|(d, r)| *d += r);
-                }
+            lanes::affine(d, zr, &st.mu_f, &a, &st.beta);
+            if !res.is_empty() {
+                lanes::add(d, res);
             }
             let gg = Geo {
                 n: d.len() / per,
@@ -881,13 +846,7 @@ fn channel_stats(z: &[f32], g: Geo, c: usize, group: usize) -> (Vec<f32>, Vec<f3
         let (s1, s2) = acc.split_at_mut(c);
         for y in 0..g.h {
             let line = &z[g.at(img, y, 0) * c..g.at(img, y, g.w) * c];
-            for px in line.chunks_exact(c) {
-                for (((s1, s2), v), k) in s1.iter_mut().zip(s2.iter_mut()).zip(px).zip(shift) {
-                    let d = v - k;
-                    *s1 += d;
-                    *s2 += d * d;
-                }
-            }
+            lanes::shifted_sums(s1, s2, line, shift);
         }
     });
     let m = (g.n * g.h * g.w) as f64;
@@ -906,12 +865,10 @@ fn act_mask(g: &mut [f32], y: &[f32], act: Act, group: usize) {
     let chunk = (g.len() / 64).max(group * 1024);
     g.par_chunks_mut(chunk)
         .zip(y.par_chunks(chunk))
-        .for_each(|(g, y)| {
-            g.iter_mut().zip(y).for_each(|(g, y)| {
-                if act.passes_from_output(*y) != Some(true) {
-                    *g = 0.0;
-                }
-            })
+        .for_each(|(g, y)| match act {
+            Act::Relu => lanes::mask(g, y, |y| y > 0.0),
+            Act::Relu6 => lanes::mask(g, y, |y| y > 0.0 && y < 6.0),
+            _ => lanes::mask(g, y, |y| act.passes_from_output(y) == Some(true)),
         });
 }
 

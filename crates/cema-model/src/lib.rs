@@ -30,6 +30,7 @@ mod graph;
 mod infer;
 mod input;
 mod labelled;
+mod lanes;
 mod losses;
 mod model;
 mod net;

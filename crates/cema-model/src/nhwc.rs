@@ -10,6 +10,7 @@
 
 use crate::gemm::{gemm_acc, gemm_acc_lhs_stride};
 use crate::graph::Act;
+use crate::lanes;
 
 /// A convolution's window: kernel side, stride and the padding on each side (top, bottom, left,
 /// right), resolved for one input geometry.
@@ -524,8 +525,8 @@ pub(crate) fn threads_for(threads: usize, macs: usize) -> usize {
 pub(crate) fn finish(dst: &mut [f32], g: Geo, c: usize, act: Option<Act>) {
     match act {
         None => {}
-        Some(Act::Relu) => dst.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Some(a) => dst.iter_mut().for_each(|v| *v = a.apply(*v)),
+        Some(Act::Relu) => lanes::relu(dst),
+        Some(a) => lanes::map(dst, |v| a.apply(v)),
     }
     let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
     for img in 0..g.n {
@@ -546,7 +547,7 @@ pub(crate) fn reborder(src: &[f32], gs: Geo, dst: &mut [f32], gd: Geo, c: usize,
     debug_assert_eq!((gs.n, gs.h, gs.w), (gd.n, gd.h, gd.w));
     if gs == gd {
         if add {
-            dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            lanes::add(dst, src);
         } else {
             dst.copy_from_slice(src);
         }
@@ -560,7 +561,7 @@ pub(crate) fn reborder(src: &[f32], gs: Geo, dst: &mut [f32], gd: Geo, c: usize,
             let s = &src[gs.at(img, y, 0) * c..gs.at(img, y, gs.w) * c];
             let d = &mut dst[gd.at(img, y, 0) * c..gd.at(img, y, gd.w) * c];
             if add {
-                d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                lanes::add(d, s);
             } else {
                 d.copy_from_slice(s);
             }

@@ -1,0 +1,182 @@
+//! The element-wise passes of the hand-written paths over NHWC rows (`c` channels per pixel,
+//! contiguous), each compiled once per x86 level and chosen at run time (`multiversion`), so a
+//! portable build still fills AVX-512 or AVX2 lanes. Every pass is a plain per-element loop: no
+//! contraction into FMA and no reassociation, so every level computes bit-identical results.
+
+use multiversion::multiversion;
+
+/// `d ← (z − μ)·a + β` per pixel (`μ`, `a`, `β` one value per channel).
+#[multiversion(targets = "simd")]
+pub(crate) fn affine(d: &mut [f32], z: &[f32], mu: &[f32], a: &[f32], beta: &[f32]) {
+    let c = mu.len();
+    for (d, z) in d.chunks_exact_mut(c).zip(z.chunks_exact(c)) {
+        for ((((d, z), mu), a), beta) in d.iter_mut().zip(z).zip(mu).zip(a).zip(beta) {
+            *d = (z - mu) * a + beta;
+        }
+    }
+}
+
+/// `d += s`.
+#[multiversion(targets = "simd")]
+pub(crate) fn add(d: &mut [f32], s: &[f32]) {
+    d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+}
+
+/// `d ← max(d, 0)`.
+#[multiversion(targets = "simd")]
+pub(crate) fn relu(d: &mut [f32]) {
+    d.iter_mut().for_each(|v| *v = v.max(0.0));
+}
+
+/// `d ← f(d)`, `f` inlined into each level's loop.
+#[multiversion(targets = "simd")]
+pub(crate) fn map<F: Fn(f32) -> f32>(d: &mut [f32], f: F) {
+    d.iter_mut().for_each(|v| *v = f(*v));
+}
+
+/// `g ← 0` where `keep(y)` is false.
+#[multiversion(targets = "simd")]
+pub(crate) fn mask<K: Fn(f32) -> bool>(g: &mut [f32], y: &[f32], keep: K) {
+    g.iter_mut().zip(y).for_each(|(g, y)| {
+        if !keep(*y) {
+            *g = 0.0;
+        }
+    });
+}
+
+/// Per channel, `s1 += Σ (v − k)` and `s2 += Σ (v − k)²` over the pixels of `x` (`k` = `shift`).
+#[multiversion(targets = "simd")]
+pub(crate) fn shifted_sums(s1: &mut [f32], s2: &mut [f32], x: &[f32], shift: &[f32]) {
+    let c = shift.len();
+    for px in x.chunks_exact(c) {
+        for (((s1, s2), v), k) in s1.iter_mut().zip(s2.iter_mut()).zip(px).zip(shift) {
+            let d = v - k;
+            *s1 += d;
+            *s2 += d * d;
+        }
+    }
+}
+
+/// Per channel, `s1 += Σ g` and `s2 += Σ g·(z − μ)·inv` over the pixels, with `g` taken as 0
+/// where `keep(y)` is false.
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets = "simd")]
+pub(crate) fn masked_sums<K: Fn(f32) -> bool>(
+    s1: &mut [f32],
+    s2: &mut [f32],
+    g: &[f32],
+    z: &[f32],
+    y: &[f32],
+    mu: &[f32],
+    inv: &[f32],
+    keep: K,
+) {
+    let c = mu.len();
+    for ((gr, zr), yr) in g
+        .chunks_exact(c)
+        .zip(z.chunks_exact(c))
+        .zip(y.chunks_exact(c))
+    {
+        for (((((s1, s2), gv), z), yv), (mu, inv)) in s1
+            .iter_mut()
+            .zip(s2.iter_mut())
+            .zip(gr)
+            .zip(zr)
+            .zip(yr)
+            .zip(mu.iter().zip(inv))
+        {
+            let gv = if keep(*yv) { *gv } else { 0.0 };
+            *s1 += gv;
+            *s2 += gv * ((z - mu) * inv);
+        }
+    }
+}
+
+/// `d ← a·g + b·z + cc` per channel, with `g` taken as 0 where `keep(y)` is false.
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets = "simd")]
+pub(crate) fn masked_dz<K: Fn(f32) -> bool>(
+    d: &mut [f32],
+    g: &[f32],
+    z: &[f32],
+    y: &[f32],
+    a: &[f32],
+    b: &[f32],
+    cc: &[f32],
+    keep: K,
+) {
+    let c = a.len();
+    for (((d, gr), zr), yr) in d
+        .chunks_exact_mut(c)
+        .zip(g.chunks_exact(c))
+        .zip(z.chunks_exact(c))
+        .zip(y.chunks_exact(c))
+    {
+        for (((((d, gv), z), yv), a), (b, cc)) in d
+            .iter_mut()
+            .zip(gr)
+            .zip(zr)
+            .zip(yr)
+            .zip(a)
+            .zip(b.iter().zip(cc))
+        {
+            let gv = if keep(*yv) { *gv } else { 0.0 };
+            *d = a * gv + b * z + cc;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each pass against the same arithmetic written out element by element.
+    #[test]
+    fn passes_compute_what_they_say() {
+        let c = 3;
+        let z: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let y: Vec<f32> = z.iter().map(|v| v.max(0.0)).collect();
+        let (mu, a, beta) = (
+            [0.1f32, -0.2, 0.3],
+            [2.0f32, 0.5, -1.0],
+            [0.0f32, 1.0, -1.0],
+        );
+        let mut d = vec![0.0; 12];
+        affine(&mut d, &z, &mu, &a, &beta);
+        for i in 0..12 {
+            let ch = i % c;
+            assert_eq!(d[i], (z[i] - mu[ch]) * a[ch] + beta[ch]);
+        }
+        let (mut s1, mut s2) = (vec![0f32; c], vec![0f32; c]);
+        masked_sums(&mut s1, &mut s2, &z, &z, &y, &mu, &a, |y| y > 0.0);
+        for ch in 0..c {
+            let kept: Vec<usize> = (ch..12).step_by(c).filter(|&i| y[i] > 0.0).collect();
+            let e1: f32 = kept.iter().map(|&i| z[i]).sum();
+            let e2: f32 = kept.iter().map(|&i| z[i] * ((z[i] - mu[ch]) * a[ch])).sum();
+            assert_eq!((s1[ch], s2[ch]), (e1, e2));
+        }
+        let mut dz = vec![0.0; 12];
+        masked_dz(&mut dz, &z, &z, &y, &a, &mu, &beta, |y| y > 0.0);
+        for i in 0..12 {
+            let ch = i % c;
+            let g = if y[i] > 0.0 { z[i] } else { 0.0 };
+            assert_eq!(dz[i], a[ch] * g + mu[ch] * z[i] + beta[ch]);
+        }
+        let mut g = z.clone();
+        mask(&mut g, &y, |y| y > 0.0);
+        assert!(g.iter().zip(&y).all(|(g, y)| (*y > 0.0) == (*g != 0.0)));
+        let mut r = z.clone();
+        relu(&mut r);
+        assert_eq!(r, y);
+        map(&mut r, |v| v * 2.0);
+        add(&mut r, &y);
+        assert!(r.iter().zip(&y).all(|(r, y)| *r == 3.0 * y));
+        let (mut t1, mut t2) = (vec![0f32; c], vec![0f32; c]);
+        shifted_sums(&mut t1, &mut t2, &z, &mu);
+        for ch in 0..c {
+            let e1: f32 = (ch..12).step_by(c).map(|i| z[i] - mu[ch]).sum();
+            let e2: f32 = (ch..12).step_by(c).map(|i| (z[i] - mu[ch]).powi(2)).sum();
+            assert_eq!((t1[ch], t2[ch]), (e1, e2));
+        }
+    }
+}
