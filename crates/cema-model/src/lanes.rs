@@ -1,127 +1,138 @@
 //! The element-wise passes of the hand-written paths over NHWC rows (`c` channels per pixel,
-//! contiguous), each compiled once per x86 level and chosen at run time (`multiversion`), so a
-//! portable build still fills AVX-512 or AVX2 lanes. Every pass is a plain per-element loop: no
-//! contraction into FMA and no reassociation, so every level computes bit-identical results.
+//! contiguous), each compiled once per CPU level and chosen at run time (`multiversion`), so a
+//! portable build still fills AVX-512 or AVX2 lanes (multiversion's `"simd"` preset leaves
+//! AVX-512 out, hence `per_level!` with an explicit list). Every pass is a plain per-element
+//! loop: no contraction into FMA and no reassociation, so every level computes bit-identical
+//! results.
 
 use multiversion::multiversion;
 
-/// `d ← (z − μ)·a + β` per pixel (`μ`, `a`, `β` one value per channel).
-#[multiversion(targets = "simd")]
-pub(crate) fn affine(d: &mut [f32], z: &[f32], mu: &[f32], a: &[f32], beta: &[f32]) {
-    let c = mu.len();
-    for (d, z) in d.chunks_exact_mut(c).zip(z.chunks_exact(c)) {
-        for ((((d, z), mu), a), beta) in d.iter_mut().zip(z).zip(mu).zip(a).zip(beta) {
-            *d = (z - mu) * a + beta;
+/// Each function compiled for AVX-512 (F/BW/CD/DQ/VL), AVX2+FMA, SSE4.2, NEON and the baseline.
+macro_rules! per_level {
+    ($($item:item)*) => {
+        $(
+            #[multiversion(targets(
+                "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+                "x86_64+avx2+fma",
+                "x86_64+sse4.2",
+                "aarch64+neon"
+            ))]
+            $item
+        )*
+    };
+}
+
+per_level! {
+    /// `d ← (z − μ)·a + β` per pixel (`μ`, `a`, `β` one value per channel).
+    pub(crate) fn affine(d: &mut [f32], z: &[f32], mu: &[f32], a: &[f32], beta: &[f32]) {
+        let c = mu.len();
+        for (d, z) in d.chunks_exact_mut(c).zip(z.chunks_exact(c)) {
+            for ((((d, z), mu), a), beta) in d.iter_mut().zip(z).zip(mu).zip(a).zip(beta) {
+                *d = (z - mu) * a + beta;
+            }
         }
     }
-}
 
-/// `d += s`.
-#[multiversion(targets = "simd")]
-pub(crate) fn add(d: &mut [f32], s: &[f32]) {
-    d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
-}
+    /// `d += s`.
+    pub(crate) fn add(d: &mut [f32], s: &[f32]) {
+        d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+    }
 
-/// `d ← max(d, 0)`.
-#[multiversion(targets = "simd")]
-pub(crate) fn relu(d: &mut [f32]) {
-    d.iter_mut().for_each(|v| *v = v.max(0.0));
-}
+    /// `d ← max(d, 0)`.
+    pub(crate) fn relu(d: &mut [f32]) {
+        d.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
 
-/// `d ← f(d)`, `f` inlined into each level's loop.
-#[multiversion(targets = "simd")]
-pub(crate) fn map<F: Fn(f32) -> f32>(d: &mut [f32], f: F) {
-    d.iter_mut().for_each(|v| *v = f(*v));
-}
+    /// `d ← f(d)`, `f` inlined into each level's loop.
+    pub(crate) fn map<F: Fn(f32) -> f32>(d: &mut [f32], f: F) {
+        d.iter_mut().for_each(|v| *v = f(*v));
+    }
 
-/// `g ← 0` where `keep(y)` is false.
-#[multiversion(targets = "simd")]
-pub(crate) fn mask<K: Fn(f32) -> bool>(g: &mut [f32], y: &[f32], keep: K) {
-    g.iter_mut().zip(y).for_each(|(g, y)| {
-        if !keep(*y) {
-            *g = 0.0;
-        }
-    });
-}
+    /// `g ← 0` where `keep(y)` is false.
+    pub(crate) fn mask<K: Fn(f32) -> bool>(g: &mut [f32], y: &[f32], keep: K) {
+        g.iter_mut().zip(y).for_each(|(g, y)| {
+            if !keep(*y) {
+                *g = 0.0;
+            }
+        });
+    }
 
-/// Per channel, `s1 += Σ (v − k)` and `s2 += Σ (v − k)²` over the pixels of `x` (`k` = `shift`).
-#[multiversion(targets = "simd")]
-pub(crate) fn shifted_sums(s1: &mut [f32], s2: &mut [f32], x: &[f32], shift: &[f32]) {
-    let c = shift.len();
-    for px in x.chunks_exact(c) {
-        for (((s1, s2), v), k) in s1.iter_mut().zip(s2.iter_mut()).zip(px).zip(shift) {
-            let d = v - k;
-            *s1 += d;
-            *s2 += d * d;
+    /// Per channel, `s1 += Σ (v − k)` and `s2 += Σ (v − k)²` over the pixels of `x` (`k` = `shift`).
+    pub(crate) fn shifted_sums(s1: &mut [f32], s2: &mut [f32], x: &[f32], shift: &[f32]) {
+        let c = shift.len();
+        for px in x.chunks_exact(c) {
+            for (((s1, s2), v), k) in s1.iter_mut().zip(s2.iter_mut()).zip(px).zip(shift) {
+                let d = v - k;
+                *s1 += d;
+                *s2 += d * d;
+            }
         }
     }
-}
 
-/// Per channel, `s1 += Σ g` and `s2 += Σ g·(z − μ)·inv` over the pixels, with `g` taken as 0
-/// where `keep(y)` is false.
-#[allow(clippy::too_many_arguments)]
-#[multiversion(targets = "simd")]
-pub(crate) fn masked_sums<K: Fn(f32) -> bool>(
-    s1: &mut [f32],
-    s2: &mut [f32],
-    g: &[f32],
-    z: &[f32],
-    y: &[f32],
-    mu: &[f32],
-    inv: &[f32],
-    keep: K,
-) {
-    let c = mu.len();
-    for ((gr, zr), yr) in g
-        .chunks_exact(c)
-        .zip(z.chunks_exact(c))
-        .zip(y.chunks_exact(c))
-    {
-        for (((((s1, s2), gv), z), yv), (mu, inv)) in s1
-            .iter_mut()
-            .zip(s2.iter_mut())
-            .zip(gr)
-            .zip(zr)
-            .zip(yr)
-            .zip(mu.iter().zip(inv))
+    /// Per channel, `s1 += Σ g` and `s2 += Σ g·(z − μ)·inv` over the pixels, with `g` taken as 0
+    /// where `keep(y)` is false.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn masked_sums<K: Fn(f32) -> bool>(
+        s1: &mut [f32],
+        s2: &mut [f32],
+        g: &[f32],
+        z: &[f32],
+        y: &[f32],
+        mu: &[f32],
+        inv: &[f32],
+        keep: K,
+    ) {
+        let c = mu.len();
+        for ((gr, zr), yr) in g
+            .chunks_exact(c)
+            .zip(z.chunks_exact(c))
+            .zip(y.chunks_exact(c))
         {
-            let gv = if keep(*yv) { *gv } else { 0.0 };
-            *s1 += gv;
-            *s2 += gv * ((z - mu) * inv);
+            for (((((s1, s2), gv), z), yv), (mu, inv)) in s1
+                .iter_mut()
+                .zip(s2.iter_mut())
+                .zip(gr)
+                .zip(zr)
+                .zip(yr)
+                .zip(mu.iter().zip(inv))
+            {
+                let gv = if keep(*yv) { *gv } else { 0.0 };
+                *s1 += gv;
+                *s2 += gv * ((z - mu) * inv);
+            }
         }
     }
-}
 
-/// `d ← a·g + b·z + cc` per channel, with `g` taken as 0 where `keep(y)` is false.
-#[allow(clippy::too_many_arguments)]
-#[multiversion(targets = "simd")]
-pub(crate) fn masked_dz<K: Fn(f32) -> bool>(
-    d: &mut [f32],
-    g: &[f32],
-    z: &[f32],
-    y: &[f32],
-    a: &[f32],
-    b: &[f32],
-    cc: &[f32],
-    keep: K,
-) {
-    let c = a.len();
-    for (((d, gr), zr), yr) in d
-        .chunks_exact_mut(c)
-        .zip(g.chunks_exact(c))
-        .zip(z.chunks_exact(c))
-        .zip(y.chunks_exact(c))
-    {
-        for (((((d, gv), z), yv), a), (b, cc)) in d
-            .iter_mut()
-            .zip(gr)
-            .zip(zr)
-            .zip(yr)
-            .zip(a)
-            .zip(b.iter().zip(cc))
+    /// `d ← a·g + b·z + cc` per channel, with `g` taken as 0 where `keep(y)` is false.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn masked_dz<K: Fn(f32) -> bool>(
+        d: &mut [f32],
+        g: &[f32],
+        z: &[f32],
+        y: &[f32],
+        a: &[f32],
+        b: &[f32],
+        cc: &[f32],
+        keep: K,
+    ) {
+        let c = a.len();
+        for (((d, gr), zr), yr) in d
+            .chunks_exact_mut(c)
+            .zip(g.chunks_exact(c))
+            .zip(z.chunks_exact(c))
+            .zip(y.chunks_exact(c))
         {
-            let gv = if keep(*yv) { *gv } else { 0.0 };
-            *d = a * gv + b * z + cc;
+            for (((((d, gv), z), yv), a), (b, cc)) in d
+                .iter_mut()
+                .zip(gr)
+                .zip(zr)
+                .zip(yr)
+                .zip(a)
+                .zip(b.iter().zip(cc))
+            {
+                let gv = if keep(*yv) { *gv } else { 0.0 };
+                *d = a * gv + b * z + cc;
+            }
         }
     }
 }
