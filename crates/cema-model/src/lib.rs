@@ -104,7 +104,50 @@ pub fn device(spec: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda(index: usize) -> std::result::Result<Device, String> {
+    cuda_probe::check(index)?;
     Ok(Device::cuda(index))
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_probe {
+    //! cudarc loads the CUDA driver and NVRTC at first use and panics when either is missing.
+    //! burn first touches them on a device thread of its own, where nothing can catch that panic,
+    //! and the process dies with a backtrace. Probing here, on the caller's thread, turns a
+    //! missing library, a machine without a GPU or a device index past the last into the error
+    //! `--backend cuda` reports (exit 2 from the CLI).
+
+    /// `Ok` when the driver loads, device `index` exists and NVRTC compiles a kernel.
+    pub(crate) fn check(index: usize) -> Result<(), String> {
+        let count = quietly(cudarc::driver::CudaContext::device_count)
+            .map_err(|_| {
+                "the CUDA driver library (libcuda.so) could not be loaded: install the NVIDIA \
+                 driver, or add its folder to LD_LIBRARY_PATH"
+                    .to_string()
+            })?
+            .map_err(|e| format!("the CUDA driver found no usable GPU ({e:?})"))?;
+        if index >= count.max(0) as usize {
+            return Err(format!(
+                "there is no device cuda:{index}: this machine has {count} CUDA device(s)"
+            ));
+        }
+        quietly(|| cudarc::nvrtc::compile_ptx("extern \"C\" __global__ void cema_probe() {}"))
+            .map_err(|_| {
+                "NVRTC (libnvrtc.so, which compiles the CUDA kernels at run time) could not be \
+                 loaded: install the CUDA toolkit's NVRTC, or add its folder to LD_LIBRARY_PATH"
+                    .to_string()
+            })?
+            .map_err(|e| format!("NVRTC cannot compile a kernel ({e:?})"))?;
+        Ok(())
+    }
+
+    /// `f()`, or `Err` if it panicked, with the panic message kept off stderr.
+    fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, ()> {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let r = std::panic::catch_unwind(f);
+        std::panic::set_hook(hook);
+        r.map_err(drop)
+    }
 }
 
 #[cfg(not(feature = "cuda"))]

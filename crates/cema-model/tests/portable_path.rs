@@ -100,7 +100,9 @@ fn levels_agree_with_this_machine() {
     }
     let native = compute();
     assert!(
-        floats(&native["lite0"]["grads"]).iter().any(|g| g.abs() > 1e-6),
+        floats(&native["lite0"]["grads"])
+            .iter()
+            .any(|g| g.abs() > 1e-6),
         "the backward produced no gradient to compare"
     );
     let dir = tempfile::tempdir().unwrap();

@@ -224,6 +224,22 @@ fn report(w: Workload, what: &str, unit: &str, per_iter: usize, t: &Timing) -> M
     m
 }
 
+/// Adds the model arithmetic a unit of work takes (`flop_per_unit`: 2 FLOP per multiply-add of
+/// the convolutions and linear layers; a norm-affine step counts its forward and the input
+/// gradient, 2 × the forward's, though the first layer's input gradient is never computed) and
+/// the rate it ran at (`gflops`), so runs can be set against the CPU's peak.
+fn with_flops(mut m: Map<String, Value>, flop_per_unit: f64) -> Map<String, Value> {
+    let rate = m["throughput"].as_f64().unwrap_or(f64::NAN) * flop_per_unit / 1e9;
+    m.insert("flop_per_unit".into(), json!(flop_per_unit));
+    m.insert("gflops".into(), json!(rate));
+    m
+}
+
+/// Forward FLOP per image of `model` at its card's input size.
+fn forward_flop(model: &Model) -> Result<f64, CliError> {
+    Ok(2.0 * model.macs().run_err("counting the model's MACs")? as f64)
+}
+
 fn load(path: &Path, device: &cema_model::Device) -> Result<Model, CliError> {
     Model::load(path, device).usage_err(format!("--models {}", path.display()))
 }
@@ -414,7 +430,7 @@ fn inference(
     let what = format!(
         "Model::logits(u8 NHWC pixels, n = {b}, NormMode::Running): input normalisation, eval-mode forward, logits to host"
     );
-    let mut m = report(w, &what, "images", b, &t);
+    let mut m = with_flops(report(w, &what, "images", b, &t), forward_flop(model)?);
     m.insert("batch".into(), json!(b));
     Ok(m)
 }
@@ -441,7 +457,10 @@ fn tbr_step(
         Ok(())
     })?;
     let what = format!("Model::norm_affine_backward (u8 pixels, TBR forward + backward, norm affine only), cross-entropy, SGD momentum step, batch {b}");
-    let mut m = report(w, &what, "images", b, &t);
+    let mut m = with_flops(
+        report(w, &what, "images", b, &t),
+        2.0 * forward_flop(&model)?,
+    );
     m.insert("batch".into(), json!(b));
     Ok(m)
 }
@@ -459,6 +478,11 @@ fn cloud_round(
     let config = CloudConfig::default();
     let b = config.batch;
     let per_round = b * (1 + config.replay_ratio);
+    // Per round: the foundation's step on the new samples, its eval logits on all of them, the
+    // student's step on all of them.
+    let round_flop = 2.0 * forward_flop(&foundation)? * b as f64
+        + forward_flop(&foundation)? * per_round as f64
+        + 2.0 * forward_flop(&student)? * per_round as f64;
     let mut adapter = CloudAdapter::new(foundation, student, "speed", 0, config)
         .run_err("cloud_step: creating the cloud session")?;
     let size = adapter.image_size();
@@ -496,7 +520,10 @@ fn cloud_round(
         "CloudAdapter::receive({b} new u8 images) + CloudAdapter::step(): foundation TBR entropy step on {b}, teacher eval logits + student TBR distillation step on {per_round} ({b} new + {} replay); samples = {per_round} per round",
         per_round - b
     );
-    let mut m = report(w, &what, "samples", per_round, &t);
+    let mut m = with_flops(
+        report(w, &what, "samples", per_round, &t),
+        round_flop / per_round as f64,
+    );
     m.insert("new_per_round".into(), json!(b));
     m.insert("replay_per_round".into(), json!(per_round - b));
     m.insert(
