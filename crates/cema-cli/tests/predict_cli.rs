@@ -108,20 +108,20 @@ fn a_mini_imagenet_c_written_by_cema_corrupt_scores_as_generated() {
     let lite0 = need(repo().join("models/imagenet/efficientnet-lite0.pth"));
     let photos = need(repo().join("data/imagenet-photos"));
     let out = dir.path().join("mini-c");
-    let o = cema(&[
-        "-q",
-        "corrupt",
+    // The same 16 views and two corruptions for the copy and both evaluations.
+    let set = [
         "--dataset",
         "imagenet-photos",
         "--data-dir",
-        &photos,
+        photos.as_str(),
         "--corruptions",
         "fog,jpeg_compression",
         "--limit",
         "16",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    ];
+    let mut args = vec!["-q", "corrupt", "--out", out.to_str().unwrap()];
+    args.extend(set);
+    let o = cema(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
@@ -133,20 +133,12 @@ fn a_mini_imagenet_c_written_by_cema_corrupt_scores_as_generated() {
             "-q",
             "eval",
             "--model",
-            &lite0,
-            "--dataset",
-            "imagenet-photos",
-            "--data-dir",
-            &photos,
-            "--corruptions",
-            "fog,jpeg_compression",
+            lite0.as_str(),
             "--severities",
             "1,5",
-            "--limit",
-            "16",
-            "--json",
-            json.to_str().unwrap(),
         ];
+        args.extend(set);
+        args.extend(["--json", json.to_str().unwrap()]);
         let c;
         if let Some(p) = corrupted {
             c = p.to_str().unwrap().to_string();
