@@ -734,21 +734,26 @@ fn bn_apply(s: &Saved, dst: &mut [f32], residual: Option<&[f32]>, act: Option<Ac
     let a: Vec<f32> = (0..c).map(|ch| st.gamma[ch] / st.sigma_f[ch]).collect();
     assert_eq!(dst.len(), s.z.len(), "norm output buffer");
     let per = g.rows() / g.n * c;
-    let empty: &[f32] = &[];
     dst.par_chunks_mut(group * per)
         .zip(s.z.par_chunks(group * per))
         .enumerate()
         .for_each(|(k, (d, zr))| {
-            let res = residual.map_or(empty, |r| &r[k * group * per..][..d.len()]);
-            lanes::affine(d, zr, &st.mu_f, &a, &st.beta);
-            if !res.is_empty() {
-                lanes::add(d, res);
+            let res = residual.map(|r| &r[k * group * per..][..d.len()]);
+            let (mu, beta) = (&st.mu_f, &st.beta);
+            // The activation inside the pass; `finish` then only zeroes the border.
+            match act {
+                None => lanes::affine_act(d, zr, mu, &a, beta, res, |v| v),
+                Some(Act::Relu) => lanes::affine_act(d, zr, mu, &a, beta, res, |v| v.max(0.0)),
+                Some(Act::Relu6) => {
+                    lanes::affine_act(d, zr, mu, &a, beta, res, |v| v.clamp(0.0, 6.0))
+                }
+                Some(f) => lanes::affine_act(d, zr, mu, &a, beta, res, |v| f.apply(v)),
             }
             let gg = Geo {
                 n: d.len() / per,
                 ..g
             };
-            finish(d, gg, c, act);
+            finish(d, gg, c, None);
         });
 }
 

@@ -23,12 +23,39 @@ macro_rules! per_level {
 }
 
 per_level! {
-    /// `d ← (z − μ)·a + β` per pixel (`μ`, `a`, `β` one value per channel).
-    pub(crate) fn affine(d: &mut [f32], z: &[f32], mu: &[f32], a: &[f32], beta: &[f32]) {
+    /// `d ← f((z − μ)·a + β [+ r])` per pixel (`μ`, `a`, `β` one value per channel; `r` the
+    /// residual, same layout as `z`): the BatchNorm, the residual add and the activation in one
+    /// pass over the activations.
+    pub(crate) fn affine_act<F: Fn(f32) -> f32>(
+        d: &mut [f32],
+        z: &[f32],
+        mu: &[f32],
+        a: &[f32],
+        beta: &[f32],
+        residual: Option<&[f32]>,
+        f: F,
+    ) {
         let c = mu.len();
-        for (d, z) in d.chunks_exact_mut(c).zip(z.chunks_exact(c)) {
-            for ((((d, z), mu), a), beta) in d.iter_mut().zip(z).zip(mu).zip(a).zip(beta) {
-                *d = (z - mu) * a + beta;
+        match residual {
+            None => {
+                for (d, z) in d.chunks_exact_mut(c).zip(z.chunks_exact(c)) {
+                    for ((((d, z), mu), a), beta) in d.iter_mut().zip(z).zip(mu).zip(a).zip(beta) {
+                        *d = f((z - mu) * a + beta);
+                    }
+                }
+            }
+            Some(r) => {
+                for ((d, z), r) in d
+                    .chunks_exact_mut(c)
+                    .zip(z.chunks_exact(c))
+                    .zip(r.chunks_exact(c))
+                {
+                    for (((((d, z), r), mu), a), beta) in
+                        d.iter_mut().zip(z).zip(r).zip(mu).zip(a).zip(beta)
+                    {
+                        *d = f((z - mu) * a + beta + r);
+                    }
+                }
             }
         }
     }
@@ -153,10 +180,15 @@ mod tests {
             [0.0f32, 1.0, -1.0],
         );
         let mut d = vec![0.0; 12];
-        affine(&mut d, &z, &mu, &a, &beta);
+        affine_act(&mut d, &z, &mu, &a, &beta, None, |v| v);
         for i in 0..12 {
             let ch = i % c;
             assert_eq!(d[i], (z[i] - mu[ch]) * a[ch] + beta[ch]);
+        }
+        affine_act(&mut d, &z, &mu, &a, &beta, Some(&y), |v| v.max(0.0));
+        for i in 0..12 {
+            let ch = i % c;
+            assert_eq!(d[i], ((z[i] - mu[ch]) * a[ch] + beta[ch] + y[i]).max(0.0));
         }
         let (mut s1, mut s2) = (vec![0f32; c], vec![0f32; c]);
         masked_sums(&mut s1, &mut s2, &z, &z, &y, &mu, &a, |y| y > 0.0);
