@@ -13,6 +13,8 @@ rotate, solarize, shear, translate) are disjoint from noise/blur/weather/contras
 
 Usage:
   python3 tools/train_torch.py --depth 20 --width 32 --augmix --epochs 60 --out models/foundation
+  python3 tools/train_torch.py --arch vit --patch 4 --dim 96 --depth 6 --heads 3 --mlp-dim 192 \
+      --augmix --epochs 12 --lr 1e-3 --wd 0.05 --out models/foundation-vit
   python3 tools/train_torch.py --depth 8 --width 16 --plain --epochs 30 --out runs/edge-torch
 """
 import argparse
@@ -97,6 +99,23 @@ class CifarResNet(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc(x)
+
+
+def vit(args):
+    """A ViT by timm's own class, so every parameter name (`patch_embed.proj`, `cls_token`,
+    `pos_embed`, `blocks.N.attn.qkv`, ...) is the one cema-model's `Arch::Vit` loads."""
+    from timm.models.vision_transformer import VisionTransformer
+    return VisionTransformer(img_size=28, patch_size=args.patch, in_chans=1, num_classes=10,
+                             embed_dim=args.dim, depth=args.depth, num_heads=args.heads,
+                             mlp_ratio=args.mlp_dim / args.dim, qkv_bias=True)
+
+
+def arch_card(args):
+    if args.arch == "vit":
+        return {"family": "vit", "image_size": 28, "patch": args.patch, "in_channels": 1, "dim": args.dim,
+                "depth": args.depth, "heads": args.heads, "mlp_dim": args.mlp_dim, "num_classes": 10}
+    return {"family": "cifar_resnet", "depth": args.depth, "width": args.width, "in_channels": 1,
+            "num_classes": 10}
 
 
 # ---- batched augmentation on the GPU (images in [0,1], shape N×1×H×W) ----
@@ -232,7 +251,14 @@ def evaluate(model, x_u8, y, device, bs=1000):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default=os.environ.get("CEMA_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
-    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--arch", choices=["resnet", "vit"], default="resnet")
+    ap.add_argument("--depth", type=int, default=20, help="ResNet depth, or the ViT's number of blocks")
+    ap.add_argument("--patch", type=int, default=4, help="ViT patch side")
+    ap.add_argument("--dim", type=int, default=96, help="ViT embedding width")
+    ap.add_argument("--heads", type=int, default=3, help="ViT attention heads")
+    ap.add_argument("--mlp-dim", type=int, default=192, help="ViT MLP hidden width")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (0: its default)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT.ckpt.pt (written every epoch)")
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; caps epochs after timing epoch 1")
@@ -251,6 +277,8 @@ def main():
     if args.augmix == args.plain:
         sys.exit("choose exactly one of --augmix / --plain")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.benchmark = True
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -263,17 +291,27 @@ def main():
     X = torch.from_numpy(xtr.copy()).to(device).float().div(255).unsqueeze(1)
     Y = torch.from_numpy(ytr.astype(np.int64)).to(device)
 
-    model = CifarResNet(args.depth, args.width).to(device).to(memory_format=torch.channels_last)
+    if args.arch == "vit":
+        model = vit(args).to(device)
+    else:
+        model = CifarResNet(args.depth, args.width).to(device).to(memory_format=torch.channels_last)
     if args.init:
         from safetensors.torch import load_file
         missing, unexpected = model.load_state_dict(load_file(args.init), strict=False)
         assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
         print(f"initialised from {args.init}", flush=True)
     params = sum(p.numel() for p in model.parameters())
-    decay = [p for n_, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n_, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}],
-                          lr=args.lr, momentum=0.9, nesterov=True)
+    # No decay on norms, biases and the ViT's token and position embeddings (timm's no_weight_decay).
+    def decays(n_, p):
+        return p.ndim > 1 and n_ not in ("cls_token", "pos_embed")
+    decay = [p for n_, p in model.named_parameters() if decays(n_, p)]
+    no_decay = [p for n_, p in model.named_parameters() if not decays(n_, p)]
+    groups = [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0}]
+    if args.arch == "vit":
+        # Transformers train with AdamW and a linear warm-up (one epoch) before the cosine decay.
+        opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999))
+    else:
+        opt = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
     steps_per_epoch = len(Y) // args.batch
     epochs = args.epochs
     total_steps = epochs * steps_per_epoch
@@ -283,12 +321,25 @@ def main():
     step = 0
     skipped = 0
     ep = 0
+    ckpt = args.out + ".ckpt.pt"
+    if args.resume and os.path.exists(ckpt):
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        ep, step, skipped, history, epochs = state["ep"], state["step"], state["skipped"], state["history"], state["epochs"]
+        total_steps = epochs * steps_per_epoch
+        t0 -= history[-1]["elapsed_s"] if history else 0
+        print(f"resumed from {ckpt} after epoch {ep}", flush=True)
     while ep < epochs:
         model.train()
         perm = torch.randperm(len(Y), device=device, generator=gen)
         tot_loss, tot_ok, seen = 0.0, 0, 0
         for b in range(steps_per_epoch):
             lr = 0.5 * args.lr * (1 + math.cos(math.pi * step / total_steps))
+            if args.arch == "vit" and step < steps_per_epoch:
+                lr = args.lr * (step + 1) / steps_per_epoch
             for g in opt.param_groups:
                 g["lr"] = lr
             idx = perm[b * args.batch:(b + 1) * args.batch]
@@ -334,6 +385,10 @@ def main():
         history.append({"epoch": ep, "train_loss": tot_loss / max(seen, 1), "train_acc": tot_ok / max(seen, 1),
                         "test_acc": acc, "skipped_steps": skipped, "elapsed_s": time.time() - t0})
         print(json.dumps(history[-1]), flush=True)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(), "ep": ep, "step": step, "skipped": skipped,
+                    "history": history, "epochs": epochs}, ckpt + ".tmp")
+        os.replace(ckpt + ".tmp", ckpt)
 
     clean = evaluate(model, xte, yte, device)
     elapsed = time.time() - t0
@@ -346,8 +401,7 @@ def main():
     card = {
         "name": os.path.basename(args.out),
         "role": args.role,
-        "architecture": {"family": "cifar_resnet", "depth": args.depth, "width": args.width,
-                         "in_channels": 1, "num_classes": 10},
+        "architecture": arch_card(args),
         "input": {"height": 28, "width": 28, "channels": 1, "mean": [MEAN], "std": [STD]},
         "classes": CLASSES,
         "dataset": "fashion-mnist",
@@ -361,7 +415,10 @@ def main():
             "recipe": ("AugMix (width 3, depth 1-3, severity 3, ops: autocontrast equalize posterize rotate solarize "
                        "shear_x shear_y translate_x translate_y) + JSD consistency (lambda %.1f)" % args.jsd_lambda)
             if args.augmix else "random crop (pad 2) + horizontal flip",
-            "optimizer": f"SGD nesterov momentum 0.9, lr {args.lr} cosine, wd {args.wd}, batch {args.batch}, bf16 autocast on GPU",
+            "optimizer": (f"AdamW, lr {args.lr} (1 epoch linear warm-up, then cosine), wd {args.wd}, batch {args.batch}"
+                          if args.arch == "vit" else
+                          f"SGD nesterov momentum 0.9, lr {args.lr} cosine, wd {args.wd}, batch {args.batch}")
+                         + ", bf16 autocast on GPU",
             "epochs": epochs,
             "seed": args.seed,
             "wall_time_s": round(elapsed, 1),

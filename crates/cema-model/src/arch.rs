@@ -24,6 +24,22 @@ pub enum Arch {
     /// TensorFlow "SAME" padding; Lite0 is the edge model of the ImageNet pair, Lite2 the cloud's.
     #[serde(rename = "efficientnet_lite")]
     EfficientNetLite { variant: usize, num_classes: usize },
+    /// A Vision Transformer as timm's `VisionTransformer` (class token, learned position table,
+    /// pre-norm blocks of fused-qkv attention and a GELU MLP, LayerNorm ε 1e-6, the class token
+    /// into the head), by timm's parameter names. The position table fixes the input side.
+    Vit {
+        image_size: usize,
+        patch: usize,
+        in_channels: usize,
+        /// Embedding width.
+        dim: usize,
+        /// Number of blocks.
+        depth: usize,
+        heads: usize,
+        /// The MLP's hidden width.
+        mlp_dim: usize,
+        num_classes: usize,
+    },
 }
 
 impl Arch {
@@ -53,6 +69,20 @@ impl Arch {
         }
     }
 
+    /// ViT-S/16 at 224 px (timm's `vit_small_patch16_224`).
+    pub fn vit_s16(num_classes: usize) -> Self {
+        Arch::Vit {
+            image_size: 224,
+            patch: 16,
+            in_channels: 3,
+            dim: 384,
+            depth: 12,
+            heads: 6,
+            mlp_dim: 1536,
+            num_classes,
+        }
+    }
+
     /// EfficientNet-Lite `variant` (0–4) with `num_classes` outputs.
     pub fn efficientnet_lite(variant: usize, num_classes: usize) -> Self {
         Arch::EfficientNetLite {
@@ -67,6 +97,7 @@ impl Arch {
                 *in_channels
             }
             Arch::EfficientNetLite { .. } => 3,
+            Arch::Vit { in_channels, .. } => *in_channels,
         }
     }
 
@@ -74,7 +105,8 @@ impl Arch {
         match self {
             Arch::CifarResnet { num_classes, .. }
             | Arch::TorchvisionResnet { num_classes, .. }
-            | Arch::EfficientNetLite { num_classes, .. } => *num_classes,
+            | Arch::EfficientNetLite { num_classes, .. }
+            | Arch::Vit { num_classes, .. } => *num_classes,
         }
     }
 
@@ -85,6 +117,7 @@ impl Arch {
             Arch::EfficientNetLite { variant, .. } => {
                 crate::efficientnet::coefficients(*variant).map(|c| c.2)
             }
+            Arch::Vit { image_size, .. } => Some(*image_size),
             _ => None,
         }
     }
@@ -138,6 +171,39 @@ impl Arch {
                     return Err("efficientnet_lite num_classes must be positive".into());
                 }
             }
+            Arch::Vit {
+                image_size,
+                patch,
+                in_channels,
+                dim,
+                depth,
+                heads,
+                mlp_dim,
+                num_classes,
+            } => {
+                if [
+                    image_size,
+                    patch,
+                    in_channels,
+                    dim,
+                    depth,
+                    heads,
+                    mlp_dim,
+                    num_classes,
+                ]
+                .contains(&0)
+                {
+                    return Err("vit: every size must be positive".into());
+                }
+                if image_size % patch != 0 {
+                    return Err(format!(
+                        "vit: image_size {image_size} is not a multiple of the patch {patch}"
+                    ));
+                }
+                if dim % heads != 0 {
+                    return Err(format!("vit: dim {dim} does not split into {heads} heads"));
+                }
+            }
         }
         Ok(())
     }
@@ -149,6 +215,7 @@ impl Arch {
                 crate::resnet::build(self, b)
             }
             Arch::EfficientNetLite { .. } => crate::efficientnet::build(self, b),
+            Arch::Vit { .. } => crate::vit::build(self, b),
         }
     }
 

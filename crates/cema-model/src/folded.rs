@@ -319,7 +319,7 @@ pub(crate) fn add_values(
     act: Option<crate::graph::Act>,
 ) {
     match plan.shapes[out] {
-        crate::graph::Shape::Flat { .. } => {
+        crate::graph::Shape::Flat { .. } | crate::graph::Shape::Tokens { .. } => {
             dst.iter_mut()
                 .zip(a.iter().zip(b))
                 .for_each(|(d, (a, b))| *d = a + b);

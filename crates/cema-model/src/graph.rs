@@ -51,6 +51,8 @@ pub enum Act {
     Silu,
     /// `x·relu6(x + 3)/6`.
     HardSwish,
+    /// `x·Φ(x)` with the exact normal CDF (PyTorch's `nn.GELU()` default, timm's ViT MLP).
+    Gelu,
 }
 
 impl Act {
@@ -60,6 +62,7 @@ impl Act {
             Act::Relu6 => x.clamp(0.0, 6.0),
             Act::Silu => x / (1.0 + (-x).exp()),
             Act::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+            Act::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
         }
     }
 
@@ -81,6 +84,11 @@ impl Act {
                     (2.0 * x + 3.0) / 6.0
                 }
             }
+            Act::Gelu => {
+                let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = (-0.5 * x * x).exp() * 0.398_942_3; // 1/√(2π)
+                cdf + x * pdf
+            }
         }
     }
 
@@ -91,7 +99,7 @@ impl Act {
         match self {
             Act::Relu => Some(y > 0.0),
             Act::Relu6 => Some(y > 0.0 && y < 6.0),
-            Act::Silu | Act::HardSwish => None,
+            Act::Silu | Act::HardSwish | Act::Gelu => None,
         }
     }
 }
@@ -132,11 +140,35 @@ pub enum Op {
     GlobalAvgPool,
     /// `inputs[0] + inputs[1]`, same shape.
     Add,
-    /// `x · wᵀ + b` on `[n, features]`; `weight` is `[out, in]`.
+    /// `x · wᵀ + b` on `[n, features]`, or on every token of `[n, tokens, features]`; `weight`
+    /// is `[out, in]`.
     Linear {
         weight: usize,
         bias: Option<usize>,
     },
+    /// A ViT's patch grid as a token sequence: `[n, c, h, w]` → `[n, h·w, c]` (row-major
+    /// positions, as timm's `flatten(2).transpose(1, 2)`).
+    ToTokens,
+    /// Prepends a learned `[1, 1, c]` token (timm's `cls_token`).
+    ClassToken {
+        token: usize,
+    },
+    /// Adds a learned `[1, tokens, c]` table (timm's `pos_embed`); the token count must match,
+    /// which fixes the input resolution.
+    PosEmbed {
+        table: usize,
+    },
+    /// Multi-head self-attention with a fused `qkv` projection (`[3c, c]`, q then k then v, heads
+    /// contiguous within each) and an output projection `proj` (`[c, c]`), as timm's `Attention`.
+    Attention {
+        qkv: usize,
+        qkv_bias: Option<usize>,
+        proj: usize,
+        proj_bias: Option<usize>,
+        heads: usize,
+    },
+    /// The first token of each sequence: `[n, tokens, c]` → `[n, c]` (timm's `global_pool='token'`).
+    ClassPool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -148,14 +180,25 @@ pub struct Node {
 /// The shape of one value for one input geometry (batch dimension left out).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
-    Spatial { c: usize, h: usize, w: usize },
-    Flat { c: usize },
+    Spatial {
+        c: usize,
+        h: usize,
+        w: usize,
+    },
+    Flat {
+        c: usize,
+    },
+    /// A token sequence: `t` tokens of `c` channels.
+    Tokens {
+        t: usize,
+        c: usize,
+    },
 }
 
 impl Shape {
     pub fn channels(self) -> usize {
         match self {
-            Shape::Spatial { c, .. } | Shape::Flat { c } => c,
+            Shape::Spatial { c, .. } | Shape::Flat { c } | Shape::Tokens { c, .. } => c,
         }
     }
 }
@@ -192,9 +235,11 @@ impl Graph {
             let input = |k: usize| shapes[node.inputs[k]];
             let spatial = |k: usize| match input(k) {
                 Shape::Spatial { c, h, w } => Ok((c, h, w)),
-                Shape::Flat { .. } => {
-                    Err(format!("node {i} ({:?}) needs a spatial input", node.op))
-                }
+                _ => Err(format!("node {i} ({:?}) needs a spatial input", node.op)),
+            };
+            let tokens = |k: usize| match input(k) {
+                Shape::Tokens { t, c } => Ok((t, c)),
+                _ => Err(format!("node {i} ({:?}) needs a token sequence", node.op)),
             };
             let shape = match &node.op {
                 Op::Input { channels } => Shape::Spatial { c: *channels, h, w },
@@ -264,8 +309,12 @@ impl Graph {
                 }
                 Op::Linear { weight, .. } => {
                     let ws = store.shape(*weight);
-                    let Shape::Flat { c } = input(0) else {
-                        return Err(format!("{}: needs a flat input", store.name(*weight)));
+                    let (t, c) = match input(0) {
+                        Shape::Flat { c } => (None, c),
+                        Shape::Tokens { t, c } => (Some(t), c),
+                        Shape::Spatial { .. } => {
+                            return Err(format!("{}: needs a flat input", store.name(*weight)))
+                        }
                     };
                     if c != ws[1] {
                         return Err(format!(
@@ -274,9 +323,64 @@ impl Graph {
                             ws[1]
                         ));
                     }
-                    macs += (ws[0] * ws[1]) as u64;
-                    Shape::Flat { c: ws[0] }
+                    macs += (t.unwrap_or(1) * ws[0] * ws[1]) as u64;
+                    match t {
+                        Some(t) => Shape::Tokens { t, c: ws[0] },
+                        None => Shape::Flat { c: ws[0] },
+                    }
                 }
+                Op::ToTokens => {
+                    let (c, h, w) = spatial(0)?;
+                    Shape::Tokens { t: h * w, c }
+                }
+                Op::ClassToken { token } => {
+                    let (t, c) = tokens(0)?;
+                    if store.shape(*token) != [1, 1, c] {
+                        return Err(format!(
+                            "{}: shape {:?}, the tokens have {c} channels",
+                            store.name(*token),
+                            store.shape(*token)
+                        ));
+                    }
+                    Shape::Tokens { t: t + 1, c }
+                }
+                Op::PosEmbed { table } => {
+                    let (t, c) = tokens(0)?;
+                    let ts = store.shape(*table);
+                    if ts != [1, t, c] {
+                        return Err(format!(
+                            "{}: {} positions of {} channels, but a {h}×{w} input makes {t} \
+                             tokens of {c}; the position table fixes the input resolution",
+                            store.name(*table),
+                            ts.get(1).copied().unwrap_or(0),
+                            ts.get(2).copied().unwrap_or(0),
+                        ));
+                    }
+                    input(0)
+                }
+                Op::Attention {
+                    qkv, proj, heads, ..
+                } => {
+                    let (t, c) = tokens(0)?;
+                    if store.shape(*qkv) != [3 * c, c] || store.shape(*proj) != [c, c] {
+                        return Err(format!(
+                            "{}: shape {:?} and {:?}, the tokens have {c} channels",
+                            store.name(*qkv),
+                            store.shape(*qkv),
+                            store.shape(*proj)
+                        ));
+                    }
+                    if c % heads != 0 {
+                        return Err(format!(
+                            "{}: {c} channels in {heads} heads",
+                            store.name(*qkv)
+                        ));
+                    }
+                    // The projections, then q·kᵀ and the weighted sum of v over all heads.
+                    macs += (t * 4 * c * c + 2 * t * t * c) as u64;
+                    input(0)
+                }
+                Op::ClassPool => Shape::Flat { c: tokens(0)?.1 },
             };
             shapes.push(shape);
         }
@@ -356,6 +460,81 @@ impl Builder {
         self.node(op, vec![x], cout)
     }
 
+    /// A convolution with a bias (a ViT's patch embedding): Kaiming-normal weight, zero bias.
+    pub fn conv_with_bias(
+        &mut self,
+        x: ValueId,
+        name: &str,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+    ) -> ValueId {
+        let y = self.conv(x, name, cout, kernel, stride, Padding::Explicit(0), 1);
+        let bias = self.store.push(
+            format!("{name}.bias"),
+            Kind::ConvBias,
+            vec![cout],
+            vec![0.0; cout],
+        );
+        if let Op::Conv { bias: b, .. } = &mut self.graph.nodes[y].op {
+            *b = Some(bias);
+        }
+        y
+    }
+
+    /// A LayerNorm over the channels of each token (γ 1, β 0) with this `eps`.
+    pub fn layer_norm(&mut self, x: ValueId, name: &str, eps: f64) -> ValueId {
+        let c = self.channels[x];
+        self.norms
+            .push(NormLayer::layer_norm(&mut self.store, name, c, eps));
+        let n = self.norms.len() - 1;
+        self.node(Op::Norm(n), vec![x], c)
+    }
+
+    pub fn tokens(&mut self, x: ValueId) -> ValueId {
+        self.unary(x, Op::ToTokens)
+    }
+
+    /// timm's initialisation of its token tables: normal, σ 0.02 (untruncated here; a trained
+    /// checkpoint replaces it).
+    fn embedding(&mut self, name: &str, shape: Vec<usize>) -> usize {
+        let normal = Normal::new(0.0f32, 0.02).expect("finite std");
+        let n = shape.iter().product();
+        let values = (0..n).map(|_| normal.sample(&mut self.rng)).collect();
+        self.store.push(name.into(), Kind::Embedding, shape, values)
+    }
+
+    pub fn class_token(&mut self, x: ValueId, name: &str) -> ValueId {
+        let c = self.channels[x];
+        let token = self.embedding(name, vec![1, 1, c]);
+        self.unary(x, Op::ClassToken { token })
+    }
+
+    pub fn pos_embed(&mut self, x: ValueId, name: &str, tokens: usize) -> ValueId {
+        let c = self.channels[x];
+        let table = self.embedding(name, vec![1, tokens, c]);
+        self.unary(x, Op::PosEmbed { table })
+    }
+
+    /// timm's `Attention` under `name` (`{name}.qkv`, `{name}.proj`, both with bias).
+    pub fn attention(&mut self, x: ValueId, name: &str, heads: usize) -> ValueId {
+        let c = self.channels[x];
+        let (qkv, qkv_bias) = self.linear_params(&format!("{name}.qkv"), c, 3 * c);
+        let (proj, proj_bias) = self.linear_params(&format!("{name}.proj"), c, c);
+        let op = Op::Attention {
+            qkv,
+            qkv_bias: Some(qkv_bias),
+            proj,
+            proj_bias: Some(proj_bias),
+            heads,
+        };
+        self.unary(x, op)
+    }
+
+    pub fn class_pool(&mut self, x: ValueId) -> ValueId {
+        self.unary(x, Op::ClassPool)
+    }
+
     /// A BatchNorm2d (γ 1, β 0, running mean 0, variance 1) with this `eps`.
     pub fn batch_norm(&mut self, x: ValueId, name: &str, eps: f64) -> ValueId {
         let c = self.channels[x];
@@ -422,7 +601,16 @@ impl Builder {
 
     /// PyTorch's `nn.Linear` default: U(−1/√fan_in, 1/√fan_in) for weight and bias.
     pub fn linear(&mut self, x: ValueId, name: &str, out: usize) -> ValueId {
-        let cin = self.channels[x];
+        let (weight, bias) = self.linear_params(name, self.channels[x], out);
+        let op = Op::Linear {
+            weight,
+            bias: Some(bias),
+        };
+        self.node(op, vec![x], out)
+    }
+
+    /// `{name}.weight` `[out, cin]` and `{name}.bias` `[out]`, initialised as [`Self::linear`].
+    fn linear_params(&mut self, name: &str, cin: usize, out: usize) -> (usize, usize) {
         let bound = 1.0 / (cin as f32).sqrt();
         let w: Vec<f32> = (0..out * cin)
             .map(|_| self.rng.random_range(-bound..bound))
@@ -439,10 +627,6 @@ impl Builder {
         let bias = self
             .store
             .push(format!("{name}.bias"), Kind::LinearBias, vec![out], b);
-        let op = Op::Linear {
-            weight,
-            bias: Some(bias),
-        };
-        self.node(op, vec![x], out)
+        (weight, bias)
     }
 }

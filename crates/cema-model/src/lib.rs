@@ -1,6 +1,7 @@
 //! cema's models: networks whose normalization layers are the adaptable part.
 //!
-//! - [`Arch`]: what to build (CIFAR ResNet family, torchvision ResNet-18/34/50). Each emits a
+//! - [`Arch`]: what to build (CIFAR ResNet family, torchvision ResNet-18/34/50, EfficientNet-Lite,
+//!   timm's ViT). Each emits a
 //!   [`Graph`] — the one description of the network, from which every path below derives.
 //! - [`Net`]: the graph, its weights on a burn device and a forward pass whose norm layers run
 //!   in a [`NormMode`] chosen per call (running statistics, batch statistics, or TBR).
@@ -43,6 +44,7 @@ mod resnet;
 mod store;
 pub mod tensors;
 mod train;
+mod vit;
 
 pub use affine_backward::HostBackward;
 pub use arch::Arch;

@@ -204,6 +204,7 @@ impl Model {
     ) -> Result<Model> {
         let mut net = Net::new(&card.architecture, device, 0).map_err(ModelError::Arch)?;
         load_into(&mut net, tensors, source, false)?;
+        input_fits(&net, &card, source)?;
         Ok(Model::new(net, card))
     }
 
@@ -214,6 +215,7 @@ impl Model {
             reason,
         })?;
         let net = Net::new(&card.architecture, device, seed).map_err(ModelError::Arch)?;
+        input_fits(&net, &card, "<new model>")?;
         Ok(Model::new(net, card))
     }
 
@@ -327,4 +329,17 @@ impl Model {
             correct as f64 / set.len() as f64
         })
     }
+}
+
+/// The card's input size runs through every layer (a ViT's position table, for one, fixes it).
+fn input_fits(net: &Net, card: &ModelCard, source: &str) -> Result<()> {
+    net.shapes(card.input.height, card.input.width)
+        .map(|_| ())
+        .map_err(|reason| ModelError::Card {
+            path: source.into(),
+            reason: format!(
+                "a {}×{} input does not fit the architecture: {reason}",
+                card.input.height, card.input.width
+            ),
+        })
 }

@@ -1,7 +1,7 @@
 //! A network on a burn device: its [`Graph`], its weights and its norm layers, with burn's
 //! generic forward (every device, every op) and autodiff w.r.t. any parameter set.
 
-use burn::tensor::activation::{hard_swish, relu, relu6, silu};
+use burn::tensor::activation::{gelu, hard_swish, relu, relu6, silu, softmax};
 use burn::tensor::module::{adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions, PadMode};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -34,13 +34,21 @@ pub struct Backward {
 enum Value {
     Spatial(Tensor<4>),
     Flat(Tensor<2>),
+    Tokens(Tensor<3>),
 }
 
 impl Value {
     fn spatial(self) -> Tensor<4> {
         match self {
             Value::Spatial(t) => t,
-            Value::Flat(_) => unreachable!("shapes are checked when the graph is built"),
+            _ => unreachable!("shapes are checked when the graph is built"),
+        }
+    }
+
+    fn tokens(self) -> Tensor<3> {
+        match self {
+            Value::Tokens(t) => t,
+            _ => unreachable!("shapes are checked when the graph is built"),
         }
     }
 }
@@ -158,16 +166,20 @@ impl Net {
                 }
                 Op::Norm(n) => {
                     let layer = self.norms[*n].clone();
-                    Value::Spatial(layer.forward(
-                        &mut self.store,
-                        take(0).spatial(),
-                        mode,
-                        momentum,
-                    ))
+                    match take(0) {
+                        Value::Tokens(x) => Value::Tokens(layer.forward_tokens(&self.store, x)),
+                        x => Value::Spatial(layer.forward(
+                            &mut self.store,
+                            x.spatial(),
+                            mode,
+                            momentum,
+                        )),
+                    }
                 }
                 Op::Act(a) => match take(0) {
                     Value::Spatial(t) => Value::Spatial(act(t, *a)),
                     Value::Flat(t) => Value::Flat(act(t, *a)),
+                    Value::Tokens(t) => Value::Tokens(act(t, *a)),
                 },
                 Op::MaxPool {
                     kernel,
@@ -198,17 +210,40 @@ impl Net {
                 Op::Add => match (take(0), take(1)) {
                     (Value::Spatial(a), Value::Spatial(b)) => Value::Spatial(a + b),
                     (Value::Flat(a), Value::Flat(b)) => Value::Flat(a + b),
+                    (Value::Tokens(a), Value::Tokens(b)) => Value::Tokens(a + b),
                     _ => unreachable!("shapes are checked when the graph is built"),
                 },
-                Op::Linear { weight, bias } => {
-                    let Value::Flat(x) = take(0) else {
-                        unreachable!("shapes are checked when the graph is built")
-                    };
-                    let y = x.matmul(self.store.get2(*weight).transpose());
-                    Value::Flat(match bias {
-                        Some(b) => y + self.store.get1(*b).unsqueeze_dim::<2>(0),
-                        None => y,
-                    })
+                Op::Linear { weight, bias } => match take(0) {
+                    Value::Flat(x) => Value::Flat(self.linear(x, *weight, *bias)),
+                    Value::Tokens(x) => Value::Tokens(self.linear_tokens(x, *weight, *bias)),
+                    Value::Spatial(_) => unreachable!("shapes are checked when the graph is built"),
+                },
+                Op::ToTokens => {
+                    let x = take(0).spatial();
+                    let [n, c, h, w] = x.dims();
+                    Value::Tokens(x.reshape([n, c, h * w]).swap_dims(1, 2))
+                }
+                Op::ClassToken { token } => {
+                    let x = take(0).tokens();
+                    let [n, _, c] = x.dims();
+                    let cls = self.store.get3(*token).expand([n, 1, c]);
+                    Value::Tokens(Tensor::cat(vec![cls, x], 1))
+                }
+                Op::PosEmbed { table } => Value::Tokens(take(0).tokens() + self.store.get3(*table)),
+                Op::Attention {
+                    qkv,
+                    qkv_bias,
+                    proj,
+                    proj_bias,
+                    heads,
+                } => {
+                    let x = take(0).tokens();
+                    Value::Tokens(self.attention(x, *qkv, *qkv_bias, *proj, *proj_bias, *heads))
+                }
+                Op::ClassPool => {
+                    let x = take(0).tokens();
+                    let [n, _, c] = x.dims();
+                    Value::Flat(x.narrow(1, 0, 1).reshape([n, c]))
                 }
             };
             values[i] = Some(out);
@@ -217,6 +252,50 @@ impl Net {
             Some(Value::Flat(logits)) => logits,
             _ => unreachable!("an architecture ends in a classifier"),
         }
+    }
+
+    fn linear(&self, x: Tensor<2>, weight: usize, bias: Option<usize>) -> Tensor<2> {
+        let y = x.matmul(self.store.get2(weight).transpose());
+        match bias {
+            Some(b) => y + self.store.get1(b).unsqueeze_dim::<2>(0),
+            None => y,
+        }
+    }
+
+    /// [`Self::linear`] on every token of `[n, t, c]`.
+    fn linear_tokens(&self, x: Tensor<3>, weight: usize, bias: Option<usize>) -> Tensor<3> {
+        let [n, t, c] = x.dims();
+        let y = self.linear(x.reshape([n * t, c]), weight, bias);
+        let out = y.dims()[1];
+        y.reshape([n, t, out])
+    }
+
+    /// timm's `Attention.forward`: q, k, v from one projection, `softmax(q·kᵀ/√d)·v` per head,
+    /// the heads concatenated and projected.
+    fn attention(
+        &self,
+        x: Tensor<3>,
+        qkv: usize,
+        qkv_bias: Option<usize>,
+        proj: usize,
+        proj_bias: Option<usize>,
+        heads: usize,
+    ) -> Tensor<3> {
+        let [n, t, c] = x.dims();
+        let d = c / heads;
+        let qkv = self.linear_tokens(x, qkv, qkv_bias);
+        // [n, t, 3c] → three [n, heads, t, d].
+        let part = |k: usize| {
+            qkv.clone()
+                .narrow(2, k * c, c)
+                .reshape([n, t, heads, d])
+                .swap_dims(1, 2)
+        };
+        let (q, k, v) = (part(0), part(1), part(2));
+        let scores = (q * (1.0 / (d as f64).sqrt())).matmul(k.swap_dims(2, 3));
+        let mixed = softmax(scores, 3).matmul(v);
+        let merged = mixed.swap_dims(1, 2).reshape([n, t, c]);
+        self.linear_tokens(merged, proj, proj_bias)
     }
 
     /// Forward with `which` parameters tracked, `loss_fn(logits)` → scalar, backward.
@@ -256,6 +335,7 @@ fn act<const D: usize>(x: Tensor<D>, a: Act) -> Tensor<D> {
         Act::Relu6 => relu6(x),
         Act::Silu => silu(x),
         Act::HardSwish => hard_swish(x),
+        Act::Gelu => gelu(x),
     }
 }
 

@@ -8,10 +8,15 @@
 //!
 //! In `Batch` and `Tbr` mode the running statistics may also move toward the batch's
 //! (`update_stats`), with PyTorch's momentum convention (`running ← (1−m)·running + m·batch`, the
-//! variance unbiased). LayerNorm fits the same API (affine γ/β, no running statistics); the
-//! [`NormLayer`] record carries the kind so a LayerNorm model needs no new norm-state format.
+//! variance unbiased).
+//!
+//! A LayerNorm layer normalises each token by its own statistics over the channels, so it has no
+//! running statistics and the mode does not apply: every mode computes the same thing, and the
+//! statistics updates of `Batch`/`Tbr` leave it alone. Its norm state is γ and β only, carried by
+//! the same norm-state format; adapting a ViT means adapting its LayerNorm γ/β by gradient
+//! (docs/spec.md, "LayerNorm models").
 
-use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::module::{batch_norm, batch_norm_train, layer_norm};
 use burn::tensor::Tensor;
 
 use crate::store::{Kind, Store};
@@ -54,7 +59,7 @@ impl NormMode {
 #[serde(rename_all = "snake_case")]
 pub enum NormKind {
     BatchNorm2d,
-    /// Designed in: same γ/β API, no running statistics. No shipped model uses it yet.
+    /// Over the channels of each token (a ViT's): γ/β only, no running statistics.
     LayerNorm,
 }
 
@@ -117,6 +122,43 @@ impl NormLayer {
             running_mean: Some(rm),
             running_var: Some(rv),
         }
+    }
+
+    /// A LayerNorm over `channels` (γ 1, β 0) with this `eps` (timm's ViTs use 1e-6).
+    pub(crate) fn layer_norm(store: &mut Store, name: &str, channels: usize, eps: f64) -> Self {
+        let weight = store.push(
+            format!("{name}.weight"),
+            Kind::NormWeight,
+            vec![channels],
+            vec![1.0; channels],
+        );
+        let bias = store.push(
+            format!("{name}.bias"),
+            Kind::NormBias,
+            vec![channels],
+            vec![0.0; channels],
+        );
+        NormLayer {
+            name: name.to_string(),
+            kind: NormKind::LayerNorm,
+            channels,
+            eps,
+            weight,
+            bias,
+            running_mean: None,
+            running_var: None,
+        }
+    }
+
+    /// Forward through this LayerNorm on `[n, tokens, channels]`.
+    pub(crate) fn forward_tokens(&self, store: &Store, x: Tensor<3>) -> Tensor<3> {
+        debug_assert_eq!(self.kind, NormKind::LayerNorm);
+        layer_norm(
+            x,
+            store.get1(self.weight),
+            Some(store.get1(self.bias)),
+            self.eps,
+        )
     }
 
     /// Forward through this BatchNorm layer on an NCHW tensor.

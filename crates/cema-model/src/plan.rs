@@ -194,6 +194,15 @@ impl Plan {
                     ))
                 }
                 Op::GlobalAvgPool => (UnitKind::GlobalAvgPool, node.inputs.clone(), i),
+                Op::ToTokens
+                | Op::ClassToken { .. }
+                | Op::PosEmbed { .. }
+                | Op::Attention { .. }
+                | Op::ClassPool => {
+                    return Err(format!(
+                        "node {i}: a transformer (the hand-written paths have no token kernels yet)"
+                    ))
+                }
                 Op::Add => (UnitKind::Add { act: None }, node.inputs.clone(), i),
                 Op::Linear { weight, bias } => {
                     let kind = UnitKind::Linear {
@@ -259,7 +268,7 @@ impl Plan {
                 w,
                 pad: self.border[v],
             },
-            Shape::Flat { .. } => unreachable!("value {v} is not spatial"),
+            Shape::Flat { .. } | Shape::Tokens { .. } => unreachable!("value {v} is not spatial"),
         }
     }
 
@@ -268,6 +277,7 @@ impl Plan {
         match self.shapes[v] {
             Shape::Spatial { c, .. } => self.geo(v, n).rows() * c,
             Shape::Flat { c } => n * c,
+            Shape::Tokens { t, c } => n * t * c,
         }
     }
 

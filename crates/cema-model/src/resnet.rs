@@ -60,7 +60,7 @@ fn stages(arch: &Arch) -> Vec<StageSpec> {
                 })
                 .collect()
         }
-        Arch::EfficientNetLite { .. } => unreachable!("a ResNet"),
+        Arch::EfficientNetLite { .. } | Arch::Vit { .. } => unreachable!("a ResNet"),
     }
 }
 

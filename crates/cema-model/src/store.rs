@@ -10,8 +10,12 @@ use burn::tensor::{Device, Tensor, TensorData};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     ConvWeight,
+    ConvBias,
     LinearWeight,
     LinearBias,
+    /// A learned token or position table (a ViT's `cls_token`, `pos_embed`): frozen in
+    /// adaptation, trained in source training.
+    Embedding,
     /// Normalization scale γ (`*.weight` of a norm layer).
     NormWeight,
     /// Normalization shift β (`*.bias` of a norm layer).
@@ -150,6 +154,11 @@ impl Store {
     pub(crate) fn get2(&self, i: usize) -> Tensor<2> {
         let s = &self.entries[i].shape;
         self.entries[i].value.clone().reshape([s[0], s[1]])
+    }
+
+    pub(crate) fn get3(&self, i: usize) -> Tensor<3> {
+        let s = &self.entries[i].shape;
+        self.entries[i].value.clone().reshape([s[0], s[1], s[2]])
     }
 
     pub(crate) fn get4(&self, i: usize) -> Tensor<4> {
