@@ -34,11 +34,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import train_torch as T  # noqa: E402
 
 WORKLOADS = ["edge_b64", "edge_b1", "resnet18_224", "cloud_step", "foundation_b64", "foundation_step",
-             "effnet_lite0_b1", "effnet_lite0_b16", "effnet_lite0_step"]
+             "effnet_lite0_b1", "effnet_lite0_b16", "effnet_lite0_step", "vit_s16_224_b8", "vit_s16_224_step"]
 CHECK_IMAGES = 64
 RESNET18_BATCH = 8
 STEP_BATCH = 128
 EFFNET_STEP_BATCH = 32
+VIT_BATCH = 8
+VIT_STEP_BATCH = 16
 CLOUD_REPLAY = 1024
 # CloudConfig::default() and DistillWeights::default() of cema-adapt / cema-model (SPEC §3).
 CLOUD = dict(batch=32, replay_ratio=3, replay_capacity=10_000, foundation_lr=0.00025, student_lr=0.0025,
@@ -206,6 +208,34 @@ class EfficientNetLite0(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+def vit_s16():
+    """timm's ViT-S/16 (vit_small_patch16_224) with random weights; `cema speed` builds the same
+    graph (cema-model's Arch::vit_s16)."""
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=384, depth=12,
+                             num_heads=6, mlp_ratio=4.0, qkv_bias=True)
+
+
+def entropy_step(name, model, inp, b, seconds):
+    """One LayerNorm-affine entropy step (the foundation's loss on a transformer), SGD momentum."""
+    px = inp.pixels(b)
+    opt = torch.optim.SGD(norm_affine_only(model), lr=0.00025, momentum=0.9)
+    model.train()
+
+    def fn():
+        opt.zero_grad(set_to_none=True)
+        entropy(model(inp(px))).mean().backward()
+        opt.step()
+        sync()
+
+    what = f"u8 → input, forward + backward (norm affine only), mean entropy, SGD momentum step, batch {b}"
+    r = report(name, what, "images", b, measure(seconds, fn))
+    r["batch"] = b
+    return r
+
+
+VIT_INPUT = {"height": 224, "width": 224, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}
 EFFNET_INPUT = {"height": 224, "width": 224, "channels": 3, "mean": [127 / 255] * 3, "std": [128 / 255] * 3}
 
 
@@ -242,11 +272,11 @@ def report(name, what, unit, per_iter, timing):
 
 
 def norm_affine_only(m):
-    """Freeze everything but BatchNorm γ/β; returns the trainable parameters."""
+    """Freeze everything but the BatchNorm / LayerNorm γ/β; returns the trainable parameters."""
     params = []
     for mod in m.modules():
         for p in mod.parameters(recurse=False):
-            trainable = isinstance(mod, nn.BatchNorm2d)
+            trainable = isinstance(mod, (nn.BatchNorm2d, nn.LayerNorm))
             p.requires_grad_(trainable)
             if trainable:
                 params.append(p)
@@ -379,6 +409,13 @@ def run_workload(w, models, seconds):
             return lambda: tbr_step(w, m.to(DEVICE), card, seconds, EFFNET_STEP_BATCH), extra
         b = 1 if w == "effnet_lite0_b1" else 16
         return lambda: inference(w, m.to(DEVICE), Input(EFFNET_INPUT), b, seconds), extra
+    if w.startswith("vit_s16_224"):
+        import timm
+        m = vit_s16().to(DEVICE)
+        extra = {"model": f"timm {timm.__version__} VisionTransformer (ViT-S/16 shape), random weights"}
+        if w == "vit_s16_224_step":
+            return lambda: entropy_step(w, m, Input(VIT_INPUT), VIT_STEP_BATCH, seconds), extra
+        return lambda: inference(w, m, Input(VIT_INPUT), VIT_BATCH, seconds), extra
     if w == "foundation_step":
         m, card = load_model(models[1])
         return lambda: tbr_step(w, m.to(DEVICE), card, seconds), {}

@@ -887,6 +887,24 @@ fn act_grad(g: &mut [f32], pre: &[f32], act: Act) {
 impl Model {
     /// The plan of the hand-written pass when it serves `n` images of this model: enabled, on
     /// the CPU, every op and norm layer one it implements, and a non-empty batch.
+    /// Logits through the token path ([`crate::tokens`]) when this is a token model on the CPU;
+    /// `None` for any other model.
+    pub(crate) fn token_forward(&mut self, pixels: &[u8], n: usize) -> Result<Option<Vec<f32>>> {
+        if !self.on_cpu() || n == 0 {
+            return Ok(None);
+        }
+        let Ok(plan) = self.net.token_plan(&self.card.input) else {
+            return Ok(None);
+        };
+        check_pixels(&self.card.input, pixels, n)?;
+        self.host_weights.sync(self.net.store());
+        let none: Option<LossFn> = None;
+        let out = self
+            .net
+            .token_pass(&plan, &self.host_weights, &self.card.input, pixels, n, none);
+        Ok(Some(out.logits))
+    }
+
     fn native_pass_plan(&self, n: usize) -> Option<Plan> {
         if !self.native_backward_enabled() || n == 0 {
             return None;
@@ -906,6 +924,12 @@ impl Model {
     ) -> Option<Vec<f32>> {
         if mode == NormMode::Running {
             return None;
+        }
+        if self.native_backward_enabled() {
+            // A token model's LayerNorms have neither modes nor statistics to move.
+            if let Ok(Some(logits)) = self.token_forward(pixels, n) {
+                return Some(logits);
+            }
         }
         let plan = self.native_pass_plan(n)?;
         let spec = self.card.input.clone();
@@ -936,6 +960,20 @@ impl Model {
         F: FnOnce(&[f32]) -> (f32, Vec<f32>),
     {
         check_pixels(&self.card.input, pixels, n)?;
+        if self.native_backward_enabled() && n > 0 {
+            if let Ok(plan) = self.net.token_plan(&self.card.input) {
+                self.host_weights.sync(self.net.store());
+                let spec = &self.card.input;
+                return Ok(self.net.token_pass(
+                    &plan,
+                    &self.host_weights,
+                    spec,
+                    pixels,
+                    n,
+                    Some(loss_fn),
+                ));
+            }
+        }
         if let Some(plan) = self.native_pass_plan(n) {
             let spec = self.card.input.clone();
             let momentum = update_stats.then_some(self.net.stats_momentum);

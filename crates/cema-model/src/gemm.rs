@@ -73,9 +73,122 @@ pub(crate) fn gemm_acc_lhs_stride(
     }
 }
 
+/// A matrix inside a slice: element `(i, j)` at `data[i·rs + j·cs]`. Transposing is swapping
+/// the strides; a head of an attention layer is a column block with the row stride of the whole.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// Row-major `rows × cols` starting at `data[0]`, rows `rs` apart.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
+        View {
+            data,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
+    }
+
+    pub fn t(self) -> Self {
+        View {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// Whether every element of a `rows × cols` matrix with these strides lies in `len`.
+fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
+}
+
+/// `dst ← beta·dst + alpha·lhs·rhs` on strided views (`beta` 0 overwrites, ignoring what `dst`
+/// held); `dst` is `lhs.rows × rhs.cols` at `dst[i·dst_rs + j]`.
+pub(crate) fn gemm_view(
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: View,
+    (beta, alpha): (f32, f32),
+    threads: usize,
+) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "gemm: {m}×{k} times {}×{n}", rhs.rows);
+    assert!(fits(dst.len(), m, n, dst_rs, 1), "gemm: dst is not {m}×{n}");
+    assert!(fits(lhs.data.len(), m, k, lhs.rs, lhs.cs), "gemm: lhs");
+    assert!(fits(rhs.data.len(), k, n, rhs.rs, rhs.cs), "gemm: rhs");
+    assert!(n <= 1 || dst_rs >= n, "gemm: dst rows overlap");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst.chunks_mut(dst_rs.max(1))
+            .take(m)
+            .for_each(|r| r[..n].iter_mut().for_each(|v| *v *= beta));
+        return;
+    }
+    let parallelism = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: every address the strides reach lies inside its slice (asserted above); lhs and
+    // rhs are only read; `dst` is a unique borrow whose rows do not overlap (dst_rs ≥ n), so it
+    // aliases neither input and no element is written twice. `gemm` computes
+    // dst = beta·dst + alpha·lhs·rhs, reading dst only when `read_dst` (beta ≠ 0).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            beta != 0.0,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::gemm_acc;
+
+    #[test]
+    fn strided_views_transpose_and_scale() {
+        // dst (2×2, row stride 3) ← 2·dst + 0.5 · Aᵀ · B, A stored 3×2, B a column block.
+        let a = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let b = [
+            1.0f32, 0.0, 9.0, 9.0, 2.0, 1.0, 9.0, 9.0, 0.0, 0.0, 9.0, 9.0,
+        ];
+        let mut d = [1.0f32, 1.0, 7.0, 1.0, 1.0, 7.0];
+        let lhs = super::View::rows(&a, 3, 2, 2).t();
+        let rhs = super::View::rows(&b, 3, 2, 4);
+        super::gemm_view(&mut d, 3, lhs, rhs, (2.0, 0.5), 1);
+        // Aᵀ·B = [[1+6+0, 0+3+0], [2+8+0, 0+4+0]] = [[7, 3], [10, 4]].
+        assert_eq!(d, [5.5, 3.5, 7.0, 7.0, 4.0, 7.0]);
+    }
 
     #[test]
     fn matches_the_textbook_product_and_accumulates() {

@@ -43,6 +43,7 @@ mod plan;
 mod resnet;
 mod store;
 pub mod tensors;
+mod tokens;
 mod train;
 mod vit;
 

@@ -25,6 +25,8 @@ pub struct Model {
     /// The BatchNorm-folded inference net ([`crate::FoldedNet`]) for eval-mode logits, with the
     /// weight-store generation and input spec it was folded from; `None` until first used.
     folded: Option<(u64, InputSpec, std::sync::Arc<crate::FoldedNet>)>,
+    /// Host copies of the weights for the token path (ViTs), refreshed per tensor on use.
+    pub(crate) host_weights: crate::tokens::HostWeights,
     /// Eval-mode logits through the folded net (default) or burn's generic forward.
     fold_inference: bool,
     /// Norm-affine gradients through the hand-written pass (default) or burn's autodiff.
@@ -38,6 +40,7 @@ impl Model {
             net,
             card,
             folded: None,
+            host_weights: Default::default(),
             fold_inference: true,
             native_backward: true,
         }
@@ -104,7 +107,10 @@ impl Model {
     /// CPU paths (the folded inference net and the native backward), or why not: then burn's
     /// generic forward and autodiff compute the same numbers, more slowly.
     pub fn hand_written_paths(&self) -> std::result::Result<(), String> {
-        self.net.hand_written_plan(&self.card.input).map(|_| ())
+        match self.net.token_plan(&self.card.input) {
+            Ok(_) => Ok(()),
+            Err(_) => self.net.hand_written_plan(&self.card.input).map(|_| ()),
+        }
     }
 
     /// Chooses how eval-mode logits are computed: through the BatchNorm-folded net (`true`, the
@@ -256,6 +262,9 @@ impl Model {
     /// [`Model::set_fold_inference`] turned it off.
     pub fn logits(&mut self, pixels: &[u8], n: usize, mode: NormMode) -> Result<Vec<f32>> {
         if mode == NormMode::Running && self.fold_inference_enabled() {
+            if let Some(logits) = self.token_forward(pixels, n)? {
+                return Ok(logits);
+            }
             check_pixels(&self.card.input, pixels, n)?;
             if let Some(f) = self.folded() {
                 return Ok(f.logits(pixels, n));

@@ -64,6 +64,8 @@ pub(crate) struct Entry {
     pub shape: Vec<usize>,
     /// Always stored flat; layers reshape on use (a metadata-only operation).
     pub value: Tensor<1>,
+    /// As the store's, for this entry alone.
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +108,7 @@ impl Store {
             kind,
             shape,
             value,
+            generation: self.generation,
         });
         self.entries.len() - 1
     }
@@ -121,6 +124,11 @@ impl Store {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Changes whenever tensor `i` is written (see [`Store::generation`]).
+    pub(crate) fn entry_generation(&self, i: usize) -> u64 {
+        self.entries[i].generation
     }
 
     pub fn is_empty(&self) -> bool {
@@ -171,6 +179,7 @@ impl Store {
 
     pub(crate) fn set(&mut self, i: usize, value: Tensor<1>) {
         self.generation = next_generation();
+        self.entries[i].generation = self.generation;
         self.entries[i].value = value;
     }
 
@@ -189,6 +198,7 @@ impl Store {
         );
         let n = values.len();
         self.generation = next_generation();
+        self.entries[i].generation = self.generation;
         self.entries[i].value = Tensor::<1>::from_data(TensorData::new(values, [n]), &self.device);
     }
 

@@ -184,8 +184,42 @@ fn a_vit_refuses_another_resolution_naming_its_position_table() {
 }
 
 #[test]
-fn the_hand_written_paths_say_why_they_do_not_run_a_vit() {
+fn the_token_path_computes_what_burn_computes() {
     let f = fixture();
-    let err = model(&f).hand_written_paths().unwrap_err();
-    assert!(err.contains("transformer"), "{err}");
+    let mut m = model(&f);
+    m.hand_written_paths().unwrap();
+    // 20 images: 340 token rows, enough for the projections to split over the pool.
+    let n = 20;
+    let px: Vec<u8> = (0..n * 16 * 16 * 3)
+        .map(|i| ((i as u64 * 2654435761) >> 7) as u8)
+        .collect();
+    let classes = 5;
+    let token = m.logits(&px, n, NormMode::Running).unwrap();
+    let token_back = m
+        .norm_affine_backward(&px, n, NormMode::Tbr, true, |l| {
+            cema_model::mean_entropy_grad(l, classes)
+        })
+        .unwrap();
+    m.set_fold_inference(false);
+    m.set_native_backward(false);
+    let burn = m.logits(&px, n, NormMode::Running).unwrap();
+    let burn_back = m
+        .norm_affine_backward(&px, n, NormMode::Tbr, true, |l| {
+            cema_model::mean_entropy_grad(l, classes)
+        })
+        .unwrap();
+    let d = max_abs_diff(&token, &burn);
+    eprintln!("logits: max |Δ| {d:.2e}");
+    assert!(d <= 1e-4, "logits: max |Δ| {d}");
+    assert!(max_abs_diff(&token_back.logits, &burn) <= 1e-4);
+    assert!((token_back.loss - burn_back.loss).abs() <= 1e-5);
+    let burn_grads: BTreeMap<usize, Vec<f32>> = burn_back.grads.into_iter().collect();
+    assert_eq!(token_back.grads.len(), burn_grads.len(), "every γ and β");
+    for (i, g) in &token_back.grads {
+        let name = m.net().store().name(*i).to_string();
+        let d = max_abs_diff(g, &burn_grads[i]);
+        let scale = g.iter().fold(0f32, |a, v| a.max(v.abs()));
+        eprintln!("{name}: max |Δ grad| {d:.2e} (largest {scale:.2e})");
+        assert!(d <= 1e-4 * scale.max(1e-2), "{name}: max |Δ grad| {d}");
+    }
 }

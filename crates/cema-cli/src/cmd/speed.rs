@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cema_adapt::{CloudAdapter, CloudConfig};
-use cema_model::{cross_entropy_grad, Arch, InputSpec, Model, ModelCard, NormMode, Sgd, SgdConfig};
+use cema_model::{
+    cross_entropy_grad, mean_entropy_grad, Arch, InputSpec, Model, ModelCard, NormMode, Sgd,
+    SgdConfig,
+};
 use serde_json::{json, Map, Value};
 
 use super::{write_json, Context};
@@ -47,6 +50,12 @@ pub enum Workload {
     /// EfficientNet-Lite0, one norm-affine TBR step (cross-entropy, SGD momentum), batch 32.
     #[value(name = "effnet_lite0_step")]
     EffnetLite0Step,
+    /// ViT-S/16 (timm's shape), 224×224×3, 1000 classes, random weights, eval, batch 8: images/s.
+    #[value(name = "vit_s16_224_b8")]
+    VitS16B8,
+    /// ViT-S/16, one LayerNorm-affine entropy step (SGD momentum), batch 16.
+    #[value(name = "vit_s16_224_step")]
+    VitS16Step,
 }
 
 impl Workload {
@@ -61,6 +70,8 @@ impl Workload {
             Workload::EffnetLite0B1 => "effnet_lite0_b1",
             Workload::EffnetLite0B16 => "effnet_lite0_b16",
             Workload::EffnetLite0Step => "effnet_lite0_step",
+            Workload::VitS16B8 => "vit_s16_224_b8",
+            Workload::VitS16Step => "vit_s16_224_step",
         }
     }
 
@@ -95,6 +106,9 @@ const RESNET18_BATCH: usize = 8;
 const STEP_BATCH: usize = 128;
 /// Batch size of `effnet_lite0_step`.
 const EFFNET_STEP_BATCH: usize = 32;
+/// Batch sizes of `vit_s16_224_b8` and `vit_s16_224_step`.
+const VIT_BATCH: usize = 8;
+const VIT_STEP_BATCH: usize = 16;
 /// Images in the replay buffer the `cloud_step` session starts with (≥ `replay_min`).
 const CLOUD_REPLAY: usize = 1024;
 
@@ -360,7 +374,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             }
             Workload::FoundationStep => {
                 let model = foundation.as_ref().expect("loaded above").clone();
-                tbr_step(w, model, STEP_BATCH, args.seconds)?
+                norm_step(w, model, STEP_BATCH, StepLoss::CrossEntropy, args.seconds)?
             }
             Workload::EffnetLite0B1 | Workload::EffnetLite0B16 | Workload::EffnetLite0Step => {
                 // Random weights: speed does not depend on them, and the workload runs without
@@ -379,11 +393,38 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
                 let mut model =
                     Model::init(card, &device, 0).run_err("building EfficientNet-Lite0")?;
                 match w {
-                    Workload::EffnetLite0Step => {
-                        tbr_step(w, model, EFFNET_STEP_BATCH, args.seconds)?
-                    }
+                    Workload::EffnetLite0Step => norm_step(
+                        w,
+                        model,
+                        EFFNET_STEP_BATCH,
+                        StepLoss::CrossEntropy,
+                        args.seconds,
+                    )?,
                     Workload::EffnetLite0B1 => inference(w, &mut model, 1, args.seconds)?,
                     _ => inference(w, &mut model, 16, args.seconds)?,
+                }
+            }
+            Workload::VitS16B8 | Workload::VitS16Step => {
+                let mut card = ModelCard::fashion_mnist(
+                    "vit-s16-random",
+                    "speed",
+                    Arch::vit_s16(1000),
+                    vec![],
+                );
+                card.input = InputSpec {
+                    height: 224,
+                    width: 224,
+                    channels: 3,
+                    mean: vec![0.5; 3],
+                    std: vec![0.5; 3],
+                };
+                card.dataset = "none (random weights)".into();
+                let mut model = Model::init(card, &device, 0).run_err("building ViT-S/16")?;
+                match w {
+                    Workload::VitS16Step => {
+                        norm_step(w, model, VIT_STEP_BATCH, StepLoss::Entropy, args.seconds)?
+                    }
+                    _ => inference(w, &mut model, VIT_BATCH, args.seconds)?,
                 }
             }
             Workload::CloudStep => cloud_round(
@@ -435,11 +476,19 @@ fn inference(
     Ok(m)
 }
 
-/// One norm-affine TBR step on `b` images: cross-entropy, SGD with momentum.
-fn tbr_step(
+#[derive(Clone, Copy)]
+enum StepLoss {
+    CrossEntropy,
+    /// The foundation's loss (mean prediction entropy), label-free.
+    Entropy,
+}
+
+/// One norm-affine TBR step on `b` images (TBR is the identity for LayerNorms), SGD with momentum.
+fn norm_step(
     w: Workload,
     mut model: Model,
     b: usize,
+    loss: StepLoss,
     seconds: f64,
 ) -> Result<Map<String, Value>, CliError> {
     let spec = model.card.input.clone();
@@ -449,14 +498,19 @@ fn tbr_step(
     let mut sgd = Sgd::new(SgdConfig::momentum(0.00025, 0.9));
     let t = measure(seconds, || {
         let out = model
-            .norm_affine_backward(&px, b, NormMode::Tbr, true, |l| {
-                cross_entropy_grad(l, classes as usize, &labels)
+            .norm_affine_backward(&px, b, NormMode::Tbr, true, |l| match loss {
+                StepLoss::CrossEntropy => cross_entropy_grad(l, classes as usize, &labels),
+                StepLoss::Entropy => mean_entropy_grad(l, classes as usize),
             })
             .run_err("step")?;
         sgd.step_host(model.store_mut(), out.grads, 0.00025);
         Ok(())
     })?;
-    let what = format!("Model::norm_affine_backward (u8 pixels, TBR forward + backward, norm affine only), cross-entropy, SGD momentum step, batch {b}");
+    let loss_name = match loss {
+        StepLoss::CrossEntropy => "cross-entropy",
+        StepLoss::Entropy => "mean entropy",
+    };
+    let what = format!("Model::norm_affine_backward (u8 pixels, TBR forward + backward, norm affine only), {loss_name}, SGD momentum step, batch {b}");
     let mut m = with_flops(
         report(w, &what, "images", b, &t),
         2.0 * forward_flop(&model)?,

@@ -1,0 +1,685 @@
+//! The hand-written CPU path of token models (the ViT): the forward on host buffers with every
+//! projection, every attention product and the patch embedding as one GEMM on the `gemm` crate's
+//! kernels, and the backward to the LayerNorm γ/β (every other weight frozen, so only input
+//! gradients flow: no weight-gradient GEMMs).
+//!
+//! It interprets the same [`Graph`] burn's generic forward runs, node by node, for graphs of the
+//! form patch embedding → tokens → (class token, position table, LayerNorm, attention, linear,
+//! activation, add)* → class pooling → linear; anything else is refused with a reason and runs on
+//! burn. LayerNorm has no mode, so one pass serves eval, batch-statistics and TBR calls alike.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::affine_backward::HostBackward;
+use crate::gemm::{gemm_view, View};
+use crate::graph::{Act, Graph, Op, Padding, Shape, ValueId};
+use crate::lanes;
+use crate::norm::{NormKind, NormLayer};
+use crate::store::Store;
+use crate::{InputSpec, Net};
+
+/// Host copies of a net's tensors for the token path, each refreshed only when its store entry
+/// changed: an adaptation step rewrites the LayerNorm γ/β and nothing else, and copying the
+/// frozen projections out of burn on every call cost more than a tenth of a ViT-S forward. Clones
+/// share the frozen copies (`Arc`), as the cloud's per-session models share their weights.
+#[derive(Clone, Default)]
+pub(crate) struct HostWeights {
+    entries: Vec<Option<(u64, Arc<Vec<f32>>)>>,
+}
+
+impl std::fmt::Debug for HostWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.entries.iter().flatten().count();
+        write!(f, "HostWeights({held} tensors)")
+    }
+}
+
+impl HostWeights {
+    /// Brings every copy up to date with `store`.
+    pub(crate) fn sync(&mut self, store: &Store) {
+        self.entries.resize(store.len(), None);
+        for (i, e) in self.entries.iter_mut().enumerate() {
+            let g = store.entry_generation(i);
+            if e.as_ref().map(|(have, _)| *have) != Some(g) {
+                *e = Some((g, Arc::new(store.values(i))));
+            }
+        }
+    }
+}
+
+/// A store's shapes with the host copies of its values.
+struct Weights<'a> {
+    store: &'a Store,
+    host: &'a HostWeights,
+}
+
+impl Weights<'_> {
+    fn values(&self, i: usize) -> &[f32] {
+        let (g, v) = self.host.entries[i].as_ref().expect("synced");
+        debug_assert_eq!(*g, self.store.entry_generation(i), "synced");
+        v
+    }
+
+    fn shape(&self, i: usize) -> &[usize] {
+        self.store.shape(i)
+    }
+}
+
+/// What the token pass needs, checked once per call: the shapes for this geometry.
+pub(crate) struct TokenPlan {
+    shapes: Vec<Shape>,
+}
+
+/// What the backward needs from the forward of one node.
+enum Saved {
+    None,
+    /// A LayerNorm's normalised input `x̂` (`rows × c`) and `1/σ` per row.
+    Norm {
+        xhat: Vec<f32>,
+        rstd: Vec<f32>,
+    },
+    /// An activation's input.
+    Act(Vec<f32>),
+    /// An attention layer's `qkv` projection (`rows × 3c`) and softmax weights
+    /// (`n × heads × t × t`).
+    Attention {
+        qkv: Vec<f32>,
+        probs: Vec<f32>,
+    },
+}
+
+/// Rows per image above which a GEMM is split over the pool (smaller ones stay on the caller).
+const PAR_ROWS: usize = 256;
+
+impl Net {
+    /// The token pass's plan for `spec`'s images, or why this graph does not run on it.
+    pub(crate) fn token_plan(&self, spec: &InputSpec) -> Result<TokenPlan, String> {
+        let (shapes, _) = self.graph.shapes(&self.store, spec.height, spec.width)?;
+        check(&self.graph, &self.norms, &shapes)?;
+        Ok(TokenPlan { shapes })
+    }
+
+    /// Logits of `n` u8 images and, with `loss_fn`, the loss, and the gradients of every
+    /// LayerNorm γ and β.
+    pub(crate) fn token_pass<F>(
+        &self,
+        plan: &TokenPlan,
+        host: &HostWeights,
+        spec: &InputSpec,
+        pixels: &[u8],
+        n: usize,
+        loss_fn: Option<F>,
+    ) -> HostBackward
+    where
+        F: FnOnce(&[f32]) -> (f32, Vec<f32>),
+    {
+        let train = loss_fn.is_some();
+        let graph = &self.graph;
+        let store = &Weights {
+            store: &self.store,
+            host,
+        };
+        let len = |v: ValueId| n * elements(plan.shapes[v]);
+        let mut uses = graph.uses();
+        let mut values: Vec<Option<Vec<f32>>> = vec![None; graph.nodes.len()];
+        let mut saved: Vec<Saved> = (0..graph.nodes.len()).map(|_| Saved::None).collect();
+        let needs = grad_needed(graph);
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let input = |k: usize| values[node.inputs[k]].as_deref().expect("computed");
+            let out = match &node.op {
+                Op::Input { .. } => continue,
+                Op::Conv {
+                    weight,
+                    bias,
+                    kernel,
+                    ..
+                } => patch_embed(store, *weight, *bias, *kernel, spec, pixels, n),
+                Op::ToTokens => {
+                    // The patch embedding already wrote its output in token order.
+                    let v = node.inputs[0];
+                    uses[v] -= 1;
+                    values[i] = values[v].take();
+                    continue;
+                }
+                Op::ClassToken { token } => {
+                    let Shape::Tokens { t, c } = plan.shapes[i] else {
+                        unreachable!()
+                    };
+                    let cls = store.values(*token);
+                    let x = input(0);
+                    let mut out = vec![0f32; len(i)];
+                    for (o, x) in out.chunks_exact_mut(t * c).zip(x.chunks_exact((t - 1) * c)) {
+                        o[..c].copy_from_slice(cls);
+                        o[c..].copy_from_slice(x);
+                    }
+                    out
+                }
+                Op::PosEmbed { table } => {
+                    let table = store.values(*table);
+                    let mut out = input(0).to_vec();
+                    for o in out.chunks_exact_mut(table.len()) {
+                        o.iter_mut().zip(table).for_each(|(o, p)| *o += p);
+                    }
+                    out
+                }
+                Op::Norm(k) => {
+                    let layer = &self.norms[*k];
+                    let (out, xhat, rstd) = layer_norm(store, layer, input(0), train);
+                    if train {
+                        saved[i] = Saved::Norm { xhat, rstd };
+                    }
+                    out
+                }
+                Op::Act(a) => {
+                    let x = input(0);
+                    let mut out = vec![0f32; x.len()];
+                    let a = *a;
+                    out.par_chunks_mut(4096)
+                        .zip(x.par_chunks(4096))
+                        .for_each(|(o, x)| match a {
+                            Act::Gelu => lanes::gelu(o, x),
+                            _ => o.iter_mut().zip(x).for_each(|(o, x)| *o = a.apply(*x)),
+                        });
+                    if train && needs[i] {
+                        saved[i] = Saved::Act(x.to_vec());
+                    }
+                    out
+                }
+                Op::Add => {
+                    let mut out = input(0).to_vec();
+                    out.iter_mut().zip(input(1)).for_each(|(o, b)| *o += b);
+                    out
+                }
+                Op::Linear { weight, bias } => {
+                    let rows = n * rows_per_image(plan.shapes[i]);
+                    linear(store, *weight, *bias, input(0), rows)
+                }
+                Op::Attention {
+                    qkv,
+                    qkv_bias,
+                    proj,
+                    proj_bias,
+                    heads,
+                } => {
+                    let Shape::Tokens { t, c } = plan.shapes[i] else {
+                        unreachable!()
+                    };
+                    let qkv_out = linear(store, *qkv, *qkv_bias, input(0), n * t);
+                    let (merged, probs) = attend(&qkv_out, n, t, c, *heads);
+                    if train && needs[i] {
+                        saved[i] = Saved::Attention {
+                            qkv: qkv_out,
+                            probs,
+                        };
+                    }
+                    linear(store, *proj, *proj_bias, &merged, n * t)
+                }
+                Op::ClassPool => {
+                    let Shape::Tokens { t, c } = plan.shapes[node.inputs[0]] else {
+                        unreachable!()
+                    };
+                    input(0)
+                        .chunks_exact(t * c)
+                        .flat_map(|x| x[..c].iter().copied())
+                        .collect()
+                }
+                Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool => {
+                    unreachable!("refused by the plan")
+                }
+            };
+            for &v in &node.inputs {
+                uses[v] -= 1;
+                if uses[v] == 0 {
+                    values[v] = None;
+                }
+            }
+            values[i] = Some(out);
+        }
+        let logits = values[graph.output()].take().expect("the logits");
+        let Some(loss_fn) = loss_fn else {
+            return HostBackward {
+                loss: 0.0,
+                logits,
+                grads: Vec::new(),
+            };
+        };
+        let (loss, dlogits) = loss_fn(&logits);
+        assert_eq!(
+            dlogits.len(),
+            logits.len(),
+            "the loss gradient has the logits' shape"
+        );
+        let grads = self.token_backward(plan, store, n, dlogits, &mut saved, &needs);
+        HostBackward {
+            loss,
+            logits,
+            grads,
+        }
+    }
+
+    /// Walks the graph backwards from `∂loss/∂logits`, through the nodes after the first norm.
+    fn token_backward(
+        &self,
+        plan: &TokenPlan,
+        store: &Weights,
+        n: usize,
+        dlogits: Vec<f32>,
+        saved: &mut [Saved],
+        needs: &[bool],
+    ) -> Vec<(usize, Vec<f32>)> {
+        let graph = &self.graph;
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; graph.nodes.len()];
+        grads[graph.output()] = Some(dlogits);
+        let mut out = Vec::new();
+        // Adds `g` into the gradient of value `v`, if anything before it needs one.
+        let give = |grads: &mut Vec<Option<Vec<f32>>>, v: ValueId, g: Vec<f32>| {
+            if !needs[v] {
+                return;
+            }
+            match &mut grads[v] {
+                Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, g)| *a += g),
+                slot => *slot = Some(g),
+            }
+        };
+        for i in (0..graph.nodes.len()).rev() {
+            let Some(g) = grads[i].take() else { continue };
+            let node = &graph.nodes[i];
+            match &node.op {
+                Op::Linear { weight, .. } => {
+                    let rows = n * rows_per_image(plan.shapes[i]);
+                    give(
+                        &mut grads,
+                        node.inputs[0],
+                        linear_back(store, *weight, &g, rows),
+                    );
+                }
+                Op::ClassPool => {
+                    let Shape::Tokens { t, c } = plan.shapes[node.inputs[0]] else {
+                        unreachable!()
+                    };
+                    let mut dx = vec![0f32; n * t * c];
+                    for (d, g) in dx.chunks_exact_mut(t * c).zip(g.chunks_exact(c)) {
+                        d[..c].copy_from_slice(g);
+                    }
+                    give(&mut grads, node.inputs[0], dx);
+                }
+                Op::Norm(k) => {
+                    let layer = &self.norms[*k];
+                    let Saved::Norm { xhat, rstd } = std::mem::replace(&mut saved[i], Saved::None)
+                    else {
+                        unreachable!("saved by the forward")
+                    };
+                    let gamma = store.values(layer.weight);
+                    let c = gamma.len();
+                    let mut dgamma = vec![0f32; c];
+                    let mut dbeta = vec![0f32; c];
+                    for (g, x) in g.chunks_exact(c).zip(xhat.chunks_exact(c)) {
+                        for j in 0..c {
+                            dgamma[j] += g[j] * x[j];
+                            dbeta[j] += g[j];
+                        }
+                    }
+                    out.push((layer.weight, dgamma));
+                    let gamma = &gamma;
+                    out.push((layer.bias, dbeta));
+                    if needs[node.inputs[0]] {
+                        let mut dx = vec![0f32; g.len()];
+                        dx.par_chunks_mut(c)
+                            .zip(g.par_chunks(c).zip(xhat.par_chunks(c)).zip(&rstd))
+                            .for_each(|(d, ((g, x), r))| {
+                                let (mut m1, mut m2) = (0f32, 0f32);
+                                for j in 0..c {
+                                    let gg = g[j] * gamma[j];
+                                    m1 += gg;
+                                    m2 += gg * x[j];
+                                }
+                                let (m1, m2) = (m1 / c as f32, m2 / c as f32);
+                                for j in 0..c {
+                                    d[j] = r * (g[j] * gamma[j] - m1 - x[j] * m2);
+                                }
+                            });
+                        give(&mut grads, node.inputs[0], dx);
+                    }
+                }
+                Op::Act(a) => {
+                    let Saved::Act(x) = std::mem::replace(&mut saved[i], Saved::None) else {
+                        unreachable!("saved by the forward")
+                    };
+                    let a = *a;
+                    let mut dx = g;
+                    dx.par_chunks_mut(4096)
+                        .zip(x.par_chunks(4096))
+                        .for_each(|(d, x)| match a {
+                            Act::Gelu => lanes::gelu_back(d, x),
+                            _ => d
+                                .iter_mut()
+                                .zip(x)
+                                .for_each(|(d, x)| *d *= a.derivative(*x)),
+                        });
+                    give(&mut grads, node.inputs[0], dx);
+                }
+                Op::Add => {
+                    give(&mut grads, node.inputs[1], g.clone());
+                    give(&mut grads, node.inputs[0], g);
+                }
+                Op::Attention {
+                    qkv, proj, heads, ..
+                } => {
+                    let Shape::Tokens { t, c } = plan.shapes[i] else {
+                        unreachable!()
+                    };
+                    let Saved::Attention { qkv: q, probs } =
+                        std::mem::replace(&mut saved[i], Saved::None)
+                    else {
+                        unreachable!("saved by the forward")
+                    };
+                    let dmerged = linear_back(store, *proj, &g, n * t);
+                    let dqkv = attend_back(&q, &probs, &dmerged, n, t, c, *heads);
+                    give(
+                        &mut grads,
+                        node.inputs[0],
+                        linear_back(store, *qkv, &dqkv, n * t),
+                    );
+                }
+                // Before the first norm nothing needs a gradient: these never receive one.
+                Op::PosEmbed { .. } | Op::ClassToken { .. } | Op::ToTokens | Op::Conv { .. } => {}
+                Op::Input { .. } | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool => {}
+            }
+        }
+        out
+    }
+}
+
+/// The graph is one this pass implements: a non-overlapping patch embedding straight from the
+/// input into tokens, token and flat ops only after it, LayerNorms only.
+fn check(graph: &Graph, norms: &[NormLayer], shapes: &[Shape]) -> Result<(), String> {
+    let uses = graph.uses();
+    let mut saw_tokens = false;
+    for (i, node) in graph.nodes.iter().enumerate() {
+        match &node.op {
+            Op::Input { .. } => {}
+            Op::Conv {
+                kernel,
+                stride,
+                padding,
+                groups,
+                ..
+            } => {
+                let next = graph.nodes.get(i + 1).map(|n| (&n.op, n.inputs.as_slice()));
+                let ok = node.inputs == [0]
+                    && kernel == stride
+                    && *padding == Padding::Explicit(0)
+                    && *groups == 1
+                    && uses[i] == 1
+                    && next == Some((&Op::ToTokens, &[i][..]));
+                if !ok {
+                    return Err(format!(
+                        "node {i}: the token path takes only a patch embedding (a convolution \
+                         of the input with stride = kernel, no padding, into tokens)"
+                    ));
+                }
+            }
+            Op::ToTokens => saw_tokens = true,
+            Op::Norm(k) if norms[*k].kind != NormKind::LayerNorm => {
+                return Err(format!(
+                    "{}: the token path implements LayerNorm only",
+                    norms[*k].name
+                ))
+            }
+            Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool => {
+                return Err(format!(
+                    "node {i}: pooling of a spatial map in a token model"
+                ))
+            }
+            _ => {}
+        }
+    }
+    if !saw_tokens {
+        return Err("no token sequence: not a transformer".into());
+    }
+    match shapes[graph.output()] {
+        Shape::Flat { .. } => Ok(()),
+        _ => Err("the output is not one vector per image".into()),
+    }
+}
+
+/// Which values the backward must give a gradient: those computed from a norm's output.
+fn grad_needed(graph: &Graph) -> Vec<bool> {
+    let mut needs = vec![false; graph.nodes.len()];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        needs[i] = matches!(node.op, Op::Norm(_)) || node.inputs.iter().any(|&v| needs[v]);
+    }
+    needs
+}
+
+/// Floats per image.
+fn elements(shape: Shape) -> usize {
+    match shape {
+        Shape::Spatial { c, h, w } => c * h * w,
+        Shape::Flat { c } => c,
+        Shape::Tokens { t, c } => t * c,
+    }
+}
+
+fn rows_per_image(shape: Shape) -> usize {
+    match shape {
+        Shape::Tokens { t, .. } => t,
+        _ => 1,
+    }
+}
+
+fn threads_for(rows: usize) -> usize {
+    if rows >= PAR_ROWS {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
+/// The patch embedding: every patch of the normalised input (channel, row, column order, as the
+/// convolution weight `[dim, c, p, p]` lays out its inputs) times the weight, plus the bias.
+fn patch_embed(
+    store: &Weights,
+    weight: usize,
+    bias: Option<usize>,
+    p: usize,
+    spec: &InputSpec,
+    pixels: &[u8],
+    n: usize,
+) -> Vec<f32> {
+    let (h, w, c) = (spec.height, spec.width, spec.channels);
+    let (gh, gw) = (h / p, w / p);
+    let k = c * p * p;
+    let (scale, shift) = crate::input::pixel_affine(spec);
+    let rows = n * gh * gw;
+    let mut patches = vec![0f32; rows * k];
+    patches.par_chunks_mut(k).enumerate().for_each(|(r, dst)| {
+        let (img, cell) = (r / (gh * gw), r % (gh * gw));
+        let (ti, tj) = (cell / gw, cell % gw);
+        let src = &pixels[img * h * w * c..];
+        for ch in 0..c {
+            for di in 0..p {
+                for dj in 0..p {
+                    let px = src[((ti * p + di) * w + tj * p + dj) * c + ch];
+                    dst[(ch * p + di) * p + dj] = px as f32 * scale[ch] - shift[ch];
+                }
+            }
+        }
+    });
+    let wv = store.values(weight);
+    let dim = wv.len() / k;
+    let mut out = bias_rows(store, bias, rows, dim);
+    let beta = if bias.is_some() { 1.0 } else { 0.0 };
+    gemm_view(
+        &mut out,
+        dim,
+        View::rows(&patches, rows, k, k),
+        View::rows(wv, dim, k, k).t(),
+        (beta, 1.0),
+        threads_for(rows),
+    );
+    out
+}
+
+/// `rows × out` holding the bias in every row (zeros without one).
+fn bias_rows(store: &Weights, bias: Option<usize>, rows: usize, out: usize) -> Vec<f32> {
+    match bias {
+        Some(b) => store.values(b).repeat(rows),
+        None => vec![0f32; rows * out],
+    }
+}
+
+/// `x · Wᵀ + b` for `rows` rows; `W` is `[out, in]`.
+fn linear(store: &Weights, weight: usize, bias: Option<usize>, x: &[f32], rows: usize) -> Vec<f32> {
+    let shape = store.shape(weight);
+    let (o, k) = (shape[0], shape[1]);
+    let w = store.values(weight);
+    let mut out = bias_rows(store, bias, rows, o);
+    let beta = if bias.is_some() { 1.0 } else { 0.0 };
+    gemm_view(
+        &mut out,
+        o,
+        View::rows(x, rows, k, k),
+        View::rows(w, o, k, k).t(),
+        (beta, 1.0),
+        threads_for(rows),
+    );
+    out
+}
+
+/// The input gradient of [`linear`]: `g · W`.
+fn linear_back(store: &Weights, weight: usize, g: &[f32], rows: usize) -> Vec<f32> {
+    let shape = store.shape(weight);
+    let (o, k) = (shape[0], shape[1]);
+    let w = store.values(weight);
+    let mut dx = vec![0f32; rows * k];
+    gemm_view(
+        &mut dx,
+        k,
+        View::rows(g, rows, o, o),
+        View::rows(w, o, k, k),
+        (0.0, 1.0),
+        threads_for(rows),
+    );
+    dx
+}
+
+/// LayerNorm over each row of `c`: the output, and (when `keep`) `x̂` and `1/σ` per row.
+fn layer_norm(
+    store: &Weights,
+    layer: &NormLayer,
+    x: &[f32],
+    keep: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (gamma, beta) = (store.values(layer.weight), store.values(layer.bias));
+    let c = gamma.len();
+    let rows = x.len() / c;
+    let mut out = vec![0f32; x.len()];
+    let mut xhat = if keep {
+        vec![0f32; x.len()]
+    } else {
+        Vec::new()
+    };
+    let mut rstd = vec![0f32; rows];
+    let eps = layer.eps as f32;
+    let body = |(o, x): (&mut [f32], &[f32])| -> f32 {
+        let mean = x.iter().sum::<f32>() / c as f32;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+        let r = 1.0 / (var + eps).sqrt();
+        for j in 0..c {
+            o[j] = (x[j] - mean) * r * gamma[j] + beta[j];
+        }
+        r
+    };
+    out.par_chunks_mut(c)
+        .zip(x.par_chunks(c))
+        .zip(rstd.par_iter_mut())
+        .for_each(|(ox, r)| *r = body(ox));
+    if keep {
+        xhat.par_chunks_mut(c)
+            .zip(x.par_chunks(c))
+            .zip(&rstd)
+            .for_each(|((d, x), r)| {
+                let mean = x.iter().sum::<f32>() / c as f32;
+                d.iter_mut().zip(x).for_each(|(d, x)| *d = (x - mean) * r);
+            });
+    }
+    (out, xhat, rstd)
+}
+
+/// Multi-head attention on `qkv` (`n·t × 3c`: q, k, v, heads contiguous in each): the heads'
+/// outputs side by side (`n·t × c`) and the softmax weights (`n × heads × t × t`).
+fn attend(qkv: &[f32], n: usize, t: usize, c: usize, heads: usize) -> (Vec<f32>, Vec<f32>) {
+    let d = c / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut merged = vec![0f32; n * t * c];
+    let mut probs = vec![0f32; n * heads * t * t];
+    merged
+        .par_chunks_mut(t * c)
+        .zip(probs.par_chunks_mut(heads * t * t))
+        .zip(qkv.par_chunks(t * 3 * c))
+        .for_each(|((out, probs), qkv)| {
+            for h in 0..heads {
+                let p = &mut probs[h * t * t..(h + 1) * t * t];
+                let q = View::rows(&qkv[h * d..], t, d, 3 * c);
+                let k = View::rows(&qkv[c + h * d..], t, d, 3 * c);
+                let v = View::rows(&qkv[2 * c + h * d..], t, d, 3 * c);
+                gemm_view(p, t, q, k.t(), (0.0, scale), 1);
+                p.chunks_exact_mut(t).for_each(lanes::softmax);
+                gemm_view(
+                    &mut out[h * d..],
+                    c,
+                    View::rows(p, t, t, t),
+                    v,
+                    (0.0, 1.0),
+                    1,
+                );
+            }
+        });
+    (merged, probs)
+}
+
+/// The gradient of [`attend`] with respect to `qkv`, from that of its merged output.
+fn attend_back(
+    qkv: &[f32],
+    probs: &[f32],
+    dmerged: &[f32],
+    n: usize,
+    t: usize,
+    c: usize,
+    heads: usize,
+) -> Vec<f32> {
+    let d = c / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut dqkv = vec![0f32; n * t * 3 * c];
+    dqkv.par_chunks_mut(t * 3 * c)
+        .zip(qkv.par_chunks(t * 3 * c))
+        .zip(probs.par_chunks(heads * t * t))
+        .zip(dmerged.par_chunks(t * c))
+        .for_each(|(((dq, qkv), probs), dm)| {
+            let mut ds = vec![0f32; t * t];
+            for h in 0..heads {
+                let p = View::rows(&probs[h * t * t..], t, t, t);
+                let q = View::rows(&qkv[h * d..], t, d, 3 * c);
+                let k = View::rows(&qkv[c + h * d..], t, d, 3 * c);
+                let v = View::rows(&qkv[2 * c + h * d..], t, d, 3 * c);
+                let dout = View::rows(&dm[h * d..], t, d, c);
+                // dV = Pᵀ·dO; dP = dO·Vᵀ, then the softmax's Jacobian row by row.
+                gemm_view(&mut dq[2 * c + h * d..], 3 * c, p.t(), dout, (0.0, 1.0), 1);
+                gemm_view(&mut ds, t, dout, v.t(), (0.0, 1.0), 1);
+                for (dsr, pr) in ds.chunks_exact_mut(t).zip(p.data.chunks_exact(t)) {
+                    let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                    dsr.iter_mut()
+                        .zip(pr)
+                        .for_each(|(s, p)| *s = p * (*s - dot) * scale);
+                }
+                let dsv = View::rows(&ds, t, t, t);
+                // dQ = dS·K, dK = dSᵀ·Q (the scale already in dS).
+                gemm_view(&mut dq[h * d..], 3 * c, dsv, k, (0.0, 1.0), 1);
+                gemm_view(&mut dq[c + h * d..], 3 * c, dsv.t(), q, (0.0, 1.0), 1);
+            }
+        });
+    dqkv
+}
