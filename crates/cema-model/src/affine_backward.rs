@@ -1018,7 +1018,7 @@ impl Model {
 /// touch (15 % of a foundation step, measured with `perf`). A thread-local pool rather than one
 /// per model: the cloud holds a foundation copy per edge session, and per-session pools would
 /// keep one step's peak memory alive for every session.
-mod pool {
+pub(crate) mod pool {
     use std::cell::RefCell;
 
     /// What one thread keeps between steps, at most.
@@ -1029,7 +1029,7 @@ mod pool {
     }
 
     /// A zeroed buffer of `len` floats, reusing the smallest free one that is large enough.
-    pub(super) fn take(len: usize) -> Vec<f32> {
+    pub(crate) fn take(len: usize) -> Vec<f32> {
         let mut v = reuse(len);
         v.clear();
         v.resize(len, 0.0);
@@ -1051,14 +1051,14 @@ mod pool {
 
     /// A buffer of `len` floats whose content is unspecified (stale values from an earlier use):
     /// for outputs that are written in full.
-    pub(super) fn take_dirty(len: usize) -> Vec<f32> {
+    pub(crate) fn take_dirty(len: usize) -> Vec<f32> {
         let mut v = reuse(len);
         v.truncate(len);
         v.resize(len, 0.0);
         v
     }
 
-    pub(super) fn give(v: Vec<f32>) {
+    pub(crate) fn give(v: Vec<f32>) {
         if v.capacity() == 0 {
             return;
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::affine_backward::HostBackward;
+use crate::affine_backward::{pool, HostBackward};
 use crate::gemm::{gemm_view, View};
 use crate::graph::{Act, Graph, Op, Padding, Shape, ValueId};
 use crate::lanes;
@@ -149,7 +149,7 @@ impl Net {
                     };
                     let cls = store.values(*token);
                     let x = input(0);
-                    let mut out = vec![0f32; len(i)];
+                    let mut out = pool::take_dirty(len(i));
                     for (o, x) in out.chunks_exact_mut(t * c).zip(x.chunks_exact((t - 1) * c)) {
                         o[..c].copy_from_slice(cls);
                         o[c..].copy_from_slice(x);
@@ -158,7 +158,7 @@ impl Net {
                 }
                 Op::PosEmbed { table } => {
                     let table = store.values(*table);
-                    let mut out = input(0).to_vec();
+                    let mut out = own(&mut values, &uses, node.inputs[0]);
                     for o in out.chunks_exact_mut(table.len()) {
                         o.iter_mut().zip(table).for_each(|(o, p)| *o += p);
                     }
@@ -174,7 +174,7 @@ impl Net {
                 }
                 Op::Act(a) => {
                     let x = input(0);
-                    let mut out = vec![0f32; x.len()];
+                    let mut out = pool::take_dirty(x.len());
                     let a = *a;
                     out.par_chunks_mut(4096)
                         .zip(x.par_chunks(4096))
@@ -183,13 +183,17 @@ impl Net {
                             _ => o.iter_mut().zip(x).for_each(|(o, x)| *o = a.apply(*x)),
                         });
                     if train && needs[i] {
-                        saved[i] = Saved::Act(x.to_vec());
+                        saved[i] = Saved::Act(own(&mut values, &uses, node.inputs[0]));
                     }
                     out
                 }
                 Op::Add => {
-                    let mut out = input(0).to_vec();
-                    out.iter_mut().zip(input(1)).for_each(|(o, b)| *o += b);
+                    let (a, b) = (node.inputs[0], node.inputs[1]);
+                    let mut out = own(&mut values, &uses, a);
+                    let b = values[b].as_deref().expect("computed");
+                    out.par_chunks_mut(4096)
+                        .zip(b.par_chunks(4096))
+                        .for_each(|(o, b)| lanes::add(o, b));
                     out
                 }
                 Op::Linear { weight, bias } => {
@@ -208,13 +212,18 @@ impl Net {
                     };
                     let qkv_out = linear(store, *qkv, *qkv_bias, input(0), n * t);
                     let (merged, probs) = attend(&qkv_out, n, t, c, *heads);
+                    let out = linear(store, *proj, *proj_bias, &merged, n * t);
+                    pool::give(merged);
                     if train && needs[i] {
                         saved[i] = Saved::Attention {
                             qkv: qkv_out,
                             probs,
                         };
+                    } else {
+                        pool::give(qkv_out);
+                        pool::give(probs);
                     }
-                    linear(store, *proj, *proj_bias, &merged, n * t)
+                    out
                 }
                 Op::ClassPool => {
                     let Shape::Tokens { t, c } = plan.shapes[node.inputs[0]] else {
@@ -232,7 +241,9 @@ impl Net {
             for &v in &node.inputs {
                 uses[v] -= 1;
                 if uses[v] == 0 {
-                    values[v] = None;
+                    if let Some(b) = values[v].take() {
+                        pool::give(b);
+                    }
                 }
             }
             values[i] = Some(out);
@@ -279,7 +290,10 @@ impl Net {
                 return;
             }
             match &mut grads[v] {
-                Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, g)| *a += g),
+                Some(acc) => {
+                    acc.iter_mut().zip(&g).for_each(|(a, g)| *a += g);
+                    pool::give(g);
+                }
                 slot => *slot = Some(g),
             }
         };
@@ -294,12 +308,13 @@ impl Net {
                         node.inputs[0],
                         linear_back(store, *weight, &g, rows),
                     );
+                    pool::give(g);
                 }
                 Op::ClassPool => {
                     let Shape::Tokens { t, c } = plan.shapes[node.inputs[0]] else {
                         unreachable!()
                     };
-                    let mut dx = vec![0f32; n * t * c];
+                    let mut dx = pool::take(n * t * c);
                     for (d, g) in dx.chunks_exact_mut(t * c).zip(g.chunks_exact(c)) {
                         d[..c].copy_from_slice(g);
                     }
@@ -325,7 +340,7 @@ impl Net {
                     let gamma = &gamma;
                     out.push((layer.bias, dbeta));
                     if needs[node.inputs[0]] {
-                        let mut dx = vec![0f32; g.len()];
+                        let mut dx = pool::take_dirty(g.len());
                         dx.par_chunks_mut(c)
                             .zip(g.par_chunks(c).zip(xhat.par_chunks(c)).zip(&rstd))
                             .for_each(|(d, ((g, x), r))| {
@@ -342,6 +357,8 @@ impl Net {
                             });
                         give(&mut grads, node.inputs[0], dx);
                     }
+                    pool::give(g);
+                    pool::give(xhat);
                 }
                 Op::Act(a) => {
                     let Saved::Act(x) = std::mem::replace(&mut saved[i], Saved::None) else {
@@ -359,9 +376,12 @@ impl Net {
                                 .for_each(|(d, x)| *d *= a.derivative(*x)),
                         });
                     give(&mut grads, node.inputs[0], dx);
+                    pool::give(x);
                 }
                 Op::Add => {
-                    give(&mut grads, node.inputs[1], g.clone());
+                    let mut copy = pool::take_dirty(g.len());
+                    copy.copy_from_slice(&g);
+                    give(&mut grads, node.inputs[1], copy);
                     give(&mut grads, node.inputs[0], g);
                 }
                 Op::Attention {
@@ -382,6 +402,9 @@ impl Net {
                         node.inputs[0],
                         linear_back(store, *qkv, &dqkv, n * t),
                     );
+                    for b in [g, q, probs, dmerged, dqkv] {
+                        pool::give(b);
+                    }
                 }
                 // Before the first norm nothing needs a gradient: these never receive one.
                 Op::PosEmbed { .. } | Op::ClassToken { .. } | Op::ToTokens | Op::Conv { .. } => {}
@@ -454,6 +477,18 @@ fn grad_needed(graph: &Graph) -> Vec<bool> {
     needs
 }
 
+/// Value `v` as a buffer of its own: taken when this is its last reader, else a copy.
+fn own(values: &mut [Option<Vec<f32>>], uses: &[usize], v: ValueId) -> Vec<f32> {
+    if uses[v] == 1 {
+        values[v].take().expect("computed")
+    } else {
+        let src = values[v].as_deref().expect("computed");
+        let mut out = pool::take_dirty(src.len());
+        out.copy_from_slice(src);
+        out
+    }
+}
+
 /// Floats per image.
 fn elements(shape: Shape) -> usize {
     match shape {
@@ -494,7 +529,7 @@ fn patch_embed(
     let k = c * p * p;
     let (scale, shift) = crate::input::pixel_affine(spec);
     let rows = n * gh * gw;
-    let mut patches = vec![0f32; rows * k];
+    let mut patches = pool::take_dirty(rows * k);
     patches.par_chunks_mut(k).enumerate().for_each(|(r, dst)| {
         let (img, cell) = (r / (gh * gw), r % (gh * gw));
         let (ti, tj) = (cell / gw, cell % gw);
@@ -520,15 +555,21 @@ fn patch_embed(
         (beta, 1.0),
         threads_for(rows),
     );
+    pool::give(patches);
     out
 }
 
 /// `rows × out` holding the bias in every row (zeros without one).
 fn bias_rows(store: &Weights, bias: Option<usize>, rows: usize, out: usize) -> Vec<f32> {
+    let mut v = pool::take_dirty(rows * out);
     match bias {
-        Some(b) => store.values(b).repeat(rows),
-        None => vec![0f32; rows * out],
+        Some(b) => {
+            let b = store.values(b);
+            v.chunks_exact_mut(out).for_each(|r| r.copy_from_slice(b));
+        }
+        None => v.fill(0.0),
     }
+    v
 }
 
 /// `x · Wᵀ + b` for `rows` rows; `W` is `[out, in]`.
@@ -554,7 +595,7 @@ fn linear_back(store: &Weights, weight: usize, g: &[f32], rows: usize) -> Vec<f3
     let shape = store.shape(weight);
     let (o, k) = (shape[0], shape[1]);
     let w = store.values(weight);
-    let mut dx = vec![0f32; rows * k];
+    let mut dx = pool::take_dirty(rows * k);
     gemm_view(
         &mut dx,
         k,
@@ -576,9 +617,9 @@ fn layer_norm(
     let (gamma, beta) = (store.values(layer.weight), store.values(layer.bias));
     let c = gamma.len();
     let rows = x.len() / c;
-    let mut out = vec![0f32; x.len()];
+    let mut out = pool::take_dirty(x.len());
     let mut xhat = if keep {
-        vec![0f32; x.len()]
+        pool::take_dirty(x.len())
     } else {
         Vec::new()
     };
@@ -614,8 +655,8 @@ fn layer_norm(
 fn attend(qkv: &[f32], n: usize, t: usize, c: usize, heads: usize) -> (Vec<f32>, Vec<f32>) {
     let d = c / heads;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut merged = vec![0f32; n * t * c];
-    let mut probs = vec![0f32; n * heads * t * t];
+    let mut merged = pool::take_dirty(n * t * c);
+    let mut probs = pool::take_dirty(n * heads * t * t);
     merged
         .par_chunks_mut(t * c)
         .zip(probs.par_chunks_mut(heads * t * t))
@@ -653,7 +694,7 @@ fn attend_back(
 ) -> Vec<f32> {
     let d = c / heads;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut dqkv = vec![0f32; n * t * 3 * c];
+    let mut dqkv = pool::take_dirty(n * t * 3 * c);
     dqkv.par_chunks_mut(t * 3 * c)
         .zip(qkv.par_chunks(t * 3 * c))
         .zip(probs.par_chunks(heads * t * t))
