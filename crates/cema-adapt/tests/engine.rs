@@ -293,3 +293,59 @@ fn a_foundation_that_cannot_teach_the_student_is_refused_naming_what_differs() {
         "foundation takes 28×28×3 images, student 28×28×1"
     );
 }
+
+/// A transformer teacher: a tiny ViT (patch 7 on 28×28, one block), by timm's names.
+fn tiny_vit_foundation(seed: u64) -> Model {
+    let mut c = card("tiny-vit", 8);
+    c.role = "foundation".into();
+    c.architecture = cema_model::Arch::Vit {
+        image_size: 28,
+        patch: 7,
+        in_channels: 1,
+        dim: 16,
+        depth: 1,
+        heads: 2,
+        mlp_dim: 32,
+        num_classes: CLASSES,
+    };
+    Model::init(c, &cema_model::cpu(), seed).unwrap()
+}
+
+#[test]
+fn a_vit_teacher_adapts_only_its_layernorm_affine_and_distils_into_the_cnn_student() {
+    let cfg = CloudConfig {
+        batch: 16,
+        ..CloudConfig::default()
+    };
+    let mut cloud =
+        CloudAdapter::new(tiny_vit_foundation(1), tiny_edge(2), "tiny", 0, cfg).unwrap();
+    cloud.foundation().hand_written_paths().unwrap();
+    let (s0, f0) = (
+        cloud.student().state_dict(),
+        cloud.foundation().state_dict(),
+    );
+    cloud.receive(&images(0, 16), 16).unwrap();
+    let state = cloud.step().unwrap().unwrap();
+    assert_eq!((state.version, cloud.version()), (1, 1));
+    // The teacher has no running statistics: its entropy step moves LayerNorm γ/β and nothing else.
+    let foundation = cloud.foundation();
+    assert_only(foundation, &f0, |k| k.is_norm_affine());
+    assert!(kind_changed(foundation, &f0, Kind::NormWeight));
+    assert!(kind_changed(foundation, &f0, Kind::NormBias));
+    assert!(foundation
+        .norm_layers()
+        .iter()
+        .all(|l| l.kind == cema_model::NormKind::LayerNorm));
+    // The student is the BatchNorm CNN it always was.
+    assert_only(cloud.student(), &s0, |k| k.is_norm_state());
+    assert_eq!(state, cloud.student().norm_state("tiny", 1));
+    // A snapshot of the session (the ViT's γ/β and momentum inside) restores exactly.
+    let snap = cloud.snapshot();
+    let mut again =
+        CloudAdapter::new(tiny_vit_foundation(1), tiny_edge(2), "tiny", 0, cfg).unwrap();
+    again.restore(&snap, &images(0, 16)).unwrap();
+    assert_eq!(
+        again.foundation().state_dict(),
+        cloud.foundation().state_dict()
+    );
+}
