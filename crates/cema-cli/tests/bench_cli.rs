@@ -734,3 +734,43 @@ fn an_interrupted_bench_resumes_from_its_stream_records() {
         stderr(&o)
     );
 }
+
+#[test]
+fn bench_takes_a_vit_foundation() {
+    if !have_inputs() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let edge = tiny_edge(dir.path());
+    let mut card = cema_model::ModelCard::fashion_mnist(
+        "tiny-vit",
+        "foundation",
+        Arch::Vit {
+            image_size: 28,
+            patch: 7,
+            in_channels: 1,
+            dim: 16,
+            depth: 1,
+            heads: 2,
+            mlp_dim: 32,
+            num_classes: 10,
+        },
+        vec![],
+    );
+    card.dataset = "fashion-mnist".into();
+    let vit = dir.path().join("vit.safetensors");
+    Model::init(card, &cpu(), 5).unwrap().save(&vit).unwrap();
+    let out = dir.path().join("out");
+    let mut args = bench_args(&edge, &out, "cema,foundation", &[]);
+    let at = args.iter().position(|a| a == "--foundation").unwrap();
+    args[at + 1] = vit.to_str().unwrap().into();
+    let o = cema(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = read_json(&out.join("results.json"));
+    for method in ["cema", "foundation"] {
+        let acc = v["methods"][method]["avg_accuracy"].as_f64();
+        assert!(acc.is_some_and(|a| a.is_finite()), "{method}: {v}");
+    }
+    // CEMA's cloud ran rounds with the ViT teacher and sent updates down.
+    assert!(v["methods"]["cema"]["updates"].as_u64() > Some(0), "{v}");
+}
