@@ -2,7 +2,8 @@
 //! kernels) and cema's element-wise passes (`multiversion`) pick their code on the CPU they find.
 //! This test runs the same computation — eval-mode logits through the folded net and the
 //! hand-written norm-affine backward, for a CIFAR ResNet (dense and pointwise convolutions,
-//! residual adds) and an EfficientNet-Lite (depthwise convolutions, ReLU6, SAME padding) — on
+//! residual adds), an EfficientNet-Lite (depthwise convolutions, ReLU6, SAME padding) and a ViT
+//! (the token path: strided GEMMs, LayerNorm, GELU and softmax on cema's own exp/erf) — on
 //! this machine and on older CPUs emulated by QEMU's user-mode emulator (Debian's `qemu-user`,
 //! installed by scripts/setup-tests.sh): `-cpu Haswell` (AVX2+FMA, no AVX-512) and
 //! `-cpu Nehalem` (SSE4.2, no AVX). Each child reports the features it saw, so a run that did
@@ -25,6 +26,7 @@ fn compute() -> serde_json::Value {
     for (name, arch, input, n) in [
         ("resnet8", Arch::resnet8(1, 10), None, 4),
         ("lite0", Arch::efficientnet_lite(0, 7), Some(rgb(40)), 2),
+        ("vit", tiny_vit(), Some(rgb(16)), 3),
     ] {
         let mut card = fmnist_card(arch);
         if let Some(i) = input {
@@ -57,6 +59,20 @@ fn compute() -> serde_json::Value {
         }),
     );
     serde_json::Value::Object(out)
+}
+
+/// A ViT small enough for an emulated CPU: the token path's GEMMs, LayerNorm, GELU and softmax.
+fn tiny_vit() -> Arch {
+    Arch::Vit {
+        image_size: 16,
+        patch: 4,
+        in_channels: 3,
+        dim: 32,
+        depth: 2,
+        heads: 4,
+        mlp_dim: 64,
+        num_classes: 7,
+    }
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {
@@ -115,7 +131,7 @@ fn levels_agree_with_this_machine() {
             (Some(avx2), Some(fma)),
             "-cpu {model}: {f}"
         );
-        for net in ["resnet8", "lite0"] {
+        for net in ["resnet8", "lite0", "vit"] {
             for q in ["logits", "train_logits", "grads"] {
                 let (a, b) = (floats(&native[net][q]), floats(&other[net][q]));
                 let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
