@@ -75,6 +75,16 @@ fn difference(arch: &Arch, t: &NamedTensors) -> Option<String> {
 /// the family is told by the names (`fc`/`conv1` with or without `layer4` for ResNets,
 /// `_conv_stem`/`_fc` for EfficientNet-Lite), the rest is checked tensor by tensor.
 pub fn infer_arch(tensors: &NamedTensors) -> Result<Arch, String> {
+    if tensors.contains_key("patch_embed.proj.weight") && tensors.contains_key("pos_embed") {
+        // Every shape of a ViT is the same whatever its number of heads: guessing it would make
+        // a model that loads and computes something else.
+        return Err(
+            "a ViT (timm names): its number of attention heads is not in the weights, so \
+                    the card cannot be inferred; write it by hand (family \"vit\", \
+                    docs/model-card.md)"
+                .into(),
+        );
+    }
     let candidates = candidates(tensors);
     if candidates.is_empty() {
         return Err(
@@ -148,5 +158,21 @@ mod tests {
         t.insert("head.extra".into(), extra);
         assert!(infer_arch(&t).unwrap_err().contains("head.extra"));
         assert!(infer_arch(&NamedTensors::new()).is_err());
+    }
+
+    #[test]
+    fn a_vit_is_refused_because_its_heads_are_not_in_the_weights() {
+        let vit = Arch::Vit {
+            image_size: 32,
+            patch: 8,
+            in_channels: 3,
+            dim: 64,
+            depth: 2,
+            heads: 2,
+            mlp_dim: 128,
+            num_classes: 10,
+        };
+        let e = infer_arch(&state_dict(vit)).unwrap_err();
+        assert!(e.contains("heads") && e.contains("vit"), "{e}");
     }
 }
