@@ -36,14 +36,20 @@ pub struct Model {
 impl Model {
     /// A network and its card (the card is trusted to describe the network).
     pub(crate) fn new(net: Net, card: ModelCard) -> Model {
-        Model {
+        let mut m = Model {
             net,
             card,
             folded: None,
             host_weights: Default::default(),
             fold_inference: true,
             native_backward: true,
+        };
+        // A token model's host copies are made once here, so every clone (a cloud session's
+        // foundation) shares the frozen ones instead of copying them on first use.
+        if m.on_cpu() && m.net.token_plan(&m.card.input).is_ok() {
+            m.host_weights.sync(m.net.store());
         }
+        m
     }
 
     /// The architecture the card names.

@@ -724,3 +724,47 @@ fn attend_back(
         });
     dqkv
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::{cpu, Arch, InputSpec, Model, ModelCard, NormMode};
+
+    #[test]
+    fn clones_share_the_frozen_host_copies_and_refresh_only_what_changed() {
+        let arch = Arch::Vit {
+            image_size: 8,
+            patch: 4,
+            in_channels: 3,
+            dim: 8,
+            depth: 1,
+            heads: 2,
+            mlp_dim: 16,
+            num_classes: 3,
+        };
+        let input = InputSpec {
+            height: 8,
+            width: 8,
+            channels: 3,
+            mean: vec![0.5; 3],
+            std: vec![0.5; 3],
+        };
+        let card = ModelCard::new("v", "foundation", arch, input, vec![], "test");
+        let m = Model::init(card, &cpu(), 0).unwrap();
+        let mut c = m.clone();
+        let store = m.net().store();
+        let (qkv, gamma) = (
+            store.index_of("blocks.0.attn.qkv.weight").unwrap(),
+            store.index_of("norm.weight").unwrap(),
+        );
+        let copy = |m: &Model, i: usize| m.host_weights.entries[i].as_ref().unwrap().1.clone();
+        assert!(Arc::ptr_eq(&copy(&m, qkv), &copy(&c, qkv)));
+        // The clone's γ changes: its next pass refreshes γ alone and still shares the rest.
+        c.store_mut().set_values(gamma, vec![2.0; 8]);
+        c.logits(&[7u8; 8 * 8 * 3], 1, NormMode::Running).unwrap();
+        assert!(Arc::ptr_eq(&copy(&m, qkv), &copy(&c, qkv)));
+        assert_eq!(*copy(&c, gamma), vec![2.0; 8]);
+        assert_eq!(*copy(&m, gamma), vec![1.0; 8]);
+    }
+}
