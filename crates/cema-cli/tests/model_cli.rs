@@ -313,3 +313,60 @@ fn import_recognises_a_checkpoint_and_refuses_a_damaged_one_naming_the_tensor() 
         assert!(stderr(&o).contains(flag), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn import_takes_a_timm_vit_given_its_architecture_and_says_why_it_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = r#"{"family": "vit", "image_size": 16, "patch": 4, "in_channels": 3, "dim": 32,
+                   "depth": 2, "heads": 4, "mlp_dim": 64, "num_classes": 5}"#;
+    let card = cema_model::ModelCard::new(
+        "timm",
+        "foundation",
+        serde_json::from_str(arch).unwrap(),
+        cema_model::InputSpec {
+            height: 16,
+            width: 16,
+            channels: 3,
+            mean: vec![0.5; 3],
+            std: vec![0.5; 3],
+        },
+        vec![],
+        "test",
+    );
+    let m = cema_model::Model::init(card, &cema_model::cpu(), 2).unwrap();
+    // A bare state dict by timm's names, as `safetensors.torch.save_file(model.state_dict())`.
+    let ckpt = dir.path().join("vit_tiny_timm.safetensors");
+    std::fs::write(
+        &ckpt,
+        cema_model::tensors::to_safetensors(&m.state_dict(), None),
+    )
+    .unwrap();
+    let out = dir.path().join("vit.safetensors");
+    let import = |extra: &[&str]| {
+        let mut args = vec![
+            "import",
+            ckpt.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--mean",
+            "0.5",
+            "--std",
+            "0.5",
+            "--role",
+            "foundation",
+        ];
+        args.extend_from_slice(extra);
+        cema(&args)
+    };
+    let o = import(&["--input-size", "16x16"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("heads"), "{}", stderr(&o));
+    let o = import(&["--input-size", "20x20", "--arch", arch]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("pos_embed"), "{}", stderr(&o));
+    let o = import(&["--input-size", "16x16", "--arch", arch]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let back = cema_model::Model::load(&out, &cema_model::cpu()).unwrap();
+    assert_eq!(back.state_dict(), m.state_dict());
+    back.hand_written_paths().unwrap();
+}

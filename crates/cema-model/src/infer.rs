@@ -80,8 +80,7 @@ pub fn infer_arch(tensors: &NamedTensors) -> Result<Arch, String> {
         // a model that loads and computes something else.
         return Err(
             "a ViT (timm names): its number of attention heads is not in the weights, so \
-                    the card cannot be inferred; write it by hand (family \"vit\", \
-                    docs/model-card.md)"
+             its architecture cannot be inferred (family \"vit\" in docs/model-card.md)"
                 .into(),
         );
     }
