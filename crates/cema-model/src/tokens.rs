@@ -93,6 +93,9 @@ enum Saved {
 /// Rows per image above which a GEMM is split over the pool (smaller ones stay on the caller).
 const PAR_ROWS: usize = 256;
 
+/// Rows per block of a LayerNorm's γ/β gradient sums.
+const LN_ROWS: usize = 64;
+
 impl Net {
     /// The token pass's plan for `spec`'s images, or why this graph does not run on it.
     pub(crate) fn token_plan(&self, spec: &InputSpec) -> Result<TokenPlan, String> {
@@ -291,7 +294,9 @@ impl Net {
             }
             match &mut grads[v] {
                 Some(acc) => {
-                    acc.iter_mut().zip(&g).for_each(|(a, g)| *a += g);
+                    acc.par_chunks_mut(4096)
+                        .zip(g.par_chunks(4096))
+                        .for_each(|(a, g)| lanes::add(a, g));
                     pool::give(g);
                 }
                 slot => *slot = Some(g),
@@ -328,13 +333,26 @@ impl Net {
                     };
                     let gamma = store.values(layer.weight);
                     let c = gamma.len();
-                    let mut dgamma = vec![0f32; c];
-                    let mut dbeta = vec![0f32; c];
-                    for (g, x) in g.chunks_exact(c).zip(xhat.chunks_exact(c)) {
-                        for j in 0..c {
-                            dgamma[j] += g[j] * x[j];
-                            dbeta[j] += g[j];
-                        }
+                    // Partial sums over fixed blocks of rows, added in block order: the same
+                    // numbers at every thread count.
+                    let partial: Vec<(Vec<f32>, Vec<f32>)> = g
+                        .par_chunks(LN_ROWS * c)
+                        .zip(xhat.par_chunks(LN_ROWS * c))
+                        .map(|(g, x)| {
+                            let (mut dg, mut db) = (vec![0f32; c], vec![0f32; c]);
+                            for (g, x) in g.chunks_exact(c).zip(x.chunks_exact(c)) {
+                                for j in 0..c {
+                                    dg[j] += g[j] * x[j];
+                                    db[j] += g[j];
+                                }
+                            }
+                            (dg, db)
+                        })
+                        .collect();
+                    let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
+                    for (dg, db) in &partial {
+                        lanes::add(&mut dgamma, dg);
+                        lanes::add(&mut dbeta, db);
                     }
                     out.push((layer.weight, dgamma));
                     let gamma = &gamma;
@@ -379,10 +397,15 @@ impl Net {
                     pool::give(x);
                 }
                 Op::Add => {
-                    let mut copy = pool::take_dirty(g.len());
-                    copy.copy_from_slice(&g);
-                    give(&mut grads, node.inputs[1], copy);
-                    give(&mut grads, node.inputs[0], g);
+                    let (a, b) = (node.inputs[0], node.inputs[1]);
+                    if needs[b] {
+                        let mut copy = pool::take_dirty(g.len());
+                        copy.par_chunks_mut(4096)
+                            .zip(g.par_chunks(4096))
+                            .for_each(|(d, s)| d.copy_from_slice(s));
+                        give(&mut grads, b, copy);
+                    }
+                    give(&mut grads, a, g);
                 }
                 Op::Attention {
                     qkv, proj, heads, ..
