@@ -36,41 +36,14 @@ pub(crate) fn gemm_acc_lhs_stride(
         "gemm: lhs is not {m}×{k} with row stride {lhs_rs}"
     );
     assert_eq!(rhs.len(), k * n, "gemm: rhs is not {k}×{n}");
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    let parallelism = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: every element the strides address lies inside its slice (asserted above: dst and
-    // rhs are exactly m×n and k×n row-major, lhs's last row ends at (m−1)·lhs_rs + k); lhs is
-    // only read, so overlapping rows are fine; `dst` is a unique borrow, so it aliases neither
-    // input. `gemm` computes dst = 1·dst + 1·lhs·rhs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            lhs.as_ptr(),
-            1,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    gemm_view(
+        dst,
+        n,
+        View::rows(lhs, m, k, lhs_rs),
+        View::rows(rhs, k, n, n),
+        (1.0, 1.0),
+        threads,
+    );
 }
 
 /// A matrix inside a slice: element `(i, j)` at `data[i·rs + j·cs]`. Transposing is swapping

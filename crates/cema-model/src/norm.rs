@@ -87,7 +87,8 @@ pub const BN_EPS: f64 = 1e-5;
 pub const BN_MOMENTUM: f32 = 0.1;
 
 impl NormLayer {
-    pub(crate) fn batch_norm(store: &mut Store, name: &str, channels: usize, eps: f64) -> Self {
+    /// `{name}.weight` (γ, ones) and `{name}.bias` (β, zeros): every norm layer's affine part.
+    fn affine(store: &mut Store, name: &str, channels: usize) -> (usize, usize) {
         let weight = store.push(
             format!("{name}.weight"),
             Kind::NormWeight,
@@ -100,6 +101,11 @@ impl NormLayer {
             vec![channels],
             vec![0.0; channels],
         );
+        (weight, bias)
+    }
+
+    pub(crate) fn batch_norm(store: &mut Store, name: &str, channels: usize, eps: f64) -> Self {
+        let (weight, bias) = Self::affine(store, name, channels);
         let rm = store.push(
             format!("{name}.running_mean"),
             Kind::RunningMean,
@@ -126,18 +132,7 @@ impl NormLayer {
 
     /// A LayerNorm over `channels` (γ 1, β 0) with this `eps` (timm's ViTs use 1e-6).
     pub(crate) fn layer_norm(store: &mut Store, name: &str, channels: usize, eps: f64) -> Self {
-        let weight = store.push(
-            format!("{name}.weight"),
-            Kind::NormWeight,
-            vec![channels],
-            vec![1.0; channels],
-        );
-        let bias = store.push(
-            format!("{name}.bias"),
-            Kind::NormBias,
-            vec![channels],
-            vec![0.0; channels],
-        );
+        let (weight, bias) = Self::affine(store, name, channels);
         NormLayer {
             name: name.to_string(),
             kind: NormKind::LayerNorm,
