@@ -223,3 +223,41 @@ fn the_token_path_computes_what_burn_computes() {
         assert!(d <= 1e-4 * scale.max(1e-2), "{name}: max |Δ grad| {d}");
     }
 }
+
+#[test]
+fn a_malformed_vit_card_is_refused_naming_the_number() {
+    let f = fixture();
+    let with = |edit: fn(&mut Arch)| {
+        let mut arch = f.arch.clone();
+        edit(&mut arch);
+        match Model::from_tensors(card(arch, 16), &f.weights, "vit", &cpu()) {
+            Ok(_) => panic!("accepted a malformed architecture"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = with(|a| {
+        if let Arch::Vit { heads, .. } = a {
+            *heads = 5;
+        }
+    });
+    assert!(e.contains("32") && e.contains("5 heads"), "{e}");
+    let e = with(|a| {
+        if let Arch::Vit { patch, .. } = a {
+            *patch = 5;
+        }
+    });
+    assert!(e.contains("patch 5"), "{e}");
+    let e = with(|a| {
+        if let Arch::Vit { depth, .. } = a {
+            *depth = 0;
+        }
+    });
+    assert!(e.contains("positive"), "{e}");
+    // Weights of another shape (a wider MLP) are refused naming the tensor.
+    let e = with(|a| {
+        if let Arch::Vit { mlp_dim, .. } = a {
+            *mlp_dim = 128;
+        }
+    });
+    assert!(e.contains("mlp.fc1"), "{e}");
+}
