@@ -99,6 +99,10 @@ const LN_ROWS: usize = 64;
 impl Net {
     /// The token pass's plan for `spec`'s images, or why this graph does not run on it.
     pub(crate) fn token_plan(&self, spec: &InputSpec) -> Result<TokenPlan, String> {
+        // Asked on every eval call of every model: a CNN is told apart before any shape work.
+        if !self.graph.nodes.iter().any(|n| n.op == Op::ToTokens) {
+            return Err("no token sequence: not a transformer".into());
+        }
         let (shapes, _) = self.graph.shapes(&self.store, spec.height, spec.width)?;
         check(&self.graph, &self.norms, &shapes)?;
         Ok(TokenPlan { shapes })
