@@ -102,11 +102,32 @@ impl Layer {
 
 /// What the forward keeps of one convolution unit for the backward.
 struct Saved {
-    /// The convolution's output (padded, border zero).
+    /// The convolution's output (padded, border zero), for every image of the pass.
     z: Vec<f32>,
     out: Geo,
     input: Geo,
-    stats: Stats,
+    /// One per [`Seg`] of the pass: each model normalises its own images.
+    stats: Vec<Stats>,
+}
+
+/// One model's images in a pass: `[first, first + n)` of the batch. A pass over several models
+/// that share their frozen weights runs every convolution once over all their images, while
+/// each model's BatchNorms see only its own (ghost batch normalisation with a per-model affine).
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    first: usize,
+    n: usize,
+}
+
+impl Seg {
+    /// The segment's part of a buffer in geometry `g` with `c` channels, and its geometry.
+    fn part(self, g: Geo, c: usize) -> (std::ops::Range<usize>, Geo) {
+        let per = g.rows() / g.n * c;
+        (
+            self.first * per..(self.first + self.n) * per,
+            Geo { n: self.n, ..g },
+        )
+    }
 }
 
 /// A host loss: logits → (value, ∂value/∂logits).
@@ -131,6 +152,8 @@ struct Pass {
     mode: NormMode,
     /// Running-statistics momentum, when they move.
     momentum: Option<f32>,
+    /// Whether the batch's own statistics are needed (not in an eval-mode forward).
+    batch_stats: bool,
 }
 
 impl Net {
@@ -167,9 +190,9 @@ impl Net {
         }
     }
 
-    /// The hand-written forward and backward (see the module doc); `pixels` are validated.
-    /// With `loss_fn` `None`, a forward only (logits, and the running statistics moved when
-    /// `momentum` is given): BN-adapt's predictions and an edge tracking its statistics.
+    /// The hand-written forward and backward (see the module doc) of this net alone; `pixels`
+    /// are validated. With `loss_fn` `None`, a forward only (logits, and the running statistics
+    /// moved when `momentum` is given): BN-adapt's predictions and an edge tracking its statistics.
     #[allow(clippy::too_many_arguments)]
     fn native_pass<F>(
         &mut self,
@@ -184,139 +207,188 @@ impl Net {
     where
         F: FnOnce(&[f32]) -> (f32, Vec<f32>),
     {
-        let pass = Pass {
+        let mut out = native_pass_many(
+            &mut [self],
+            plan,
+            spec,
+            &[(pixels, n)],
             mode,
-            momentum: momentum.filter(|_| mode != NormMode::Running),
-        };
-        let backward = loss_fn.is_some();
-        let layers: Vec<Option<Layer>> = plan
-            .units
-            .iter()
-            .map(|u| {
-                matches!(u.kind, UnitKind::Conv { .. }).then(|| Layer::new(self, plan, u, backward))
-            })
-            .collect();
-        let group = images_per_task(spec.height, spec.width, n);
-
-        // ---- forward ----
-        let mut values: Vec<Option<Vec<f32>>> = (0..plan.shapes.len()).map(|_| None).collect();
-        // Taken at its size: a buffer taken empty and grown would go back to the pool larger than
-        // it came out, and the pool would creep by one input every pass.
-        let mut input = pool::take_dirty(plan.len(0, n));
-        let (scale, shift) = pixel_affine(spec);
-        load_pixels(pixels, (&scale, &shift), plan.geo(0, n), &mut input);
-        values[0] = Some(input);
-        let mut saved: Vec<Option<Saved>> = Vec::with_capacity(plan.units.len());
-        let mut stat_updates = Vec::new();
-        for (unit, layer) in plan.units.iter().zip(&layers) {
-            let x_v = unit.inputs[0];
-            let x = values[x_v].as_deref().expect("computed before use");
-            let out_v = unit.output;
-            let mut s = None;
-            let out = match (&unit.kind, layer) {
-                (UnitKind::Conv { .. }, Some(layer)) => {
-                    let sv = self.layer_forward(
-                        layer,
-                        x,
-                        plan.geo(x_v, n),
-                        plan.border[out_v],
-                        pass,
-                        group,
-                        &mut stat_updates,
-                    );
-                    let mut a = pool::take_dirty(sv.z.len());
-                    let rebordered;
-                    let residual = match unit.residual() {
-                        Some(r) if plan.geo(r, n) == sv.out => values[r].as_deref(),
-                        Some(r) => {
-                            let mut t = pool::take_dirty(sv.z.len());
-                            let src = values[r].as_deref().expect("computed before use");
-                            reborder(
-                                src,
-                                plan.geo(r, n),
-                                &mut t,
-                                sv.out,
-                                layer.conv.cout(),
-                                false,
-                            );
-                            rebordered = t;
-                            Some(&rebordered[..])
-                        }
-                        None => None,
-                    };
-                    bn_apply(&sv, &mut a, residual, layer.act, group);
-                    s = Some(sv);
-                    a
-                }
-                (UnitKind::MaxPool { win }, _) => {
-                    let mut d = pool::take_dirty(plan.len(out_v, n));
-                    let c = plan.channels(x_v);
-                    max_pool(x, plan.geo(x_v, n), c, *win, plan.geo(out_v, n), &mut d);
-                    d
-                }
-                (UnitKind::GlobalAvgPool, _) => {
-                    let (c, g) = (plan.channels(x_v), plan.geo(x_v, n));
-                    let hw = (g.h * g.w) as f32;
-                    let mut pooled = vec![0f32; n * c];
-                    for (img, p) in pooled.chunks_exact_mut(c).enumerate() {
-                        sum_interior(x, g, c, img, p);
-                        p.iter_mut().for_each(|v| *v /= hw);
-                    }
-                    pooled
-                }
-                (UnitKind::Linear { weight, bias }, _) => {
-                    let c = plan.channels(x_v);
-                    let classes = plan.channels(out_v);
-                    let w = self.store.values(*weight);
-                    let b = bias.map_or_else(|| vec![0.0; classes], |b| self.store.values(b));
-                    let mut logits = Vec::with_capacity(n * classes);
-                    for p in x.chunks_exact(c) {
-                        for j in 0..classes {
-                            let w = &w[j * c..(j + 1) * c];
-                            logits.push(b[j] + p.iter().zip(w).map(|(a, b)| a * b).sum::<f32>());
-                        }
-                    }
-                    logits
-                }
-                (UnitKind::Add { act }, _) => {
-                    let b_v = unit.inputs[1];
-                    let b = values[b_v].as_deref().expect("computed before use");
-                    let mut d = pool::take_dirty(plan.len(out_v, n));
-                    crate::folded::add_values(plan, (x, x_v), (b, b_v), out_v, n, &mut d, *act);
-                    d
-                }
-                (UnitKind::Act(a), _) => x.iter().map(|v| a.apply(*v)).collect(),
-                _ => unreachable!("a layer for every convolution unit"),
-            };
-            values[out_v] = Some(out);
-            saved.push(s);
-        }
-        let logits = values[plan.output].clone().expect("the output is computed");
-        for (i, v) in stat_updates {
-            self.store.set_values(i, v);
-        }
-
-        let Some(loss_fn) = loss_fn else {
-            values.into_iter().flatten().for_each(pool::give);
-            saved.into_iter().flatten().for_each(|s| pool::give(s.z));
-            return HostBackward {
-                loss: 0.0,
-                logits,
-                grads: Vec::new(),
-            };
-        };
-
-        // ---- loss ----
-        let classes = plan.channels(plan.output);
-        let (loss, g_logits) = loss_fn(&logits);
-        assert_eq!(
-            g_logits.len(),
-            n * classes,
-            "loss gradient must be n × classes"
+            momentum,
+            loss_fn.map(|f| vec![f]),
         );
+        out.pop().expect("one result per net")
+    }
+}
+
+/// The hand-written pass over the images of several nets at once: `inputs[i]` are net `i`'s
+/// (validated, none empty). The nets must share their frozen weights (the convolutions and the
+/// head are read from `nets[0]`); each has its own norm state, and `loss_fns[i]` sees only net
+/// `i`'s logits. Every convolution runs once over all the images; each BatchNorm normalises,
+/// moves statistics and takes gradients per net. Returns one result per net, in order.
+#[allow(clippy::too_many_arguments)]
+fn native_pass_many<F>(
+    nets: &mut [&mut Net],
+    plan: &Plan,
+    spec: &crate::InputSpec,
+    inputs: &[(&[u8], usize)],
+    mode: NormMode,
+    momentum: Option<f32>,
+    loss_fns: Option<Vec<F>>,
+) -> Vec<HostBackward>
+where
+    F: FnOnce(&[f32]) -> (f32, Vec<f32>),
+{
+    assert_eq!(nets.len(), inputs.len(), "one input per net");
+    let mut segs = Vec::with_capacity(inputs.len());
+    let mut n = 0;
+    for &(_, k) in inputs {
+        segs.push(Seg { first: n, n: k });
+        n += k;
+    }
+    let backward = loss_fns.is_some();
+    let pass = Pass {
+        mode,
+        momentum: momentum.filter(|_| mode != NormMode::Running),
+        // A forward in eval mode never looks at the batch's own statistics.
+        batch_stats: backward || mode != NormMode::Running,
+    };
+    let ro: Vec<&Net> = nets.iter().map(|n| &**n).collect();
+    let frozen = ro[0];
+    let layers: Vec<Option<Layer>> = plan
+        .units
+        .iter()
+        .map(|u| {
+            matches!(u.kind, UnitKind::Conv { .. }).then(|| Layer::new(frozen, plan, u, backward))
+        })
+        .collect();
+    let group = images_per_task(spec.height, spec.width, n);
+
+    // ---- forward ----
+    let mut values: Vec<Option<Vec<f32>>> = (0..plan.shapes.len()).map(|_| None).collect();
+    // Taken at its size: a buffer taken empty and grown would go back to the pool larger than
+    // it came out, and the pool would creep by one input every pass.
+    let mut input = pool::take_dirty(plan.len(0, n));
+    let (scale, shift) = pixel_affine(spec);
+    match inputs {
+        [(pixels, _)] => load_pixels(pixels, (&scale, &shift), plan.geo(0, n), &mut input),
+        _ => {
+            let all: Vec<u8> = inputs.iter().flat_map(|(p, _)| p.iter().copied()).collect();
+            load_pixels(&all, (&scale, &shift), plan.geo(0, n), &mut input);
+        }
+    }
+    values[0] = Some(input);
+    let mut saved: Vec<Option<Saved>> = Vec::with_capacity(plan.units.len());
+    let mut stat_updates = Vec::new();
+    for (unit, layer) in plan.units.iter().zip(&layers) {
+        let x_v = unit.inputs[0];
+        let x = values[x_v].as_deref().expect("computed before use");
+        let out_v = unit.output;
+        let mut s = None;
+        let out = match (&unit.kind, layer) {
+            (UnitKind::Conv { .. }, Some(layer)) => {
+                let sv = layer_forward(
+                    &ro,
+                    &segs,
+                    layer,
+                    x,
+                    plan.geo(x_v, n),
+                    plan.border[out_v],
+                    pass,
+                    group,
+                    &mut stat_updates,
+                );
+                let mut a = pool::take_dirty(sv.z.len());
+                let rebordered;
+                let residual = match unit.residual() {
+                    Some(r) if plan.geo(r, n) == sv.out => values[r].as_deref(),
+                    Some(r) => {
+                        let mut t = pool::take_dirty(sv.z.len());
+                        let src = values[r].as_deref().expect("computed before use");
+                        reborder(
+                            src,
+                            plan.geo(r, n),
+                            &mut t,
+                            sv.out,
+                            layer.conv.cout(),
+                            false,
+                        );
+                        rebordered = t;
+                        Some(&rebordered[..])
+                    }
+                    None => None,
+                };
+                bn_apply(&sv, &segs, &mut a, residual, layer.act, group);
+                s = Some(sv);
+                a
+            }
+            (UnitKind::MaxPool { win }, _) => {
+                let mut d = pool::take_dirty(plan.len(out_v, n));
+                let c = plan.channels(x_v);
+                max_pool(x, plan.geo(x_v, n), c, *win, plan.geo(out_v, n), &mut d);
+                d
+            }
+            (UnitKind::GlobalAvgPool, _) => {
+                let (c, g) = (plan.channels(x_v), plan.geo(x_v, n));
+                let hw = (g.h * g.w) as f32;
+                let mut pooled = vec![0f32; n * c];
+                for (img, p) in pooled.chunks_exact_mut(c).enumerate() {
+                    sum_interior(x, g, c, img, p);
+                    p.iter_mut().for_each(|v| *v /= hw);
+                }
+                pooled
+            }
+            (UnitKind::Linear { weight, bias }, _) => {
+                let c = plan.channels(x_v);
+                let classes = plan.channels(out_v);
+                let w = frozen.store.values(*weight);
+                let b = bias.map_or_else(|| vec![0.0; classes], |b| frozen.store.values(b));
+                let mut logits = Vec::with_capacity(n * classes);
+                for p in x.chunks_exact(c) {
+                    for j in 0..classes {
+                        let w = &w[j * c..(j + 1) * c];
+                        logits.push(b[j] + p.iter().zip(w).map(|(a, b)| a * b).sum::<f32>());
+                    }
+                }
+                logits
+            }
+            (UnitKind::Add { act }, _) => {
+                let b_v = unit.inputs[1];
+                let b = values[b_v].as_deref().expect("computed before use");
+                let mut d = pool::take_dirty(plan.len(out_v, n));
+                crate::folded::add_values(plan, (x, x_v), (b, b_v), out_v, n, &mut d, *act);
+                d
+            }
+            (UnitKind::Act(a), _) => x.iter().map(|v| a.apply(*v)).collect(),
+            _ => unreachable!("a layer for every convolution unit"),
+        };
+        values[out_v] = Some(out);
+        saved.push(s);
+    }
+    let classes = plan.channels(plan.output);
+    let logits = values[plan.output].clone().expect("the output is computed");
+    let seg_logits =
+        |seg: &Seg| logits[seg.first * classes..(seg.first + seg.n) * classes].to_vec();
+    let mut results: Vec<HostBackward> = segs
+        .iter()
+        .map(|seg| HostBackward {
+            loss: 0.0,
+            logits: seg_logits(seg),
+            grads: Vec::new(),
+        })
+        .collect();
+
+    if let Some(loss_fns) = loss_fns {
+        // ---- loss ----
+        let mut g_logits = Vec::with_capacity(n * classes);
+        for (r, loss_fn) in results.iter_mut().zip(loss_fns) {
+            let (loss, g) = loss_fn(&r.logits);
+            assert_eq!(g.len(), r.logits.len(), "loss gradient must be n × classes");
+            r.loss = loss;
+            g_logits.extend_from_slice(&g);
+        }
 
         // ---- backward ----
-        let mut grads = Vec::new();
+        let mut grads: Vec<Vec<(usize, Vec<f32>)>> = vec![Vec::new(); segs.len()];
         let mut g: Vec<Option<Vec<f32>>> = (0..plan.shapes.len()).map(|_| None).collect();
         g[plan.output] = Some(g_logits);
         for ((unit, layer), s) in plan.units.iter().zip(&layers).zip(saved).rev() {
@@ -347,12 +419,13 @@ impl Net {
                                 let v = values[r].as_deref().expect("kept for the backward");
                                 (v, plan.geo(r, n))
                             });
-                            let pre = self.pre_activation(&s, res);
+                            let pre = pre_activation(&s, &segs, res);
                             act_grad(&mut gout, &pre, act);
                             pool::give(pre);
                         }
                     }
-                    let gz = self.bn_backward(layer, &s, &gout, mask, pass, group, &mut grads);
+                    let gz =
+                        bn_backward(&ro, &segs, layer, &s, &gout, mask, pass, group, &mut grads);
                     if let Some(r) = residual {
                         accumulate(&mut g, r, gout, s.out, plan, n);
                     } else {
@@ -390,7 +463,7 @@ impl Net {
                 }
                 (UnitKind::Linear { weight, .. }, _, _) if wants(x_v) => {
                     let (c, classes) = (plan.channels(x_v), plan.channels(out_v));
-                    let w = self.store.values(*weight);
+                    let w = frozen.store.values(*weight);
                     let gx = g[x_v].get_or_insert_with(|| pool::take(plan.len(x_v, n)));
                     gemm_acc(gx, &gout, &w, (n, classes, c), 1);
                 }
@@ -443,141 +516,174 @@ impl Net {
                 pool::give(v);
             }
         }
-        values.into_iter().flatten().for_each(pool::give);
         g.into_iter().flatten().for_each(pool::give);
-        grads.sort_by_key(|(i, _)| *i);
-        HostBackward {
-            loss,
-            logits,
-            grads,
+        for (r, mut grads) in results.iter_mut().zip(grads) {
+            grads.sort_by_key(|(i, _)| *i);
+            r.grads = grads;
         }
+    } else {
+        saved.into_iter().flatten().for_each(|s| pool::give(s.z));
     }
+    values.into_iter().flatten().for_each(pool::give);
+    drop(ro);
+    for (k, i, v) in stat_updates {
+        nets[k].store.set_values(i, v);
+    }
+    results
+}
 
-    /// A convolution unit's pre-activation `γ·(z − μ_f)/σ_f + β [+ residual]`, for the backward
-    /// of an activation whose derivative the output does not tell.
-    fn pre_activation(&self, s: &Saved, residual: Option<(&[f32], Geo)>) -> Vec<f32> {
-        let mut pre = pool::take_dirty(s.z.len());
-        let group = s.out.n.max(1);
-        match residual {
-            Some((src, geo)) => {
-                let mut t = pool::take_dirty(s.z.len());
-                reborder(src, geo, &mut t, s.out, s.stats.gamma.len(), false);
-                bn_apply(s, &mut pre, Some(&t), None, group);
-                pool::give(t);
-            }
-            None => bn_apply(s, &mut pre, None, None, group),
+/// A convolution unit's pre-activation `γ·(z − μ_f)/σ_f + β [+ residual]`, for the backward
+/// of an activation whose derivative the output does not tell.
+fn pre_activation(s: &Saved, segs: &[Seg], residual: Option<(&[f32], Geo)>) -> Vec<f32> {
+    let mut pre = pool::take_dirty(s.z.len());
+    let group = s.out.n.max(1);
+    match residual {
+        Some((src, geo)) => {
+            let mut t = pool::take_dirty(s.z.len());
+            reborder(src, geo, &mut t, s.out, s.stats[0].gamma.len(), false);
+            bn_apply(s, segs, &mut pre, Some(&t), None, group);
+            pool::give(t);
         }
-        pre
+        None => bn_apply(s, segs, &mut pre, None, None, group),
     }
+    pre
+}
 
-    /// Convolution, batch statistics, and the statistics the forward normalises with; queues
-    /// the running-statistics update when the pass moves them.
-    #[allow(clippy::too_many_arguments)]
-    fn layer_forward(
-        &self,
-        layer: &Layer,
-        x: &[f32],
-        g: Geo,
-        border: usize,
-        pass: Pass,
-        group: usize,
-        updates: &mut Vec<(usize, Vec<f32>)>,
-    ) -> Saved {
-        let c = layer.conv.cout();
-        let mut z = pool::take_dirty(layer.conv.win().out_geo(g, border).rows() * c);
-        let out = conv_batch(&layer.conv, x, g, border, &mut z, group);
-        let norm = &self.norms[layer.norm];
-        let (rm_i, rv_i) = (
-            norm.running_mean.expect("batch norm"),
-            norm.running_var.expect("batch norm"),
-        );
-        let (rm, rv) = (self.store.values(rm_i), self.store.values(rv_i));
-        let (mu_b, var_b) = channel_stats(&z, out, c, group);
-        let count = out.n * out.h * out.w;
-        let sigma = |v: &[f32]| -> Vec<f32> {
-            v.iter()
-                .map(|v| (*v as f64 + norm.eps).sqrt() as f32)
-                .collect()
-        };
-        let sigma_b = sigma(&var_b);
-        let (mu_f, sigma_f) = match pass.mode {
-            NormMode::Batch => (mu_b.clone(), sigma_b.clone()),
-            NormMode::Tbr | NormMode::Running => (rm.clone(), sigma(&rv)),
-        };
-        if let Some(m) = pass.momentum {
-            let unbias = if count > 1 {
-                count as f32 / (count as f32 - 1.0)
+/// Convolution over every image, then per net its images' batch statistics and the statistics
+/// its forward normalises with; queues `(net, tensor, values)` running-statistics updates when
+/// the pass moves them.
+#[allow(clippy::too_many_arguments)]
+fn layer_forward(
+    nets: &[&Net],
+    segs: &[Seg],
+    layer: &Layer,
+    x: &[f32],
+    g: Geo,
+    border: usize,
+    pass: Pass,
+    group: usize,
+    updates: &mut Vec<(usize, usize, Vec<f32>)>,
+) -> Saved {
+    let c = layer.conv.cout();
+    let mut z = pool::take_dirty(layer.conv.win().out_geo(g, border).rows() * c);
+    let out = conv_batch(&layer.conv, x, g, border, &mut z, group);
+    let stats = segs
+        .iter()
+        .zip(nets)
+        .enumerate()
+        .map(|(k, (seg, net))| {
+            let (range, og) = seg.part(out, c);
+            let norm = &net.norms[layer.norm];
+            let (rm_i, rv_i) = (
+                norm.running_mean.expect("batch norm"),
+                norm.running_var.expect("batch norm"),
+            );
+            let (rm, rv) = (net.store.values(rm_i), net.store.values(rv_i));
+            let (mu_b, var_b) = if pass.batch_stats {
+                channel_stats(&z[range], og, c, group)
             } else {
-                1.0
+                (rm.clone(), rv.clone())
             };
-            let new_rm = rm
-                .iter()
-                .zip(&mu_b)
-                .map(|(r, b)| r * (1.0 - m) + b * m)
-                .collect();
-            let new_rv = rv
-                .iter()
-                .zip(&var_b)
-                .map(|(r, b)| r * (1.0 - m) + b * (m * unbias))
-                .collect();
-            updates.push((rm_i, new_rm));
-            updates.push((rv_i, new_rv));
-        }
-        Saved {
-            z,
-            out,
-            input: g,
-            stats: Stats {
+            let count = og.n * og.h * og.w;
+            let sigma = |v: &[f32]| -> Vec<f32> {
+                v.iter()
+                    .map(|v| (*v as f64 + norm.eps).sqrt() as f32)
+                    .collect()
+            };
+            let sigma_b = sigma(&var_b);
+            let (mu_f, sigma_f) = match pass.mode {
+                NormMode::Batch => (mu_b.clone(), sigma_b.clone()),
+                NormMode::Tbr | NormMode::Running => (rm.clone(), sigma(&rv)),
+            };
+            if let Some(m) = pass.momentum {
+                let unbias = if count > 1 {
+                    count as f32 / (count as f32 - 1.0)
+                } else {
+                    1.0
+                };
+                let new_rm = rm
+                    .iter()
+                    .zip(&mu_b)
+                    .map(|(r, b)| r * (1.0 - m) + b * m)
+                    .collect();
+                let new_rv = rv
+                    .iter()
+                    .zip(&var_b)
+                    .map(|(r, b)| r * (1.0 - m) + b * (m * unbias))
+                    .collect();
+                updates.push((k, rm_i, new_rm));
+                updates.push((k, rv_i, new_rv));
+            }
+            Stats {
                 mu_b,
                 sigma_b,
                 mu_f,
                 sigma_f,
-                gamma: self.store.values(norm.weight),
-                beta: self.store.values(norm.bias),
+                gamma: net.store.values(norm.weight),
+                beta: net.store.values(norm.bias),
                 count,
-            },
-        }
+            }
+        })
+        .collect();
+    Saved {
+        z,
+        out,
+        input: g,
+        stats,
     }
+}
 
-    /// The BatchNorm backward for the gradient `gy` at its output — or, with `mask`, at the
-    /// output `y` of the piecewise-linear activation after it (`gy` is then masked where that
-    /// activation's slope is 0, on the fly): pushes `∂L/∂γ`, `∂L/∂β` and returns `∂L/∂z`
-    /// (padded, border zero; empty when the layer's input needs no gradient).
-    #[allow(clippy::too_many_arguments)]
-    fn bn_backward(
-        &self,
-        layer: &Layer,
-        s: &Saved,
-        gy: &[f32],
-        mask: Option<(&[f32], Act)>,
-        pass: Pass,
-        group: usize,
-        grads: &mut Vec<(usize, Vec<f32>)>,
-    ) -> Vec<f32> {
-        let st = &s.stats;
+/// The BatchNorm backward for the gradient `gy` at its output — or, with `mask`, at the
+/// output `y` of the piecewise-linear activation after it (`gy` is then masked where that
+/// activation's slope is 0, on the fly): pushes each net's `∂L/∂γ`, `∂L/∂β` and returns
+/// `∂L/∂z` (padded, border zero; empty when the layer's input needs no gradient).
+#[allow(clippy::too_many_arguments)]
+fn bn_backward(
+    nets: &[&Net],
+    segs: &[Seg],
+    layer: &Layer,
+    s: &Saved,
+    gy: &[f32],
+    mask: Option<(&[f32], Act)>,
+    pass: Pass,
+    group: usize,
+    grads: &mut [Vec<(usize, Vec<f32>)>],
+) -> Vec<f32> {
+    let wants_dz = !matches!(layer.back, Back::None);
+    let mut gz = if wants_dz {
+        pool::take_dirty(gy.len())
+    } else {
+        Vec::new()
+    };
+    for (k, (seg, st)) in segs.iter().zip(&s.stats).enumerate() {
         let c = st.gamma.len();
+        let (range, g) = seg.part(s.out, c);
+        let (z, gy) = (&s.z[range.clone()], &gy[range.clone()]);
+        let y = mask.map(|(y, act)| (&y[range.clone()], act));
         let inv_sb: Vec<f32> = st.sigma_b.iter().map(|v| 1.0 / v).collect();
         // Σ g and Σ g·ẑ per channel, over the interior.
-        let sums = match mask {
-            None => masked_sums(s, gy, gy, &inv_sb, group, |_| true),
-            Some((r, Act::Relu)) => masked_sums(s, gy, r, &inv_sb, group, |y| y > 0.0),
-            Some((r, Act::Relu6)) => masked_sums(s, gy, r, &inv_sb, group, |y| y > 0.0 && y < 6.0),
-            Some((r, act)) => masked_sums(s, gy, r, &inv_sb, group, move |y| {
+        let sums = match y {
+            None => masked_sums(st, z, g, gy, gy, &inv_sb, group, |_| true),
+            Some((r, Act::Relu)) => masked_sums(st, z, g, gy, r, &inv_sb, group, |y| y > 0.0),
+            Some((r, Act::Relu6)) => {
+                masked_sums(st, z, g, gy, r, &inv_sb, group, |y| y > 0.0 && y < 6.0)
+            }
+            Some((r, act)) => masked_sums(st, z, g, gy, r, &inv_sb, group, move |y| {
                 act.passes_from_output(y).unwrap_or(true)
             }),
         };
         let (s1, s2) = sums.split_at(c);
-        let norm = &self.norms[layer.norm];
+        let norm = &nets[k].norms[layer.norm];
         let dgamma = (0..c)
             .map(|ch| {
                 ((st.sigma_b[ch] as f64 * s2[ch] + (st.mu_b[ch] - st.mu_f[ch]) as f64 * s1[ch])
                     / st.sigma_f[ch] as f64) as f32
             })
             .collect();
-        grads.push((norm.weight, dgamma));
-        grads.push((norm.bias, s1.iter().map(|v| *v as f32).collect()));
-        if matches!(layer.back, Back::None) {
-            return Vec::new();
+        grads[k].push((norm.weight, dgamma));
+        grads[k].push((norm.bias, s1.iter().map(|v| *v as f32).collect()));
+        if !wants_dz {
+            continue;
         }
         // ∂L/∂z = A·g + B·z + C per channel.
         let m = st.count as f64;
@@ -595,26 +701,30 @@ impl Net {
             coef[c + ch] = b as f32;
             coef[2 * c + ch] = cc as f32;
         }
-        let mut gz = pool::take_dirty(gy.len());
-        match mask {
-            None => masked_dz(&mut gz, s, gy, gy, &coef, group, |_| true),
-            Some((r, Act::Relu)) => masked_dz(&mut gz, s, gy, r, &coef, group, |y| y > 0.0),
+        let d = &mut gz[range];
+        match y {
+            None => masked_dz(d, z, g, gy, gy, &coef, group, |_| true),
+            Some((r, Act::Relu)) => masked_dz(d, z, g, gy, r, &coef, group, |y| y > 0.0),
             Some((r, Act::Relu6)) => {
-                masked_dz(&mut gz, s, gy, r, &coef, group, |y| y > 0.0 && y < 6.0)
+                masked_dz(d, z, g, gy, r, &coef, group, |y| y > 0.0 && y < 6.0)
             }
-            Some((r, act)) => masked_dz(&mut gz, s, gy, r, &coef, group, move |y| {
+            Some((r, act)) => masked_dz(d, z, g, gy, r, &coef, group, move |y| {
                 act.passes_from_output(y).unwrap_or(true)
             }),
         }
-        gz
     }
+    gz
 }
 
-/// `Σ g` and `Σ g·ẑ` per channel over the interior of `s.out`, `g` zeroed where `keep(y)` is
-/// false for the activation output `y` at the same position (`y` = `gy` itself when there is no
-/// mask). Generic over `keep` so each activation's test compiles into the loop, vectorised.
+/// `Σ g` and `Σ g·ẑ` per channel over the interior of geometry `g` (one net's images: `z`, `gy`
+/// and `y` are its part of the batch), `g` zeroed where `keep(y)` is false for the activation
+/// output `y` at the same position (`y` = `gy` itself when there is no mask). Generic over
+/// `keep` so each activation's test compiles into the loop, vectorised.
+#[allow(clippy::too_many_arguments)]
 fn masked_sums<K>(
-    s: &Saved,
+    st: &Stats,
+    z: &[f32],
+    g: Geo,
     gy: &[f32],
     y: &[f32],
     inv_sb: &[f32],
@@ -624,9 +734,7 @@ fn masked_sums<K>(
 where
     K: Fn(f32) -> bool + Sync,
 {
-    let st = &s.stats;
     let c = st.gamma.len();
-    let g = s.out;
     per_channel_sums(g, c, group, |img, acc| {
         let (s1, s2) = acc.split_at_mut(c);
         for row in 0..g.h {
@@ -635,7 +743,7 @@ where
                 s1,
                 s2,
                 &gy[a..b],
-                &s.z[a..b],
+                &z[a..b],
                 &y[a..b],
                 &st.mu_b,
                 inv_sb,
@@ -645,11 +753,13 @@ where
     })
 }
 
-/// `gz ← A·g + B·z + C` per channel (`coef` = A, B, C, `c` each), `g` masked as in
-/// [`masked_sums`]; border zero.
+/// `gz ← A·g + B·z + C` per channel (`coef` = A, B, C, `c` each) over geometry `g`, `g` masked
+/// as in [`masked_sums`]; border zero.
+#[allow(clippy::too_many_arguments)]
 fn masked_dz<K>(
     gz: &mut [f32],
-    s: &Saved,
+    z: &[f32],
+    g: Geo,
     gy: &[f32],
     y: &[f32],
     coef: &[f32],
@@ -658,13 +768,12 @@ fn masked_dz<K>(
 ) where
     K: Fn(f32) -> bool + Sync,
 {
-    let c = s.stats.gamma.len();
-    let g = s.out;
+    let c = coef.len() / 3;
     let per = g.rows() / g.n * c;
     let (ca, cb, cc) = (&coef[..c], &coef[c..2 * c], &coef[2 * c..]);
     gz.par_chunks_mut(group * per)
         .zip(gy.par_chunks(group * per))
-        .zip(s.z.par_chunks(group * per))
+        .zip(z.par_chunks(group * per))
         .zip(y.par_chunks(group * per))
         .for_each(|(((d, gr), zr), yr)| {
             // The mask: where the activation was flat, the incoming gradient is 0.
@@ -725,36 +834,46 @@ fn accumulate_any(
     }
 }
 
-/// `dst ← act(γ·(z − μ_f)/σ_f + β [+ residual])`, border zero. `dst` and `residual` must
-/// already have `z`'s length and geometry.
-fn bn_apply(s: &Saved, dst: &mut [f32], residual: Option<&[f32]>, act: Option<Act>, group: usize) {
-    let st = &s.stats;
-    let c = st.gamma.len();
-    let g = s.out;
-    let a: Vec<f32> = (0..c).map(|ch| st.gamma[ch] / st.sigma_f[ch]).collect();
+/// `dst ← act(γ·(z − μ_f)/σ_f + β [+ residual])`, each net's images with its own numbers,
+/// border zero. `dst` and `residual` must already have `z`'s length and geometry.
+fn bn_apply(
+    s: &Saved,
+    segs: &[Seg],
+    dst: &mut [f32],
+    residual: Option<&[f32]>,
+    act: Option<Act>,
+    group: usize,
+) {
     assert_eq!(dst.len(), s.z.len(), "norm output buffer");
-    let per = g.rows() / g.n * c;
-    dst.par_chunks_mut(group * per)
-        .zip(s.z.par_chunks(group * per))
-        .enumerate()
-        .for_each(|(k, (d, zr))| {
-            let res = residual.map(|r| &r[k * group * per..][..d.len()]);
-            let (mu, beta) = (&st.mu_f, &st.beta);
-            // The activation inside the pass; `finish` then only zeroes the border.
-            match act {
-                None => lanes::affine_act(d, zr, mu, &a, beta, res, |v| v),
-                Some(Act::Relu) => lanes::affine_act(d, zr, mu, &a, beta, res, |v| v.max(0.0)),
-                Some(Act::Relu6) => {
-                    lanes::affine_act(d, zr, mu, &a, beta, res, |v| v.clamp(0.0, 6.0))
+    for (seg, st) in segs.iter().zip(&s.stats) {
+        let c = st.gamma.len();
+        let (range, g) = seg.part(s.out, c);
+        let (dst, z) = (&mut dst[range.clone()], &s.z[range.clone()]);
+        let residual = residual.map(|r| &r[range]);
+        let a: Vec<f32> = (0..c).map(|ch| st.gamma[ch] / st.sigma_f[ch]).collect();
+        let per = g.rows() / g.n * c;
+        dst.par_chunks_mut(group * per)
+            .zip(z.par_chunks(group * per))
+            .enumerate()
+            .for_each(|(k, (d, zr))| {
+                let res = residual.map(|r| &r[k * group * per..][..d.len()]);
+                let (mu, beta) = (&st.mu_f, &st.beta);
+                // The activation inside the pass; `finish` then only zeroes the border.
+                match act {
+                    None => lanes::affine_act(d, zr, mu, &a, beta, res, |v| v),
+                    Some(Act::Relu) => lanes::affine_act(d, zr, mu, &a, beta, res, |v| v.max(0.0)),
+                    Some(Act::Relu6) => {
+                        lanes::affine_act(d, zr, mu, &a, beta, res, |v| v.clamp(0.0, 6.0))
+                    }
+                    Some(f) => lanes::affine_act(d, zr, mu, &a, beta, res, |v| f.apply(v)),
                 }
-                Some(f) => lanes::affine_act(d, zr, mu, &a, beta, res, |v| f.apply(v)),
-            }
-            let gg = Geo {
-                n: d.len() / per,
-                ..g
-            };
-            finish(d, gg, c, None);
-        });
+                let gg = Geo {
+                    n: d.len() / per,
+                    ..g
+                };
+                finish(d, gg, c, None);
+            });
+    }
 }
 
 /// The convolution over the whole batch, image groups in parallel.
@@ -1018,6 +1137,123 @@ impl Model {
 /// touch (15 % of a foundation step, measured with `perf`). A thread-local pool rather than one
 /// per model: the cloud holds a foundation copy per edge session, and per-session pools would
 /// keep one step's peak memory alive for every session.
+/// Several models' passes as one: see [`Model::norm_affine_backward_many`].
+impl Model {
+    /// Whether `self` and `other` hold the very same frozen weights (every tensor but the norm
+    /// state written by the same load or update: a clone of one model, norm state aside), so one
+    /// pass can run both models' images through the shared convolutions.
+    pub fn shares_frozen_weights(&self, other: &Model) -> bool {
+        let (a, b) = (self.net.store(), other.net.store());
+        self.card.architecture == other.card.architecture
+            && self.card.input == other.card.input
+            && a.len() == b.len()
+            && (0..a.len()).all(|i| {
+                a.kind(i).is_norm_state() || a.entry_generation(i) == b.entry_generation(i)
+            })
+    }
+
+    /// Whether [`Model::norm_affine_backward_many`] and [`Model::logits_many`] run `models`
+    /// through one batched pass (rather than one pass each, which gives the same numbers): the
+    /// hand-written BatchNorm CNN pass (not the ViT token path, not burn's generic path, e.g.
+    /// on a GPU), at least two models, all sharing `models[0]`'s frozen weights.
+    pub fn batches(models: &[&mut Model]) -> bool {
+        let Some((first, rest)) = models.split_first() else {
+            return false;
+        };
+        !rest.is_empty()
+            && first.native_backward_enabled()
+            && first.net.token_plan(&first.card.input).is_err()
+            && first.net.native_plan(&first.card.input).is_some()
+            && rest
+                .iter()
+                .all(|m| m.native_backward_enabled() && first.shares_frozen_weights(m))
+    }
+
+    /// [`Model::norm_affine_backward`] for several models at once: `inputs[i]` are model `i`'s
+    /// images and `loss_fns[i]` its loss. When [`Model::batches`] says so, one pass: every
+    /// convolution runs once over all the images, while each model normalises its own images
+    /// with its own statistics and γ/β (ghost batch normalisation with a per-model affine) and
+    /// gets its own gradients and statistics updates. Otherwise one pass per model. Either way
+    /// the result is, within float rounding, that of calling each model on its own.
+    pub fn norm_affine_backward_many<F>(
+        models: &mut [&mut Model],
+        inputs: &[(&[u8], usize)],
+        mode: NormMode,
+        update_stats: bool,
+        loss_fns: Vec<F>,
+    ) -> Result<Vec<HostBackward>>
+    where
+        F: FnOnce(&[f32]) -> (f32, Vec<f32>),
+    {
+        Self::check_many(models, inputs, loss_fns.len())?;
+        if Self::batches(models) && inputs.iter().all(|(_, n)| *n > 0) {
+            let plan = models[0]
+                .net
+                .native_plan(&models[0].card.input)
+                .expect("checked by Model::batches");
+            let spec = models[0].card.input.clone();
+            let momentum = update_stats.then_some(models[0].net.stats_momentum);
+            let mut nets: Vec<&mut Net> = models.iter_mut().map(|m| &mut m.net).collect();
+            return Ok(native_pass_many(
+                &mut nets,
+                &plan,
+                &spec,
+                inputs,
+                mode,
+                momentum,
+                Some(loss_fns),
+            ));
+        }
+        models
+            .iter_mut()
+            .zip(inputs)
+            .zip(loss_fns)
+            .map(|((m, (pixels, n)), f)| m.norm_affine_backward(pixels, *n, mode, update_stats, f))
+            .collect()
+    }
+
+    /// [`Model::logits`] for several models at once, batched as in
+    /// [`Model::norm_affine_backward_many`]. Eval mode (`Running`) then runs the BatchNorms
+    /// unfolded, since the models' norm states differ.
+    pub fn logits_many(
+        models: &mut [&mut Model],
+        inputs: &[(&[u8], usize)],
+        mode: NormMode,
+    ) -> Result<Vec<Vec<f32>>> {
+        Self::check_many(models, inputs, inputs.len())?;
+        if Self::batches(models) && inputs.iter().all(|(_, n)| *n > 0) {
+            let plan = models[0]
+                .net
+                .native_plan(&models[0].card.input)
+                .expect("checked by Model::batches");
+            let spec = models[0].card.input.clone();
+            let mut nets: Vec<&mut Net> = models.iter_mut().map(|m| &mut m.net).collect();
+            let none: Option<Vec<LossFn>> = None;
+            let out = native_pass_many(&mut nets, &plan, &spec, inputs, mode, None, none);
+            return Ok(out.into_iter().map(|o| o.logits).collect());
+        }
+        models
+            .iter_mut()
+            .zip(inputs)
+            .map(|(m, (pixels, n))| m.logits(pixels, *n, mode))
+            .collect()
+    }
+
+    fn check_many(models: &[&mut Model], inputs: &[(&[u8], usize)], losses: usize) -> Result<()> {
+        if models.len() != inputs.len() || losses != inputs.len() {
+            return Err(crate::ModelError::Input(format!(
+                "{} models, {} inputs and {losses} losses: one of each per model",
+                models.len(),
+                inputs.len()
+            )));
+        }
+        for (m, (pixels, n)) in models.iter().zip(inputs) {
+            check_pixels(&m.card.input, pixels, *n)?;
+        }
+        Ok(())
+    }
+}
+
 pub(crate) mod pool {
     use std::cell::RefCell;
 
