@@ -258,10 +258,101 @@ impl CloudAdapter {
     /// 4B samples. Publishes the student's norm state as version v+1, or returns `None` when
     /// there was nothing to learn from.
     pub fn step(&mut self) -> Result<Option<NormState>, AdaptError> {
-        // Refused before anything is learned: a version must never repeat or regress.
-        if self.version >= cema_wire::MAX_NORM_VERSION {
-            return Err(AdaptError::VersionExhausted(self.version));
+        Self::step_many(&mut [self])
+            .pop()
+            .expect("one result per adapter")
+    }
+
+    /// The rounds of several sessions at once, each exactly as [`CloudAdapter::step`] would run
+    /// it (same steps, same replay draws, same versions), with the model work of every step
+    /// batched across the sessions: the sessions' k-th foundation steps are one pass, then their
+    /// teachers' logits, then their students' distillation steps. Where the models share their
+    /// frozen weights (sessions of one cloud do) a pass runs each convolution once over all the
+    /// sessions' samples, every norm layer per session (see `Model::norm_affine_backward_many`);
+    /// the norm states then equal those of separate rounds within float rounding. Returns one
+    /// result per adapter, in order.
+    pub fn step_many(
+        adapters: &mut [&mut CloudAdapter],
+    ) -> Vec<Result<Option<NormState>, AdaptError>> {
+        let mut results: Vec<Option<Result<Option<NormState>, AdaptError>>> =
+            (0..adapters.len()).map(|_| None).collect();
+        // Each session's steps, decided up front: what a step learns from never depends on what
+        // an earlier step of the round learned.
+        let mut work: Vec<Vec<Work>> = Vec::with_capacity(adapters.len());
+        for (a, r) in adapters.iter_mut().zip(&mut results) {
+            // Refused before anything is learned: a version must never repeat or regress.
+            if a.version >= cema_wire::MAX_NORM_VERSION {
+                *r = Some(Err(AdaptError::VersionExhausted(a.version)));
+                work.push(Vec::new());
+                continue;
+            }
+            work.push(a.plan_round());
         }
+        let mut reports: Vec<Vec<StepReport>> = vec![Vec::new(); adapters.len()];
+        let rounds = work.iter().map(Vec::len).max().unwrap_or(0);
+        for k in 0..rounds {
+            let live = |i: usize, results: &[Option<_>]| results[i].is_none() && work[i].len() > k;
+            // Step 1: the foundations, on fresh samples only.
+            let adapt: Vec<usize> = (0..adapters.len())
+                .filter(|&i| live(i, &results))
+                .filter(|&i| work[i][k].fresh && adapters[i].config.adapt_foundation)
+                .collect();
+            let losses = Self::adapt_foundations(adapters, &adapt, &work, k);
+            let mut foundation_loss = vec![None; adapters.len()];
+            for (i, l) in adapt.iter().zip(losses) {
+                match l {
+                    Ok(l) => foundation_loss[*i] = Some(l),
+                    Err(e) => results[*i] = Some(Err(e)),
+                }
+            }
+            // Step 2: every session's teacher logits, then its student's distillation step.
+            let distil: Vec<usize> = (0..adapters.len()).filter(|&i| live(i, &results)).collect();
+            let losses = Self::distill_many(adapters, &distil, &work, k);
+            for (i, l) in distil.iter().zip(losses) {
+                match l {
+                    Ok(distill_loss) => {
+                        let w = &work[*i][k];
+                        if !w.fresh {
+                            adapters[*i].counters.replay_only_steps += 1;
+                        }
+                        reports[*i].push(StepReport {
+                            new: if w.fresh {
+                                adapters[*i].config.batch
+                            } else {
+                                0
+                            },
+                            replay: w.replay,
+                            foundation_loss: foundation_loss[*i],
+                            distill_loss,
+                        });
+                    }
+                    Err(e) => results[*i] = Some(Err(e)),
+                }
+            }
+        }
+        adapters
+            .iter_mut()
+            .zip(results)
+            .zip(reports)
+            .map(|((a, r), steps)| match r {
+                Some(r) => r,
+                None if steps.is_empty() => Ok(None),
+                None => {
+                    a.version += 1;
+                    a.counters.rounds += 1;
+                    a.last_round = RoundReport {
+                        steps,
+                        version: a.version,
+                    };
+                    Ok(Some(a.student.norm_state(&a.model_id, a.version)))
+                }
+            })
+            .collect()
+    }
+
+    /// This round's steps: every full batch of pending samples (taken out of `pending`) with
+    /// its replay draw, or one replay-only step.
+    fn plan_round(&mut self) -> Vec<Work> {
         let b = self.config.batch;
         // The replay sampler is seeded per round from (seed, version) rather than carried along,
         // so a session restored from a snapshot draws exactly what it would have drawn.
@@ -272,25 +363,18 @@ impl CloudAdapter {
         );
         let mut steps = Vec::new();
         while self.pending() >= b {
-            let fresh: Vec<u8> = self.pending.drain(..b * self.image_size).collect();
-            let foundation_loss = if self.config.adapt_foundation {
-                Some(self.adapt_foundation(&fresh, b)?)
-            } else {
-                None
-            };
-            let mut batch = fresh;
+            let mut batch: Vec<u8> = self.pending.drain(..b * self.image_size).collect();
             let replay = if self.replay.len() >= self.config.replay_min {
                 self.replay
                     .sample_into(&mut rng, self.config.replay_ratio * b, &mut batch)
             } else {
                 0
             };
-            let distill_loss = self.distill(&batch, b + replay)?;
-            steps.push(StepReport {
-                new: b,
+            steps.push(Work {
+                fresh: true,
+                batch,
+                n: b + replay,
                 replay,
-                foundation_loss,
-                distill_loss,
             });
         }
         if steps.is_empty() && self.replay.len() >= self.config.replay_min {
@@ -299,64 +383,154 @@ impl CloudAdapter {
             let mut batch = Vec::new();
             let k = self.config.replay_only_factor * b;
             let replay = self.replay.sample_into(&mut rng, k, &mut batch);
-            let distill_loss = self.distill(&batch, replay)?;
-            self.counters.replay_only_steps += 1;
-            steps.push(StepReport {
-                new: 0,
+            steps.push(Work {
+                fresh: false,
+                batch,
+                n: replay,
                 replay,
-                foundation_loss: None,
-                distill_loss,
             });
         }
-        if steps.is_empty() {
-            return Ok(None);
-        }
-        self.version += 1;
-        self.counters.rounds += 1;
-        self.last_round = RoundReport {
-            steps,
-            version: self.version,
+        steps
+    }
+
+    /// Cloud step 1 for the sessions `which` (their step `k` is fresh): TBR forward (running
+    /// statistics move), loss `mean[E_f · 1/exp(E_f − E0)]` with constant weights, one SGD step
+    /// on norm affine. One result per session in `which`.
+    fn adapt_foundations(
+        adapters: &mut [&mut CloudAdapter],
+        which: &[usize],
+        work: &[Vec<Work>],
+        k: usize,
+    ) -> Vec<Result<f32, AdaptError>> {
+        let fresh = |i: usize| {
+            let b = adapters[i].config.batch;
+            (&work[i][k].batch[..b * adapters[i].image_size], b)
         };
-        Ok(Some(self.student.norm_state(&self.model_id, self.version)))
-    }
-
-    /// Cloud step 1: TBR forward (running statistics move), loss
-    /// `mean[E_f · 1/exp(E_f − E0)]` with constant weights, one SGD step on norm affine.
-    fn adapt_foundation(&mut self, pixels: &[u8], n: usize) -> Result<f32, AdaptError> {
-        if self.config.init_foundation_stats && !self.foundation_stats_initialised {
-            self.foundation.init_running_stats(pixels, n)?;
-            self.foundation_stats_initialised = true;
+        let inputs: Vec<(&[u8], usize)> = which.iter().map(|&i| fresh(i)).collect();
+        for (&i, (pixels, n)) in which.iter().zip(&inputs) {
+            let a = &mut *adapters[i];
+            if a.config.init_foundation_stats && !a.foundation_stats_initialised {
+                if let Err(e) = a.foundation.init_running_stats(pixels, *n) {
+                    return vec_err(which.len(), e.into());
+                }
+                a.foundation_stats_initialised = true;
+            }
         }
-        let (e0, classes) = (self.e0, self.foundation.card.architecture.num_classes());
-        let out = self
-            .foundation
-            .norm_affine_backward(pixels, n, NormMode::Tbr, true, |l| {
-                self_weighted_entropy_grad(l, classes, e0)
-            })?;
-        let lr = self.config.foundation_lr;
-        self.foundation_sgd
-            .step_host(self.foundation.store_mut(), out.grads, lr);
-        self.counters.foundation_steps += 1;
-        Ok(out.loss)
+        let losses: Vec<_> = which
+            .iter()
+            .map(|&i| {
+                let a = &adapters[i];
+                let (e0, classes) = (a.e0, a.foundation.card.architecture.num_classes());
+                move |l: &[f32]| self_weighted_entropy_grad(l, classes, e0)
+            })
+            .collect();
+        let mut models = pick(adapters, which, |a| &mut a.foundation);
+        let outs =
+            Model::norm_affine_backward_many(&mut models, &inputs, NormMode::Tbr, true, losses);
+        drop(models);
+        match outs {
+            Err(e) => vec_err(which.len(), e.into()),
+            Ok(outs) => which
+                .iter()
+                .zip(outs)
+                .map(|(&i, out)| {
+                    let a = &mut *adapters[i];
+                    let lr = a.config.foundation_lr;
+                    a.foundation_sgd
+                        .step_host(a.foundation.store_mut(), out.grads, lr);
+                    a.counters.foundation_steps += 1;
+                    Ok(out.loss)
+                })
+                .collect(),
+        }
     }
 
-    /// Cloud step 2: teacher logits in eval mode (no gradient), student in TBR mode, the CEMA
-    /// distillation loss, one SGD step on the student's norm affine.
-    fn distill(&mut self, pixels: &[u8], n: usize) -> Result<f32, AdaptError> {
-        let teacher = self.foundation.logits(pixels, n, NormMode::Running)?;
-        let (e0, k) = (self.e0, self.config.distill);
-        let classes = self.student.card.architecture.num_classes();
-        let out = self
-            .student
-            .norm_affine_backward(pixels, n, NormMode::Tbr, true, |s| {
-                cema_distill_grad(s, &teacher, classes, e0, k)
-            })?;
-        let lr = self.config.student_lr;
-        self.student_sgd
-            .step_host(self.student.store_mut(), out.grads, lr);
-        self.counters.distillation_steps += 1;
-        Ok(out.loss)
+    /// Cloud step 2 for the sessions `which`: teacher logits in eval mode (no gradient), student
+    /// in TBR mode, the CEMA distillation loss, one SGD step on the student's norm affine.
+    fn distill_many(
+        adapters: &mut [&mut CloudAdapter],
+        which: &[usize],
+        work: &[Vec<Work>],
+        k: usize,
+    ) -> Vec<Result<f32, AdaptError>> {
+        let inputs: Vec<(&[u8], usize)> = which
+            .iter()
+            .map(|&i| (&work[i][k].batch[..], work[i][k].n))
+            .collect();
+        let mut models = pick(adapters, which, |a| &mut a.foundation);
+        let teachers = Model::logits_many(&mut models, &inputs, NormMode::Running);
+        drop(models);
+        let teachers = match teachers {
+            Ok(t) => t,
+            Err(e) => return vec_err(which.len(), e.into()),
+        };
+        let losses: Vec<_> = which
+            .iter()
+            .zip(&teachers)
+            .map(|(&i, teacher)| {
+                let a = &adapters[i];
+                let (e0, kd) = (a.e0, a.config.distill);
+                let classes = a.student.card.architecture.num_classes();
+                move |s: &[f32]| cema_distill_grad(s, teacher, classes, e0, kd)
+            })
+            .collect();
+        let mut models = pick(adapters, which, |a| &mut a.student);
+        let outs =
+            Model::norm_affine_backward_many(&mut models, &inputs, NormMode::Tbr, true, losses);
+        drop(models);
+        match outs {
+            Err(e) => vec_err(which.len(), e.into()),
+            Ok(outs) => which
+                .iter()
+                .zip(outs)
+                .map(|(&i, out)| {
+                    let a = &mut *adapters[i];
+                    let lr = a.config.student_lr;
+                    a.student_sgd
+                        .step_host(a.student.store_mut(), out.grads, lr);
+                    a.counters.distillation_steps += 1;
+                    Ok(out.loss)
+                })
+                .collect(),
+        }
     }
+}
+
+/// One step of a planned round.
+struct Work {
+    /// The batch starts with B fresh samples (and the foundation adapts on them).
+    fresh: bool,
+    /// Fresh samples, then replay samples.
+    batch: Vec<u8>,
+    n: usize,
+    replay: usize,
+}
+
+/// Mutable borrows of one model of each adapter in `which` (ascending indices).
+fn pick<'a>(
+    adapters: &'a mut [&mut CloudAdapter],
+    which: &[usize],
+    model: impl Fn(&mut CloudAdapter) -> &mut Model,
+) -> Vec<&'a mut Model> {
+    adapters
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| which.contains(i))
+        .map(|(_, a)| model(a))
+        .collect()
+}
+
+/// A failure of a pass shared by `n` sessions: the first gets the error, the others are told.
+fn vec_err<T>(n: usize, e: AdaptError) -> Vec<Result<T, AdaptError>> {
+    let msg = e.to_string();
+    let mut out = vec![Err(e)];
+    out.extend((1..n).map(|_| {
+        Err(AdaptError::Model(ModelError::Input(format!(
+            "a pass shared with another session failed: {msg}"
+        ))))
+    }));
+    out.truncate(n);
+    out
 }
 
 /// Everything of a [`CloudAdapter`] that is not its frozen weights or its replay buffer: what a

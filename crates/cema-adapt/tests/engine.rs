@@ -349,3 +349,112 @@ fn a_vit_teacher_adapts_only_its_layernorm_affine_and_distils_into_the_cnn_stude
         cloud.foundation().state_dict()
     );
 }
+
+/// Largest |a − b| relative to the larger magnitude (at least 1e-3).
+fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = a.iter().chain(b).fold(1e-3f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+#[test]
+fn a_batched_round_of_many_sessions_equals_their_separate_rounds() {
+    let cfg = |seed| CloudConfig {
+        batch: 8,
+        replay_min: 16,
+        seed,
+        ..CloudConfig::default()
+    };
+    let (f, e) = (tiny_foundation(1), tiny_edge(2));
+    let new = |seed| CloudAdapter::new(f.clone(), e.clone(), "tiny", 0, cfg(seed)).unwrap();
+    let mut batched: Vec<CloudAdapter> = (0..4).map(new).collect();
+    let mut alone: Vec<CloudAdapter> = (0..4).map(new).collect();
+    assert!(batched[0]
+        .foundation()
+        .shares_frozen_weights(batched[3].foundation()));
+    assert!(batched[0]
+        .student()
+        .shares_frozen_weights(batched[3].student()));
+    let mut replay_only = 0;
+    for round in 0..5 {
+        // Uneven uploads: some sessions have two fresh batches, some one, some none (a
+        // replay-only step once their buffer is warm, or nothing at all before).
+        for (s, (a, b)) in batched.iter_mut().zip(&mut alone).enumerate() {
+            let n = [8, 17, 3, 12][s] * (round % 3);
+            let px = images(100 * s + 20 * round, n);
+            a.receive(&px, n).unwrap();
+            b.receive(&px, n).unwrap();
+        }
+        let mut refs: Vec<&mut CloudAdapter> = batched.iter_mut().collect();
+        let many = CloudAdapter::step_many(&mut refs);
+        for (s, (got, b)) in many.into_iter().zip(&mut alone).enumerate() {
+            let what = format!("round {round} session {s}");
+            let got = got.unwrap();
+            let want = b.step().unwrap();
+            let a = &batched[s];
+            assert_eq!(got.is_some(), want.is_some(), "{what}: published");
+            assert_eq!(a.version(), b.version(), "{what}: version");
+            assert_eq!(a.counters(), b.counters(), "{what}: counters");
+            assert_eq!(a.pending(), b.pending(), "{what}: pending");
+            let (ra, rb) = (a.last_round(), b.last_round());
+            assert_eq!(ra.version, rb.version, "{what}");
+            assert_eq!(ra.steps.len(), rb.steps.len(), "{what}: steps");
+            for (x, y) in ra.steps.iter().zip(&rb.steps) {
+                // The same samples: as many fresh and replay ones, the same draws (the losses
+                // agree only if the batches do).
+                assert_eq!((x.new, x.replay), (y.new, y.replay), "{what}");
+                assert!((x.distill_loss - y.distill_loss).abs() < 1e-4, "{what}");
+                match (x.foundation_loss, y.foundation_loss) {
+                    (Some(p), Some(q)) => assert!((p - q).abs() < 1e-4, "{what}"),
+                    (p, q) => assert_eq!(p.is_some(), q.is_some(), "{what}"),
+                }
+                replay_only += usize::from(x.new == 0);
+            }
+            if let (Some(x), Some(y)) = (got, want) {
+                assert_eq!(x.version, y.version);
+                for (name, t) in &x.tensors {
+                    let d = rel_diff(&t.data, &y.tensors[name].data);
+                    assert!(d < 1e-4, "{what}: published {name} differs by {d}");
+                }
+            }
+            for (model, other) in [(a.foundation(), b.foundation()), (a.student(), b.student())] {
+                let (x, y) = (model.state_dict(), other.state_dict());
+                for (name, t) in &x {
+                    let d = rel_diff(&t.data, &y[name].data);
+                    assert!(d < 1e-4, "{what}: {name} differs by {d}");
+                }
+            }
+        }
+    }
+    assert!(replay_only > 0, "the rounds included replay-only steps");
+    // The sessions learned different things: a batch that mixed them up would show.
+    assert_ne!(
+        batched[0].student().norm_state("tiny", 0),
+        batched[1].student().norm_state("tiny", 0)
+    );
+}
+
+#[test]
+fn a_session_that_cannot_publish_fails_alone_in_a_batched_round() {
+    let cfg = CloudConfig {
+        batch: 8,
+        ..CloudConfig::default()
+    };
+    let (f, e) = (tiny_foundation(1), tiny_edge(2));
+    let last = cema_wire::MAX_NORM_VERSION;
+    let mut a = CloudAdapter::new(f.clone(), e.clone(), "tiny", 0, cfg).unwrap();
+    let mut spent = CloudAdapter::new(f.clone(), e.clone(), "tiny", last, cfg).unwrap();
+    let mut c = CloudAdapter::new(f, e, "tiny", 3, cfg).unwrap();
+    for s in [&mut a, &mut spent, &mut c] {
+        s.receive(&images(0, 8), 8).unwrap();
+    }
+    let out = CloudAdapter::step_many(&mut [&mut a, &mut spent, &mut c]);
+    assert_eq!(out[0].as_ref().unwrap().as_ref().unwrap().version, 1);
+    assert!(matches!(out[1], Err(AdaptError::VersionExhausted(v)) if v == last));
+    assert_eq!(out[2].as_ref().unwrap().as_ref().unwrap().version, 4);
+    assert_eq!(spent.version(), last);
+    assert_eq!(spent.counters().rounds, 0);
+}
