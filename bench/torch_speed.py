@@ -18,6 +18,7 @@ statistics; TBR's forward only adds the per-channel rescale by r = σ_B/σ_run a
 BatchNorm's fused kernel does not have to do, so this side's cost is if anything a lower bound.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -33,7 +34,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 import train_torch as T  # noqa: E402
 
-WORKLOADS = ["edge_b64", "edge_b1", "resnet18_224", "cloud_step", "foundation_b64", "foundation_step",
+WORKLOADS = ["edge_b64", "edge_b1", "resnet18_224", "cloud_step", "cloud_round_s16", "foundation_b64", "foundation_step",
              "effnet_lite0_b1", "effnet_lite0_b16", "effnet_lite0_step", "vit_s16_224_b8", "vit_s16_224_step"]
 CHECK_IMAGES = 64
 RESNET18_BATCH = 8
@@ -323,8 +324,9 @@ def tbr_step(name, model, card, seconds, b=STEP_BATCH):
     return r
 
 
-def cloud_round(name, foundation, fcard, student, scard, seconds):
-    """SPEC §3 cloud steps 1–2 as cema-adapt's CloudAdapter runs them, in eager PyTorch."""
+def session_round(foundation, fcard, student, scard):
+    """One cloud session (its own copy of both models, optimisers and replay buffer): a function
+    running SPEC §3 cloud steps 1–2 as cema-adapt's CloudAdapter runs them, in eager PyTorch."""
     c = CLOUD
     b, k = c["batch"], c["replay_ratio"] * c["batch"]
     classes = scard["architecture"]["num_classes"]
@@ -380,13 +382,31 @@ def cloud_round(name, foundation, fcard, student, scard, seconds):
         opt_s.step()
         sync()
 
+    return fn
+
+
+def cloud_round(name, foundation, fcard, student, scard, seconds, sessions=1):
+    """`sessions` cloud sessions of the same models, each running one round per iteration, one
+    after another (what PyTorch eager does for several devices: no batching across sessions)."""
+    b, k = CLOUD["batch"], CLOUD["replay_ratio"] * CLOUD["batch"]
+    fns = [session_round(foundation, fcard, student, scard)]
+    fns += [session_round(copy.deepcopy(foundation), fcard, copy.deepcopy(student), scard)
+            for _ in range(sessions - 1)]
+
+    def fn():
+        for f in fns:
+            f()
+
     per_round = b + k
     what = (f"replay append of {b} new u8 images, foundation BatchNorm-train entropy step on {b}, teacher eval "
             f"logits + student BatchNorm-train distillation step (α·entropy + β·T²·KL + γ·CE, SPEC §3) on {per_round} "
             f"({b} new + {k} replay), SGD momentum; samples = {per_round} per round")
-    r = report(name, what, "samples", per_round, measure(seconds, fn))
+    if sessions > 1:
+        what = f"{sessions} sessions (own model copies), one after another, each: " + what
+    r = report(name, what, "samples", sessions * per_round, measure(seconds, fn))
+    r["sessions"] = sessions
     r["new_per_round"], r["replay_per_round"] = b, k
-    r["rounds_per_s"] = 1e3 / r["median_ms"]
+    r["rounds_per_s"] = sessions * 1e3 / r["median_ms"]
     return r
 
 
@@ -419,10 +439,11 @@ def run_workload(w, models, seconds):
     if w == "foundation_step":
         m, card = load_model(models[1])
         return lambda: tbr_step(w, m.to(DEVICE), card, seconds), {}
-    if w == "cloud_step":
+    if w in ("cloud_step", "cloud_round_s16"):
         f, fcard = load_model(models[1])
         s, scard = load_model(models[0])
-        return lambda: cloud_round(w, f.to(DEVICE), fcard, s.to(DEVICE), scard, seconds), {}
+        n = 1 if w == "cloud_step" else 16
+        return lambda: cloud_round(w, f.to(DEVICE), fcard, s.to(DEVICE), scard, seconds, n), {}
     raise AssertionError(w)
 
 

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub queued: Gauge,
     pub sessions: Gauge,
     pub round_seconds: Histogram,
+    /// Sessions whose rounds ran together in one batched pass.
+    pub round_sessions: Histogram,
     /// Failed store writes (e.g. a full disk).
     pub store_errors: Counter,
     /// Open client connections.
@@ -87,6 +89,7 @@ impl Default for Metrics {
             queued: Gauge::default(),
             sessions: Gauge::default(),
             round_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            round_sessions: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             store_errors: Counter::default(),
             connections: Gauge::default(),
             update_streams: Gauge::default(),
@@ -154,6 +157,11 @@ impl Default for Metrics {
             "round_seconds",
             "Wall time of one adaptation round",
             m.round_seconds.clone(),
+        );
+        r.register(
+            "round_sessions",
+            "Sessions whose rounds ran together in one batched pass",
+            m.round_sessions.clone(),
         );
         r.register(
             "http_requests",

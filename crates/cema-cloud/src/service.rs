@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use cema_adapt::{CloudAdapter, CloudConfig, CloudSnapshot};
+use cema_adapt::{AdaptError, CloudAdapter, CloudConfig, CloudSnapshot};
 use cema_model::{cpu, Device, Model, NormState};
 use cema_wire::{
     decode_upload, Dtype, EdgeTelemetry, ErrorCode, SessionInfo, UploadAck, WireError,
@@ -34,6 +34,9 @@ pub struct CloudOptions {
     pub config: CloudConfig,
     /// Worker threads running adaptation rounds.
     pub workers: usize,
+    /// Most sessions whose ready rounds one worker runs together, every model step batched
+    /// across them (`CloudAdapter::step_many`); 1 runs one session's round at a time.
+    pub batch_sessions: usize,
     /// Hard limit on any request body, bytes.
     pub max_body: usize,
     /// Acknowledged-but-unprocessed uploads one session may hold before uploads get 429.
@@ -54,6 +57,7 @@ impl CloudOptions {
             devices: HashMap::new(),
             config: CloudConfig::default(),
             workers: 1,
+            batch_sessions: 1,
             max_body: 8 << 20,
             max_queued: 64,
             round_delay: std::time::Duration::ZERO,
@@ -580,23 +584,62 @@ impl Cloud {
         }
     }
 
-    /// One round: the oldest queued upload of `session` is received and learned from; the
-    /// snapshot is committed durably before the new version is published.
-    fn run_round(&self, session: &Session) {
-        // Peeked, not popped: the upload counts as queued until its round is committed. Only one
-        // worker holds a session at a time (the `scheduled` flag), so the front cannot change.
-        let Some(item) = session.queue.lock().expect("queue lock").front().cloned() else {
-            return;
-        };
+    /// One round for each of `sessions` (distinct, each held by this worker): the oldest queued
+    /// upload of each is received, the rounds run batched (`CloudAdapter::step_many`), and each
+    /// session's snapshot is committed durably before its new version is published.
+    fn run_rounds(&self, sessions: &[Arc<Session>]) {
         let t = Instant::now();
         if !self.options.round_delay.is_zero() {
             std::thread::sleep(self.options.round_delay);
         }
-        let mut adapter = session.adapter.lock().expect("adapter lock");
-        let n = item.pixels.len() / self.image_size();
-        let result = adapter
-            .receive(&item.pixels, n)
-            .and_then(|()| adapter.step());
+        // Peeked, not popped: an upload counts as queued until its round is committed. Only one
+        // worker holds a session at a time (the `scheduled` flag), so the front cannot change.
+        let ready: Vec<(&Arc<Session>, Queued)> = sessions
+            .iter()
+            .filter_map(|s| Some((s, s.queue.lock().expect("queue lock").front().cloned()?)))
+            .collect();
+        let mut adapters: Vec<_> = ready
+            .iter()
+            .map(|(s, _)| s.adapter.lock().expect("adapter lock"))
+            .collect();
+        let mut results: Vec<Option<Result<Option<NormState>, AdaptError>>> = ready
+            .iter()
+            .zip(adapters.iter_mut())
+            .map(|((_, item), adapter)| {
+                let n = item.pixels.len() / self.image_size();
+                adapter.receive(&item.pixels, n).err().map(Err)
+            })
+            .collect();
+        {
+            let mut stepping: Vec<&mut CloudAdapter> = adapters
+                .iter_mut()
+                .zip(&results)
+                .filter(|(_, r)| r.is_none())
+                .map(|(a, _)| &mut **a)
+                .collect();
+            self.metrics.round_sessions.observe(stepping.len() as f64);
+            let stepped = CloudAdapter::step_many(&mut stepping);
+            drop(stepping);
+            let mut stepped = stepped.into_iter();
+            for r in results.iter_mut().filter(|r| r.is_none()) {
+                *r = stepped.next();
+            }
+        }
+        for (((session, item), adapter), result) in ready.into_iter().zip(adapters).zip(results) {
+            let result = result.expect("every session received or stepped");
+            self.finish_round(session, item, adapter, result, t);
+        }
+    }
+
+    /// The rest of one session's round: commit its snapshot, then publish.
+    fn finish_round(
+        &self,
+        session: &Session,
+        item: Queued,
+        mut adapter: std::sync::MutexGuard<'_, CloudAdapter>,
+        result: Result<Option<NormState>, AdaptError>,
+        t: Instant,
+    ) {
         adapter.release_caches();
         let (published, outcome) = match result {
             Ok(Some(state)) => (Some(state), RoundOutcome::Published),
@@ -686,13 +729,29 @@ impl Cloud {
 
 fn worker(cloud: std::sync::Weak<Cloud>, rx: Arc<Mutex<Receiver<Arc<Session>>>>) {
     loop {
-        let next = rx.lock().expect("work queue lock").recv();
-        let Ok(session) = next else { return };
+        // Every session with a round ready, up to the batch size, without waiting for more.
+        let sessions = {
+            let rx = rx.lock().expect("work queue lock");
+            let Ok(first) = rx.recv() else { return };
+            let most = cloud
+                .upgrade()
+                .map_or(1, |c| c.options.batch_sessions.max(1));
+            let mut sessions = vec![first];
+            while sessions.len() < most {
+                match rx.try_recv() {
+                    Ok(s) => sessions.push(s),
+                    Err(_) => break,
+                }
+            }
+            sessions
+        };
         let Some(cloud) = cloud.upgrade() else { return };
-        cloud.run_round(&session);
+        cloud.run_rounds(&sessions);
         // One round per turn, then to the back of the line: sessions share workers fairly.
-        session.scheduled.store(false, Ordering::Release);
-        cloud.schedule(&session);
+        for session in &sessions {
+            session.scheduled.store(false, Ordering::Release);
+            cloud.schedule(session);
+        }
     }
 }
 

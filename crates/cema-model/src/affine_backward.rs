@@ -1137,6 +1137,34 @@ impl Model {
 /// touch (15 % of a foundation step, measured with `perf`). A thread-local pool rather than one
 /// per model: the cloud holds a foundation copy per edge session, and per-session pools would
 /// keep one step's peak memory alive for every session.
+/// Activation memory one batched pass may hold, bytes. A pass keeps every layer's output for its
+/// backward; past about a single session's round the buffers outgrow the pass's buffer pool and
+/// the caches. Measured on 2 cores (`cema speed --workload cloud_round_s16`, 16 sessions): all 16
+/// in one pass ran at 0.44× the rate of one session at a time, passes of at most 256 MiB at 1.02×.
+const PASS_BYTES: usize = 256 << 20;
+
+/// Consecutive runs of `inputs` whose activations fit [`PASS_BYTES`] together (at least one
+/// model per run).
+fn pass_chunks(plan: &Plan, inputs: &[(&[u8], usize)]) -> Vec<std::ops::Range<usize>> {
+    // Each value once, and each convolution's output twice (before and after its norm).
+    let per_image: usize = (0..plan.shapes.len()).map(|v| 2 * 4 * plan.len(v, 1)).sum();
+    let budget = PASS_BYTES;
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, n)) in inputs.iter().enumerate() {
+        let b = n * per_image;
+        if i > start && bytes + b > budget {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b;
+    }
+    if start < inputs.len() {
+        out.push(start..inputs.len());
+    }
+    out
+}
+
 /// Several models' passes as one: see [`Model::norm_affine_backward_many`].
 impl Model {
     /// Whether `self` and `other` hold the very same frozen weights (every tensor but the norm
@@ -1194,15 +1222,21 @@ impl Model {
             let spec = models[0].card.input.clone();
             let momentum = update_stats.then_some(models[0].net.stats_momentum);
             let mut nets: Vec<&mut Net> = models.iter_mut().map(|m| &mut m.net).collect();
-            return Ok(native_pass_many(
-                &mut nets,
-                &plan,
-                &spec,
-                inputs,
-                mode,
-                momentum,
-                Some(loss_fns),
-            ));
+            let mut losses = loss_fns.into_iter();
+            let mut out = Vec::with_capacity(inputs.len());
+            for r in pass_chunks(&plan, inputs) {
+                let fns: Vec<F> = losses.by_ref().take(r.len()).collect();
+                out.extend(native_pass_many(
+                    &mut nets[r.clone()],
+                    &plan,
+                    &spec,
+                    &inputs[r],
+                    mode,
+                    momentum,
+                    Some(fns),
+                ));
+            }
+            return Ok(out);
         }
         models
             .iter_mut()
@@ -1213,24 +1247,32 @@ impl Model {
     }
 
     /// [`Model::logits`] for several models at once, batched as in
-    /// [`Model::norm_affine_backward_many`]. Eval mode (`Running`) then runs the BatchNorms
-    /// unfolded, since the models' norm states differ.
+    /// [`Model::norm_affine_backward_many`] except in eval mode (`Running`) with folding on:
+    /// each model's BatchNorm-folded net then beats one unfolded pass over all (measured on 2
+    /// cores: the cloud round with its teachers' logits batched ran at 0.90× the rate of one
+    /// session at a time, with only the backward passes batched at 1.01–1.02×).
     pub fn logits_many(
         models: &mut [&mut Model],
         inputs: &[(&[u8], usize)],
         mode: NormMode,
     ) -> Result<Vec<Vec<f32>>> {
         Self::check_many(models, inputs, inputs.len())?;
-        if Self::batches(models) && inputs.iter().all(|(_, n)| *n > 0) {
+        let folds = mode == NormMode::Running && models.iter().all(|m| m.fold_inference_enabled());
+        if !folds && Self::batches(models) && inputs.iter().all(|(_, n)| *n > 0) {
             let plan = models[0]
                 .net
                 .native_plan(&models[0].card.input)
                 .expect("checked by Model::batches");
             let spec = models[0].card.input.clone();
             let mut nets: Vec<&mut Net> = models.iter_mut().map(|m| &mut m.net).collect();
-            let none: Option<Vec<LossFn>> = None;
-            let out = native_pass_many(&mut nets, &plan, &spec, inputs, mode, None, none);
-            return Ok(out.into_iter().map(|o| o.logits).collect());
+            let mut out = Vec::with_capacity(inputs.len());
+            for r in pass_chunks(&plan, inputs) {
+                let none: Option<Vec<LossFn>> = None;
+                let chunk = &mut nets[r.clone()];
+                let o = native_pass_many(chunk, &plan, &spec, &inputs[r], mode, None, none);
+                out.extend(o.into_iter().map(|o| o.logits));
+            }
+            return Ok(out);
         }
         models
             .iter_mut()
@@ -1305,5 +1347,37 @@ pub(crate) mod pool {
                 f.push(v);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_are_cut_where_the_activations_outgrow_the_budget() {
+        let arch = crate::Arch::CifarResnet {
+            depth: 8,
+            width: 8,
+            in_channels: 1,
+            num_classes: 10,
+        };
+        let card = crate::ModelCard::fashion_mnist("t", "edge", arch, vec![]);
+        let net = Net::new(&card.architecture, &crate::cpu(), 0).unwrap();
+        let plan = net.native_plan(&card.input).unwrap();
+        let per_image: usize = (0..plan.shapes.len()).map(|v| 8 * plan.len(v, 1)).sum();
+        let half = PASS_BYTES / per_image / 2;
+        let px: Vec<u8> = Vec::new();
+        let inputs = |ns: &[usize]| ns.iter().map(|&n| (&px[..], n)).collect::<Vec<_>>();
+        // Two halves fit; a third does not; one model alone over the budget still runs.
+        assert_eq!(
+            pass_chunks(&plan, &inputs(&[half, half, half])),
+            vec![0..2, 2..3]
+        );
+        assert_eq!(
+            pass_chunks(&plan, &inputs(&[3 * half, 1, 1])),
+            vec![0..1, 1..3]
+        );
+        assert_eq!(pass_chunks(&plan, &inputs(&[1, 1, 1, 1])), vec![0..4]);
     }
 }

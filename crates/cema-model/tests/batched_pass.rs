@@ -165,6 +165,8 @@ fn batched_logits_are_each_models_logits() {
     let counts = [3usize, 6, 2];
     let px: Vec<Vec<u8>> = counts.iter().map(|&n| pixels(n, 400, n)).collect();
     let inputs: Vec<(&[u8], usize)> = px.iter().map(|p| &p[..]).zip(counts).collect();
+    // Eval mode batches only with folding off (folded, each model runs its own net).
+    batched.iter_mut().for_each(|m| m.set_fold_inference(false));
     for mode in [NormMode::Running, NormMode::Batch] {
         let mut refs: Vec<&mut Model> = batched.iter_mut().collect();
         let many = Model::logits_many(&mut refs, &inputs, mode).unwrap();
@@ -223,7 +225,8 @@ fn mismatched_inputs_are_refused_and_change_nothing() {
     assert!(e.contains("3 models, 2 inputs"), "{e}");
     // One input short of its image count.
     let short = &px[..200];
-    let losses: Vec<fn(&[f32]) -> (f32, Vec<f32>)> = vec![|l| (0.0, vec![0.0; l.len()]); 3];
+    type Loss = fn(&[f32]) -> (f32, Vec<f32>);
+    let losses: Vec<Loss> = vec![|l| (0.0, vec![0.0; l.len()]); 3];
     let e = Model::norm_affine_backward_many(
         &mut refs,
         &[(&px[..], 2), (short, 2), (&px[..], 2)],

@@ -38,6 +38,9 @@ pub struct Args {
     /// Cloud worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// The cloud's `--batch-sessions`: most sessions' rounds in one batched pass.
+    #[arg(long, default_value_t = 1)]
+    pub batch_sessions: usize,
     /// The edge model the cloud serves.
     #[arg(long, default_value = "models/edge.safetensors")]
     pub edge: PathBuf,
@@ -62,9 +65,9 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// From the cloud's session list: sessions that ran a round, and the bytes all sessions say they
-/// hold besides the shared models (state, and replay pixels).
-fn session_memory(url: &str) -> (u64, u64, u64) {
+/// From the cloud's session list: sessions that ran a round, the bytes all sessions say they
+/// hold besides the shared models (state, and replay pixels), and the rounds all have run.
+fn session_memory(url: &str) -> (u64, u64, u64, u64) {
     let body = ureq::get(&format!("{url}/v1/sessions"))
         .call()
         .ok()
@@ -76,7 +79,12 @@ fn session_memory(url: &str) -> (u64, u64, u64) {
         .iter()
         .filter(|s| s["rounds"].as_u64().is_some_and(|r| r > 0))
         .count() as u64;
-    (rounded, sum("session_bytes"), sum("replay_bytes"))
+    (
+        rounded,
+        sum("session_bytes"),
+        sum("replay_bytes"),
+        sum("rounds"),
+    )
 }
 
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -140,6 +148,10 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let mut reaper = Reaper::default();
     let mut cloud_args: Vec<std::ffi::OsString> =
         vec!["--workers".into(), args.workers.to_string().into()];
+    cloud_args.extend([
+        "--batch-sessions".into(),
+        args.batch_sessions.to_string().into(),
+    ]);
     cloud_args.extend(["--store-dir".into(), tmp.path().join("cloud").into()]);
     cloud_args.extend(["--devices-file".into(), dev_file.into()]);
     cloud_args.extend(["--edge".into(), args.edge.clone().into()]);
@@ -222,6 +234,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         );
     }
     std::thread::sleep(Duration::from_secs(args.seconds));
+    // The cloud's own pace: rounds run while the edges uploaded (each learns from B samples).
+    let rounds_in_time = session_memory(&url).3;
     // Let versions for the last acknowledged uploads arrive, then stop.
     std::thread::sleep(Duration::from_secs(5));
     let rss_end = rss_kib(pid);
@@ -241,10 +255,13 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "seconds": args.seconds,
         "interval_ms": args.interval_ms,
         "workers": args.workers,
+        "batch_sessions": args.batch_sessions,
         "samples_per_upload": batch,
         "uploads_acked": t.acked,
         "uploads_per_s": t.acked as f64 / elapsed,
         "samples_per_s": (t.acked as usize * batch) as f64 / elapsed,
+        "cloud_rounds": rounds_in_time,
+        "cloud_samples_per_s": (rounds_in_time as usize * batch) as f64 / elapsed,
         "overloaded_429": t.overloaded,
         "errors": t.errors,
         "versions_delivered": lat.len(),

@@ -35,6 +35,10 @@ pub enum Workload {
     /// One CEMA cloud round (foundation entropy step on 32 new samples, distillation on 128).
     #[value(name = "cloud_step")]
     CloudStep,
+    /// 16 cloud sessions of the same models, each one round as `cloud_step`, run as one batched
+    /// round (`CloudAdapter::step_many`): samples/s over all sessions; one at a time alongside.
+    #[value(name = "cloud_round_s16")]
+    CloudRoundS16,
     /// Foundation model, eval mode, batch 64: images/s.
     #[value(name = "foundation_b64")]
     FoundationB64,
@@ -65,6 +69,7 @@ impl Workload {
             Workload::EdgeB1 => "edge_b1",
             Workload::Resnet18_224 => "resnet18_224",
             Workload::CloudStep => "cloud_step",
+            Workload::CloudRoundS16 => "cloud_round_s16",
             Workload::FoundationB64 => "foundation_b64",
             Workload::FoundationStep => "foundation_step",
             Workload::EffnetLite0B1 => "effnet_lite0_b1",
@@ -78,14 +83,17 @@ impl Workload {
     fn needs_edge(self) -> bool {
         matches!(
             self,
-            Workload::EdgeB64 | Workload::EdgeB1 | Workload::CloudStep
+            Workload::EdgeB64 | Workload::EdgeB1 | Workload::CloudStep | Workload::CloudRoundS16
         )
     }
 
     fn needs_foundation(self) -> bool {
         matches!(
             self,
-            Workload::CloudStep | Workload::FoundationB64 | Workload::FoundationStep
+            Workload::CloudStep
+                | Workload::CloudRoundS16
+                | Workload::FoundationB64
+                | Workload::FoundationStep
         )
     }
 }
@@ -427,10 +435,11 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
                     _ => inference(w, &mut model, VIT_BATCH, args.seconds)?,
                 }
             }
-            Workload::CloudStep => cloud_round(
+            Workload::CloudStep | Workload::CloudRoundS16 => cloud_round(
                 w,
                 foundation.as_ref().expect("loaded above").clone(),
                 edge.as_ref().expect("loaded above").clone(),
+                if w == Workload::CloudStep { 1 } else { 16 },
                 args.seconds,
             )?,
         };
@@ -519,14 +528,17 @@ fn norm_step(
     Ok(m)
 }
 
-/// The production cloud round: a `CloudAdapter` session (default `CloudConfig`: B = 32, 3B
-/// replay) whose replay buffer already holds `CLOUD_REPLAY` images; each iteration uploads 32 new
-/// images (`receive`) and runs `step()`, i.e. the foundation's entropy step on the 32 and the
-/// distillation step on 32 + 96 replayed.
+/// The production cloud round: `sessions` `CloudAdapter` sessions (default `CloudConfig`: B = 32,
+/// 3B replay) of the same models, each with a replay buffer already holding `CLOUD_REPLAY`
+/// images; each iteration uploads 32 new images to every session (`receive`) and runs their
+/// rounds, i.e. per session the foundation's entropy step on the 32 and the distillation step on
+/// 32 + 96 replayed. One session: `step()`. Several: one batched round (`step_many`), then the
+/// same rounds one session at a time, timed the same way, for the ratio.
 fn cloud_round(
     w: Workload,
     foundation: Model,
     student: Model,
+    sessions: usize,
     seconds: f64,
 ) -> Result<Map<String, Value>, CliError> {
     let config = CloudConfig::default();
@@ -537,52 +549,99 @@ fn cloud_round(
     let round_flop = 2.0 * forward_flop(&foundation)? * b as f64
         + forward_flop(&foundation)? * per_round as f64
         + 2.0 * forward_flop(&student)? * per_round as f64;
-    let mut adapter = CloudAdapter::new(foundation, student, "speed", 0, config)
+    let template = CloudAdapter::new(foundation, student, "speed", 0, config)
         .run_err("cloud_step: creating the cloud session")?;
-    let size = adapter.image_size();
+    let size = template.image_size();
     let pool_images = CLOUD_REPLAY + 32 * b;
     let pool = check_pixels(pool_images * size);
-    // A fresh session with a warm replay buffer and nothing pending (the restore path of a
-    // restarted cloud), so no round is spent filling the buffer.
-    let snap = adapter.snapshot();
-    adapter
-        .restore(&snap, &pool[..CLOUD_REPLAY * size])
-        .run_err("cloud_step: preparing the replay buffer")?;
-    let mut next = CLOUD_REPLAY;
-    let t = measure(seconds, || {
-        if next + b > pool_images {
-            next = 0;
-        }
-        adapter
-            .receive(&pool[next * size..(next + b) * size], b)
-            .run_err("cloud_step: receive")?;
-        next += b;
-        adapter
-            .step()
-            .run_err("cloud_step: round")?
-            .ok_or_else(|| CliError::failed(anyhow::anyhow!("cloud_step: round did no work")))?;
-        Ok(())
-    })?;
-    let steps = &adapter.last_round().steps;
-    if steps.len() != 1 || steps[0].new != b || steps[0].new + steps[0].replay != per_round {
-        return Err(CliError::failed(anyhow::anyhow!(
-            "cloud_step: expected one step on {b} new + {} replayed samples, got {steps:?}",
-            per_round - b
-        )));
+    // Fresh sessions with a warm replay buffer and nothing pending (the restore path of a
+    // restarted cloud), so no round is spent filling the buffer. Clones share the frozen weights.
+    let snap = template.snapshot();
+    let mut adapters = Vec::with_capacity(sessions);
+    for _ in 0..sessions {
+        let mut a = template.clone();
+        a.restore(&snap, &pool[..CLOUD_REPLAY * size])
+            .run_err("cloud_step: preparing the replay buffer")?;
+        adapters.push(a);
     }
-    let what = format!(
-        "CloudAdapter::receive({b} new u8 images) + CloudAdapter::step(): foundation TBR entropy step on {b}, teacher eval logits + student TBR distillation step on {per_round} ({b} new + {} replay); samples = {per_round} per round",
-        per_round - b
-    );
+    let mut next = CLOUD_REPLAY;
+    let mut round = |adapters: &mut [CloudAdapter], batched: bool| -> Result<(), CliError> {
+        for a in adapters.iter_mut() {
+            if next + b > pool_images {
+                next = CLOUD_REPLAY;
+            }
+            a.receive(&pool[next * size..(next + b) * size], b)
+                .run_err("cloud_step: receive")?;
+            next += b;
+        }
+        let results = if batched {
+            let mut refs: Vec<&mut CloudAdapter> = adapters.iter_mut().collect();
+            CloudAdapter::step_many(&mut refs)
+        } else {
+            adapters.iter_mut().map(CloudAdapter::step).collect()
+        };
+        for r in results {
+            r.run_err("cloud_step: round")?.ok_or_else(|| {
+                CliError::failed(anyhow::anyhow!("cloud_step: round did no work"))
+            })?;
+        }
+        Ok(())
+    };
+    let t = measure(seconds, || round(&mut adapters, sessions > 1))?;
+    let alone = if sessions > 1 {
+        Some(measure(seconds, || round(&mut adapters, false))?)
+    } else {
+        None
+    };
+    for a in &adapters {
+        let steps = &a.last_round().steps;
+        if steps.len() != 1 || steps[0].new != b || steps[0].new + steps[0].replay != per_round {
+            return Err(CliError::failed(anyhow::anyhow!(
+                "cloud_step: expected one step on {b} new + {} replayed samples, got {steps:?}",
+                per_round - b
+            )));
+        }
+    }
+    let what = if sessions == 1 {
+        format!(
+            "CloudAdapter::receive({b} new u8 images) + CloudAdapter::step(): foundation TBR entropy step on {b}, teacher eval logits + student TBR distillation step on {per_round} ({b} new + {} replay); samples = {per_round} per round",
+            per_round - b
+        )
+    } else {
+        format!(
+            "{sessions} sessions of the same models, each CloudAdapter::receive({b} new u8 images), then CloudAdapter::step_many over all: per session a foundation TBR entropy step on {b}, teacher eval logits + student TBR distillation step on {per_round} ({b} new + {} replay), every step batched across the sessions; samples = {} per iteration",
+            per_round - b,
+            sessions * per_round
+        )
+    };
     let mut m = with_flops(
-        report(w, &what, "samples", per_round, &t),
+        report(w, &what, "samples", sessions * per_round, &t),
         round_flop / per_round as f64,
     );
+    m.insert("sessions".into(), json!(sessions));
     m.insert("new_per_round".into(), json!(b));
     m.insert("replay_per_round".into(), json!(per_round - b));
     m.insert(
         "rounds_per_s".into(),
-        json!(1.0 / m["median_ms"].as_f64().unwrap_or(f64::NAN) * 1e3),
+        json!(sessions as f64 / m["median_ms"].as_f64().unwrap_or(f64::NAN) * 1e3),
     );
+    if let Some(alone) = alone {
+        let mut sorted = alone.iters.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted[sorted.len() / 2];
+        let one_at_a_time = (sessions * per_round) as f64 / median;
+        println!(
+            "{:<16} {one_at_a_time:>10.1} samples/s  one session at a time (median {:>8.3} ms over {} iterations)",
+            "",
+            median * 1e3,
+            sorted.len()
+        );
+        m.insert("one_at_a_time_throughput".into(), json!(one_at_a_time));
+        m.insert("one_at_a_time_median_ms".into(), json!(median * 1e3));
+        m.insert(
+            "batched_vs_one_at_a_time".into(),
+            json!(m["throughput"].as_f64().unwrap_or(f64::NAN) / one_at_a_time),
+        );
+    }
     Ok(m)
 }
