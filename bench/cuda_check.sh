@@ -35,9 +35,10 @@ for b in ${BACKENDS:-cpu cuda}; do
   step "bench-$b" 200 "$bin" -q --backend $b bench --methods bn_adapt,tent,cema \
     --corruptions fog --limit 1024 --out "$out/bench-$b"
 done
-w=edge_b64,foundation_b64,foundation_step,cloud_step
-step speed-cema-cuda 120 "$bin" -q --backend cuda speed --workload $w --seconds 3 --json "$out/speed-cema-cuda.json"
-step speed-torch-cuda 90 "$py" bench/torch_speed.py --device cuda --workload $w --seconds 3 --json "$out/speed-torch-cuda.json"
+# cloud_round_s16: 16 sessions' rounds (cema: batched, then one at a time; PyTorch: in turn).
+w=edge_b64,foundation_b64,foundation_step,cloud_step,cloud_round_s16
+step speed-cema-cuda 200 "$bin" -q --backend cuda speed --workload $w --seconds 3 --json "$out/speed-cema-cuda.json"
+step speed-torch-cuda 120 "$py" bench/torch_speed.py --device cuda --workload $w --seconds 3 --json "$out/speed-torch-cuda.json"
 "$py" - "$out" <<'PY' || failed=1
 import json, sys
 out = sys.argv[1]

@@ -233,9 +233,15 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             args.edges, args.seconds
         );
     }
-    std::thread::sleep(Duration::from_secs(args.seconds));
-    // The cloud's own pace: rounds run while the edges uploaded (each learns from B samples).
-    let rounds_in_time = session_memory(&url).3;
+    // The cloud's own pace: rounds finished over the last three quarters of the upload time (the
+    // first quarter fills the queues), each learning from B new samples. Rounds batched across
+    // sessions finish together, so a window shorter than a few batches miscounts them.
+    let warm = Duration::from_secs_f64(args.seconds as f64 / 4.0);
+    std::thread::sleep(warm);
+    let (rounds_before, window_start) = (session_memory(&url).3, Instant::now());
+    std::thread::sleep(Duration::from_secs(args.seconds).saturating_sub(t0.elapsed()));
+    let rounds_in_time = session_memory(&url).3 - rounds_before;
+    let window_s = window_start.elapsed().as_secs_f64();
     // Let versions for the last acknowledged uploads arrive, then stop.
     std::thread::sleep(Duration::from_secs(5));
     let rss_end = rss_kib(pid);
@@ -260,8 +266,9 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "uploads_acked": t.acked,
         "uploads_per_s": t.acked as f64 / elapsed,
         "samples_per_s": (t.acked as usize * batch) as f64 / elapsed,
-        "cloud_rounds": rounds_in_time,
-        "cloud_samples_per_s": (rounds_in_time as usize * batch) as f64 / elapsed,
+        "cloud_rounds_in_window": rounds_in_time,
+        "cloud_window_s": window_s,
+        "cloud_samples_per_s": (rounds_in_time as usize * batch) as f64 / window_s,
         "overloaded_429": t.overloaded,
         "errors": t.errors,
         "versions_delivered": lat.len(),
