@@ -76,13 +76,92 @@ per_level! {
         });
     }
 
-    /// `row ← softmax(row)`.
-    pub(crate) fn softmax(row: &mut [f32]) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-        // The exponentials in their own loop, so it vectorises; the sum stays in order.
-        row.iter_mut().for_each(|v| *v = exp(*v - max));
-        let inv = 1.0 / row.iter().sum::<f32>();
-        row.iter_mut().for_each(|v| *v *= inv);
+    /// `row ← softmax(row)` for each row of `t` in `rows`.
+    pub(crate) fn softmax(rows: &mut [f32], t: usize) {
+        for row in rows.chunks_exact_mut(t) {
+            let max = lane_fold(row, row, f32::NEG_INFINITY, |m, v, _| m.max(v), f32::max);
+            // The exponentials in their own loop, so it vectorises.
+            row.iter_mut().for_each(|v| *v = exp(*v - max));
+            let inv = 1.0 / lane_sum(row, row, |v, _| v);
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+
+    /// The softmax's backward for each row of `t`: `ds ← p·(ds − Σ ds·p)·scale`.
+    pub(crate) fn softmax_back(ds: &mut [f32], p: &[f32], t: usize, scale: f32) {
+        for (ds, p) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+            let dot = lane_sum(ds, p, |d, p| d * p);
+            ds.iter_mut().zip(p).for_each(|(s, p)| *s = p * (*s - dot) * scale);
+        }
+    }
+
+    /// LayerNorm of each row of `c = γ.len()` in `x`: `out ← x̂·γ + β` with `x̂ = (x − μ)·r`,
+    /// `r = 1/√(σ² + ε)` into `rstd` per row, and `x̂` into `xhat` unless it is empty.
+    pub(crate) fn layer_norm(
+        out: &mut [f32],
+        xhat: &mut [f32],
+        rstd: &mut [f32],
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+    ) {
+        let c = gamma.len();
+        let inv_c = 1.0 / c as f32;
+        for (i, ((o, x), r)) in out
+            .chunks_exact_mut(c)
+            .zip(x.chunks_exact(c))
+            .zip(rstd.iter_mut())
+            .enumerate()
+        {
+            let mean = lane_sum(x, x, |v, _| v) * inv_c;
+            let var = lane_sum(x, x, |v, _| (v - mean) * (v - mean)) * inv_c;
+            *r = 1.0 / (var + eps).sqrt();
+            let rv = *r;
+            for (((o, x), g), b) in o.iter_mut().zip(x).zip(gamma).zip(beta) {
+                *o = (x - mean) * rv * g + b;
+            }
+            if !xhat.is_empty() {
+                let h = &mut xhat[i * c..(i + 1) * c];
+                h.iter_mut().zip(x).for_each(|(h, x)| *h = (x - mean) * rv);
+            }
+        }
+    }
+
+    /// The input gradient of [`layer_norm`] for each row:
+    /// `dx ← r·(g·γ − mean(g·γ) − x̂·mean(g·γ·x̂))`.
+    pub(crate) fn layer_norm_back(
+        dx: &mut [f32],
+        g: &[f32],
+        xhat: &[f32],
+        rstd: &[f32],
+        gamma: &[f32],
+    ) {
+        let c = gamma.len();
+        let inv_c = 1.0 / c as f32;
+        for (((d, g), x), r) in dx
+            .chunks_exact_mut(c)
+            .zip(g.chunks_exact(c))
+            .zip(xhat.chunks_exact(c))
+            .zip(rstd)
+        {
+            // g·γ once, into dx, so both sums read it.
+            d.iter_mut().zip(g).zip(gamma).for_each(|((d, g), w)| *d = g * w);
+            let m1 = lane_sum(d, d, |v, _| v) * inv_c;
+            let m2 = lane_sum(d, x, |v, x| v * x) * inv_c;
+            d.iter_mut().zip(x).for_each(|(d, x)| *d = r * (*d - m1 - x * m2));
+        }
+    }
+
+    /// Per channel, `dγ += Σ g·x̂` and `dβ += Σ g` over the rows.
+    pub(crate) fn affine_grads(dgamma: &mut [f32], dbeta: &mut [f32], g: &[f32], xhat: &[f32]) {
+        let c = dgamma.len();
+        for (g, x) in g.chunks_exact(c).zip(xhat.chunks_exact(c)) {
+            for (((dg, db), g), x) in dgamma.iter_mut().zip(dbeta.iter_mut()).zip(g).zip(x) {
+                *dg += g * x;
+                *db += g;
+            }
+        }
     }
 
     /// `d += s`.
@@ -189,6 +268,46 @@ per_level! {
     }
 }
 
+/// Independent partial sums per reduction: one AVX-512 register, two AVX2 ones, four SSE ones.
+const LANES: usize = 16;
+
+/// `Σ f(a, b)` element by element in [`LANES`] interleaved partial sums added in a fixed order,
+/// so it vectorises at every level (a plain running sum is one serial chain) and gives the same
+/// number at each.
+#[inline(always)]
+fn lane_sum<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], f: F) -> f32 {
+    lane_fold(a, b, 0.0, |acc, a, b| acc + f(a, b), |x, y| x + y)
+}
+
+/// The fold behind [`lane_sum`]: `step` into each of the [`LANES`] accumulators, which `join`
+/// then combines pairwise in a fixed order.
+#[inline(always)]
+fn lane_fold<S, J>(a: &[f32], b: &[f32], init: f32, step: S, join: J) -> f32
+where
+    S: Fn(f32, f32, f32) -> f32,
+    J: Fn(f32, f32) -> f32,
+{
+    let mut acc = [init; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (a, b) in ac.zip(bc) {
+        for i in 0..LANES {
+            acc[i] = step(acc[i], a[i], b[i]);
+        }
+    }
+    for (i, (a, b)) in ar.iter().zip(br).enumerate() {
+        acc[i] = step(acc[i], *a, *b);
+    }
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] = join(acc[i], acc[i + w]);
+        }
+    }
+    acc[0]
+}
+
 /// `eˣ` in plain arithmetic, so each CPU level's loop vectorises it (libm's `expf` is a call per
 /// element): `2ᵏ·p(r)` with `x = k·ln 2 + r`, `|r| ≤ ln 2 / 2`, `p` Taylor to degree 6 (relative
 /// error under 2e-7); below −87 it is 0, above 88 it saturates at `2¹²⁷·p`.
@@ -283,6 +402,74 @@ mod tests {
         }
     }
 
+    /// The lane-wise reductions against the same arithmetic in f64, on rows whose length is not
+    /// a multiple of the lanes.
+    #[test]
+    fn row_passes_match_their_definitions() {
+        let (c, rows) = (37, 5);
+        let x: Vec<f32> = (0..c * rows)
+            .map(|i| ((i * 7919) % 113) as f32 * 0.03 - 1.5)
+            .collect();
+        let gamma: Vec<f32> = (0..c).map(|j| 0.5 + j as f32 * 0.01).collect();
+        let beta: Vec<f32> = (0..c).map(|j| j as f32 * -0.02).collect();
+        let (mut out, mut xhat, mut rstd) =
+            (vec![0f32; x.len()], vec![0f32; x.len()], vec![0f32; rows]);
+        layer_norm(&mut out, &mut xhat, &mut rstd, &x, &gamma, &beta, 1e-6);
+        let g: Vec<f32> = x.iter().map(|v| (v * 3.0).sin()).collect();
+        let mut dx = vec![0f32; x.len()];
+        layer_norm_back(&mut dx, &g, &xhat, &rstd, &gamma);
+        for r in 0..rows {
+            let row: Vec<f64> = x[r * c..(r + 1) * c].iter().map(|v| *v as f64).collect();
+            let mean = row.iter().sum::<f64>() / c as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / c as f64;
+            let rs = 1.0 / (var + 1e-6).sqrt();
+            assert!((rstd[r] as f64 - rs).abs() < 1e-5 * rs);
+            let h: Vec<f64> = row.iter().map(|v| (v - mean) * rs).collect();
+            let gg: Vec<f64> = (0..c)
+                .map(|j| g[r * c + j] as f64 * gamma[j] as f64)
+                .collect();
+            let m1 = gg.iter().sum::<f64>() / c as f64;
+            let m2 = gg.iter().zip(&h).map(|(a, b)| a * b).sum::<f64>() / c as f64;
+            for j in 0..c {
+                let i = r * c + j;
+                assert!((xhat[i] as f64 - h[j]).abs() < 1e-5);
+                assert!((out[i] as f64 - (h[j] * gamma[j] as f64 + beta[j] as f64)).abs() < 1e-5);
+                let want = rs * (gg[j] - m1 - h[j] * m2);
+                assert!(
+                    (dx[i] as f64 - want).abs() < 1e-4,
+                    "dx[{i}] = {}, want {want}",
+                    dx[i]
+                );
+            }
+        }
+        // Without x̂ the output and 1/σ are the same numbers.
+        let (mut out2, mut rstd2) = (vec![0f32; x.len()], vec![0f32; rows]);
+        layer_norm(&mut out2, &mut [], &mut rstd2, &x, &gamma, &beta, 1e-6);
+        assert_eq!((out2, rstd2), (out, rstd));
+        let (mut dg, mut db) = (vec![0f32; c], vec![0f32; c]);
+        affine_grads(&mut dg, &mut db, &g, &xhat);
+        for j in 0..c {
+            let want_g: f32 = (0..rows).map(|r| g[r * c + j] * xhat[r * c + j]).sum();
+            let want_b: f32 = (0..rows).map(|r| g[r * c + j]).sum();
+            assert_eq!((dg[j], db[j]), (want_g, want_b));
+        }
+        // softmax_back: p·(ds − Σ ds·p)·scale per row.
+        let mut p = x.clone();
+        softmax(&mut p, c);
+        let mut ds = g.clone();
+        softmax_back(&mut ds, &p, c, 0.5);
+        for r in 0..rows {
+            let row = r * c..(r + 1) * c;
+            let dot: f64 = row.clone().map(|i| g[i] as f64 * p[i] as f64).sum();
+            let total: f32 = p[row.clone()].iter().sum();
+            assert!((total - 1.0).abs() < 1e-6);
+            for i in row {
+                let want = p[i] as f64 * (g[i] as f64 - dot) * 0.5;
+                assert!((ds[i] as f64 - want).abs() < 1e-6);
+            }
+        }
+    }
+
     #[test]
     fn exp_and_erf_are_accurate_and_gelu_matches_its_definition() {
         for i in -2000..=2000 {
@@ -309,7 +496,7 @@ mod tests {
             assert!((g - d).abs() < 1e-6, "gelu'({x})");
         }
         let mut row = vec![1.0f32, 2.0, 3.0, -50.0];
-        softmax(&mut row);
+        softmax(&mut row, 4);
         let z: f64 = [1.0f64, 2.0, 3.0, -50.0].iter().map(|v| v.exp()).sum();
         for (p, v) in row.iter().zip([1.0f64, 2.0, 3.0, -50.0]) {
             assert!((*p as f64 - v.exp() / z).abs() < 1e-7);

@@ -93,7 +93,7 @@ enum Saved {
 /// Rows per image above which a GEMM is split over the pool (smaller ones stay on the caller).
 const PAR_ROWS: usize = 256;
 
-/// Rows per block of a LayerNorm's γ/β gradient sums.
+/// Rows per block of a LayerNorm's passes (and of its γ/β gradient sums, added in block order).
 const LN_ROWS: usize = 64;
 
 impl Net {
@@ -344,12 +344,7 @@ impl Net {
                         .zip(xhat.par_chunks(LN_ROWS * c))
                         .map(|(g, x)| {
                             let (mut dg, mut db) = (vec![0f32; c], vec![0f32; c]);
-                            for (g, x) in g.chunks_exact(c).zip(x.chunks_exact(c)) {
-                                for j in 0..c {
-                                    dg[j] += g[j] * x[j];
-                                    db[j] += g[j];
-                                }
-                            }
+                            lanes::affine_grads(&mut dg, &mut db, g, x);
                             (dg, db)
                         })
                         .collect();
@@ -359,24 +354,15 @@ impl Net {
                         lanes::add(&mut dbeta, db);
                     }
                     out.push((layer.weight, dgamma));
-                    let gamma = &gamma;
                     out.push((layer.bias, dbeta));
                     if needs[node.inputs[0]] {
                         let mut dx = pool::take_dirty(g.len());
-                        dx.par_chunks_mut(c)
-                            .zip(g.par_chunks(c).zip(xhat.par_chunks(c)).zip(&rstd))
-                            .for_each(|(d, ((g, x), r))| {
-                                let (mut m1, mut m2) = (0f32, 0f32);
-                                for j in 0..c {
-                                    let gg = g[j] * gamma[j];
-                                    m1 += gg;
-                                    m2 += gg * x[j];
-                                }
-                                let (m1, m2) = (m1 / c as f32, m2 / c as f32);
-                                for j in 0..c {
-                                    d[j] = r * (g[j] * gamma[j] - m1 - x[j] * m2);
-                                }
-                            });
+                        let block = LN_ROWS * c;
+                        dx.par_chunks_mut(block)
+                            .zip(g.par_chunks(block))
+                            .zip(xhat.par_chunks(block))
+                            .zip(rstd.par_chunks(LN_ROWS))
+                            .for_each(|(((d, g), x), r)| lanes::layer_norm_back(d, g, x, r, gamma));
                         give(&mut grads, node.inputs[0], dx);
                     }
                     pool::give(g);
@@ -652,27 +638,18 @@ fn layer_norm(
     };
     let mut rstd = vec![0f32; rows];
     let eps = layer.eps as f32;
-    let body = |(o, x): (&mut [f32], &[f32])| -> f32 {
-        let mean = x.iter().sum::<f32>() / c as f32;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
-        let r = 1.0 / (var + eps).sqrt();
-        for j in 0..c {
-            o[j] = (x[j] - mean) * r * gamma[j] + beta[j];
-        }
-        r
-    };
-    out.par_chunks_mut(c)
-        .zip(x.par_chunks(c))
-        .zip(rstd.par_iter_mut())
-        .for_each(|(ox, r)| *r = body(ox));
+    let block = LN_ROWS * c;
     if keep {
-        xhat.par_chunks_mut(c)
-            .zip(x.par_chunks(c))
-            .zip(&rstd)
-            .for_each(|((d, x), r)| {
-                let mean = x.iter().sum::<f32>() / c as f32;
-                d.iter_mut().zip(x).for_each(|(d, x)| *d = (x - mean) * r);
-            });
+        out.par_chunks_mut(block)
+            .zip(xhat.par_chunks_mut(block))
+            .zip(rstd.par_chunks_mut(LN_ROWS))
+            .zip(x.par_chunks(block))
+            .for_each(|(((o, h), r), x)| lanes::layer_norm(o, h, r, x, gamma, beta, eps));
+    } else {
+        out.par_chunks_mut(block)
+            .zip(rstd.par_chunks_mut(LN_ROWS))
+            .zip(x.par_chunks(block))
+            .for_each(|((o, r), x)| lanes::layer_norm(o, &mut [], r, x, gamma, beta, eps));
     }
     (out, xhat, rstd)
 }
@@ -695,7 +672,7 @@ fn attend(qkv: &[f32], n: usize, t: usize, c: usize, heads: usize) -> (Vec<f32>,
                 let k = View::rows(&qkv[c + h * d..], t, d, 3 * c);
                 let v = View::rows(&qkv[2 * c + h * d..], t, d, 3 * c);
                 gemm_view(p, t, q, k.t(), (0.0, scale), 1);
-                p.chunks_exact_mut(t).for_each(lanes::softmax);
+                lanes::softmax(p, t);
                 gemm_view(
                     &mut out[h * d..],
                     c,
@@ -737,12 +714,7 @@ fn attend_back(
                 // dV = Pᵀ·dO; dP = dO·Vᵀ, then the softmax's Jacobian row by row.
                 gemm_view(&mut dq[2 * c + h * d..], 3 * c, p.t(), dout, (0.0, 1.0), 1);
                 gemm_view(&mut ds, t, dout, v.t(), (0.0, 1.0), 1);
-                for (dsr, pr) in ds.chunks_exact_mut(t).zip(p.data.chunks_exact(t)) {
-                    let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                    dsr.iter_mut()
-                        .zip(pr)
-                        .for_each(|(s, p)| *s = p * (*s - dot) * scale);
-                }
+                lanes::softmax_back(&mut ds, &probs[h * t * t..(h + 1) * t * t], t, scale);
                 let dsv = View::rows(&ds, t, t, t);
                 // dQ = dS·K, dK = dSᵀ·Q (the scale already in dS).
                 gemm_view(&mut dq[h * d..], 3 * c, dsv, k, (0.0, 1.0), 1);
