@@ -1,7 +1,7 @@
 //! The edge side of CEMA (SPEC §3 "Edge"): forward only, select, hot-swap norm states.
 
 use cema_model::{argmax_rows, entropy_rows, Model, NormMode, NormState};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -275,6 +275,11 @@ pub enum Pick {
     /// `E < E_max` criterion at the same rate, to test which end of the entropy range carries
     /// what the teacher can correct.
     HighestEntropy,
+    /// One sample drawn uniformly from each of `k` equal strata of the batch's entropy ranks:
+    /// a uniform draw whose uploads cover the batch's range of confidence evenly (systematic
+    /// sampling), so the student's statistics and targets come from the whole stream with less
+    /// variance than an unstratified draw.
+    EntropyStrata,
 }
 
 /// Upload selection at a fixed rate (ChaCha8, deterministic given its seed).
@@ -346,20 +351,38 @@ impl RandomSelector {
             Pick::Uniform => self.select(n),
             Pick::HighestEntropy => {
                 let k = self.quota(n);
-                let mut order: Vec<usize> = (0..n).collect();
-                // NaN entropies (never produced by finite logits) sort last.
-                order.sort_by(|&a, &b| {
-                    entropies[b]
-                        .partial_cmp(&entropies[a])
-                        .unwrap_or_else(|| entropies[a].is_nan().cmp(&entropies[b].is_nan()))
-                        .then(a.cmp(&b))
-                });
-                let mut kept = order[..k].to_vec();
+                let mut kept = by_entropy_descending(entropies)[..k].to_vec();
+                kept.sort_unstable();
+                kept
+            }
+            Pick::EntropyStrata => {
+                let k = self.quota(n);
+                let order = by_entropy_descending(entropies);
+                // Stratum j holds the ranks [⌊j·n/k⌋, ⌊(j+1)·n/k⌋): never empty when k ≤ n.
+                let mut kept: Vec<usize> = (0..k)
+                    .map(|j| {
+                        let (lo, hi) = (j * n / k, (j + 1) * n / k);
+                        order[self.rng.random_range(lo..hi)]
+                    })
+                    .collect();
                 kept.sort_unstable();
                 kept
             }
         }
     }
+}
+
+/// Indices of a batch from the highest entropy to the lowest (ties: the earlier sample; NaN,
+/// never produced by finite logits, last).
+fn by_entropy_descending(entropies: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..entropies.len()).collect();
+    order.sort_by(|&a, &b| {
+        entropies[b]
+            .partial_cmp(&entropies[a])
+            .unwrap_or_else(|| entropies[a].is_nan().cmp(&entropies[b].is_nan()))
+            .then(a.cmp(&b))
+    });
+    order
 }
 
 fn clamp_rate(rate: f64) -> f64 {

@@ -193,6 +193,38 @@ fn highest_entropy_pick_takes_the_same_quota_from_the_uncertain_end() {
 }
 
 #[test]
+fn entropy_strata_pick_takes_one_sample_from_each_stratum_of_the_entropy_ranks() {
+    // 12 samples whose entropy rank is their index reversed (index 11 the most uncertain); a
+    // quota of 0.25 · 12 = 3 per batch, so the strata are ranks 0–3, 4–7 and 8–11.
+    let e: Vec<f32> = (0..12).map(|i| i as f32 * 0.1).collect();
+    let mut s = RandomSelector::new(0.25, 11).with_pick(Pick::EntropyStrata);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let kept = s.select_among(&e);
+        // Ascending indices, one in each stratum: indices 8–11, 4–7, 0–3.
+        assert_eq!(kept.len(), 3);
+        assert!(
+            kept[0] < 4 && (4..8).contains(&kept[1]) && kept[2] >= 8,
+            "{kept:?}"
+        );
+        seen.extend(kept);
+    }
+    // Uniform within its stratum: over 50 batches every sample was drawn.
+    assert_eq!(seen.len(), 12);
+    // A full quota takes the whole batch; a quota of one, any sample.
+    assert_eq!(
+        RandomSelector::new(1.0, 1)
+            .with_pick(Pick::EntropyStrata)
+            .select_among(&e),
+        (0..12).collect::<Vec<_>>()
+    );
+    let one = RandomSelector::new(1.0 / 12.0 + 1e-6, 1)
+        .with_pick(Pick::EntropyStrata)
+        .select_among(&e);
+    assert_eq!(one.len(), 1);
+}
+
+#[test]
 fn random_upload_uploads_at_its_rate_through_the_cema_wiring() {
     let edge = tiny_edge(4);
     let before = edge.state_dict();

@@ -119,9 +119,10 @@ pub struct Args {
     /// protocol, seed, batch and images per stream, and cema on every stream of this one.
     #[arg(long, value_name = "RESULTS_JSON")]
     random_rates_from: Option<PathBuf>,
-    /// How random_upload fills each batch's quota: `uniform` (the baseline) or `highest-entropy`
+    /// How random_upload fills each batch's quota: `uniform` (the baseline), `highest-entropy`
     /// (an ablation: the same number of uploads per batch, the most uncertain samples first, i.e.
-    /// CEMA's E_max criterion inverted). The results keep the key random_upload; the manifest
+    /// CEMA's E_max criterion inverted) or `entropy-strata` (one uniform draw from each of k equal
+    /// strata of the batch's entropy ranks). The results keep the key random_upload; the manifest
     /// records the pick.
     #[arg(long, default_value = "uniform", value_parser = parse_pick)]
     random_pick: Pick,
@@ -145,7 +146,10 @@ fn parse_pick(s: &str) -> Result<Pick, String> {
     match s {
         "uniform" => Ok(Pick::Uniform),
         "highest-entropy" => Ok(Pick::HighestEntropy),
-        _ => Err(format!("'{s}': expected uniform or highest-entropy")),
+        "entropy-strata" => Ok(Pick::EntropyStrata),
+        _ => Err(format!(
+            "'{s}': expected uniform, highest-entropy or entropy-strata"
+        )),
     }
 }
 
