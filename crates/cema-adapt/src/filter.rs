@@ -34,6 +34,13 @@ pub struct EdgeConfig {
     /// cloud's student normalises with them, so it learns γ, β for the statistics the edge uses.
     #[serde(default)]
     pub share_stats: bool,
+    /// An upload budget, as a fraction of the samples seen: each batch's `E_max` is chosen so
+    /// that exactly its share of the budget passes (the lowest-entropy samples above `E_min` that
+    /// are not redundant), instead of following `λ · E0 · Ē_t / Ē_warm`. Over a stream the
+    /// uploaded fraction tracks the budget to within one sample, unless the other two criteria
+    /// leave fewer candidates. `None`: the paper's thresholds.
+    #[serde(default)]
+    pub budget: Option<f64>,
 }
 
 fn yes() -> bool {
@@ -54,6 +61,7 @@ impl Default for EdgeConfig {
             init_stats: true,
             track_stats: None,
             share_stats: false,
+            budget: None,
         }
     }
 }
@@ -113,6 +121,9 @@ pub struct EntropyFilter {
     pub warm_mean: Option<f64>,
     /// Moving average `m` of kept probability vectors; `None` until a batch keeps a sample.
     pub mean_probs: Option<Vec<f32>>,
+    /// With a budget: the uploads owed so far and not yet made (fractional part carried).
+    #[serde(default)]
+    pub owed: f64,
 }
 
 impl EntropyFilter {
@@ -128,6 +139,7 @@ impl EntropyFilter {
             entropy_sum: 0.0,
             warm_mean: None,
             mean_probs: None,
+            owed: 0.0,
         }
     }
 
@@ -153,6 +165,9 @@ impl EntropyFilter {
         self.entropy_sum += entropies.iter().map(|&e| e as f64).sum::<f64>();
         if self.warm_mean.is_none() && self.seen >= self.config.warmup as u64 && self.seen > 0 {
             self.warm_mean = Some(self.entropy_sum / self.seen as f64);
+        }
+        if let Some(budget) = self.config.budget {
+            return self.select_within_budget(logits, entropies, budget);
         }
         let e_max = self.e_max();
         let mut sel = Selection {
@@ -189,23 +204,85 @@ impl EntropyFilter {
                 .collect(),
         };
         sel.redundant = sel.entropies.len() - sel.too_uncertain - sel.too_certain - sel.kept.len();
-        if !sel.kept.is_empty() {
-            let mut mean = vec![0f32; c];
-            for &i in &sel.kept {
-                for (a, p) in mean.iter_mut().zip(row(i)) {
-                    *a += p / sel.kept.len() as f32;
-                }
-            }
-            self.mean_probs = Some(match self.mean_probs.take() {
-                None => mean,
-                Some(m) => m
-                    .iter()
-                    .zip(&mean)
-                    .map(|(m, p)| 0.9 * m + 0.1 * p)
-                    .collect(),
-            });
-        }
+        self.remember(&sel.kept, &probs);
         sel
+    }
+
+    /// [`select`](Self::select) under [`EdgeConfig::budget`]: this batch's share of the budget
+    /// from the lowest entropy up, past `E_min` and the redundant samples.
+    fn select_within_budget(
+        &mut self,
+        logits: &[f32],
+        entropies: Vec<f32>,
+        budget: f64,
+    ) -> Selection {
+        let (c, n) = (self.classes, entropies.len());
+        let budget = if budget.is_nan() {
+            0.0
+        } else {
+            budget.clamp(0.0, 1.0)
+        };
+        self.owed += budget * n as f64;
+        // The epsilon keeps e.g. 0.25 · 64 = 16.000000000000004 or 15.999999999999998 exact.
+        let k = ((self.owed + 1e-9).floor().max(0.0) as usize).min(n);
+        self.owed = (self.owed - k as f64).max(0.0);
+        let mut order: Vec<usize> = (0..n)
+            .filter(|&i| !(self.config.emin && entropies[i] <= self.e_min))
+            .collect();
+        order.sort_by(|&a, &b| entropies[a].total_cmp(&entropies[b]).then(a.cmp(&b)));
+        let probs = softmax_rows(logits, c);
+        let mut sel = Selection {
+            kept: Vec::new(),
+            e_max: (c as f32).ln(),
+            too_uncertain: 0,
+            too_certain: n - order.len(),
+            redundant: 0,
+            entropies,
+        };
+        for (pos, &i) in order.iter().enumerate() {
+            if sel.kept.len() == k {
+                // The threshold this batch was judged against: the first entropy left out.
+                sel.e_max = sel.entropies[i];
+                sel.too_uncertain = order.len() - pos;
+                break;
+            }
+            let redundant = self.config.redundancy
+                && self
+                    .mean_probs
+                    .as_ref()
+                    .is_some_and(|m| cosine(&probs[i * c..(i + 1) * c], m).abs() >= self.epsilon);
+            if redundant {
+                sel.redundant += 1;
+            } else {
+                sel.kept.push(i);
+            }
+        }
+        sel.kept.sort_unstable();
+        self.remember(&sel.kept, &probs);
+        sel
+    }
+
+    /// Moves `m` toward the mean probability vector of the kept samples (EATA: it starts at the
+    /// first batch's mean, then `m ← 0.9 m + 0.1 · mean p`).
+    fn remember(&mut self, kept: &[usize], probs: &[f32]) {
+        let c = self.classes;
+        if kept.is_empty() {
+            return;
+        }
+        let mut mean = vec![0f32; c];
+        for &i in kept {
+            for (a, p) in mean.iter_mut().zip(&probs[i * c..(i + 1) * c]) {
+                *a += p / kept.len() as f32;
+            }
+        }
+        self.mean_probs = Some(match self.mean_probs.take() {
+            None => mean,
+            Some(m) => m
+                .iter()
+                .zip(&mean)
+                .map(|(m, p)| 0.9 * m + 0.1 * p)
+                .collect(),
+        });
     }
 }
 

@@ -175,3 +175,70 @@ fn filter_state_round_trips_through_serde() {
     assert_eq!(a.kept, b.kept);
     assert!((a.e_max - b.e_max).abs() < 1e-6);
 }
+
+#[test]
+fn a_budget_sets_each_batchs_threshold_so_its_share_passes() {
+    let cfg = EdgeConfig {
+        budget: Some(0.25),
+        redundancy: false,
+        ..EdgeConfig::default()
+    };
+    let mut f = EntropyFilter::new(cfg, C);
+    // Eight samples: margins 1..8 over the rest (entropy falls as the margin grows), and one
+    // so certain that E ≤ E_min; a quarter of 8 is 2 per batch.
+    let mut rows: Vec<Vec<f32>> = (1..=7).map(|m| row(m % C, m as f32)).collect();
+    rows.push(row(0, 40.0));
+    let logits = batch(&rows);
+    let e = entropy_rows(&logits, C);
+    let s = f.select(&logits);
+    // The two lowest entropies above E_min: margins 7 and 6 (indices 6 and 5); index 7 is
+    // too certain; the five above the chosen threshold are too uncertain.
+    assert_eq!(s.kept, vec![5, 6]);
+    assert_eq!((s.too_uncertain, s.too_certain, s.redundant), (5, 1, 0));
+    assert_eq!(s.e_max, e[4], "the threshold is the first entropy left out");
+    // Even a threshold above E0 when the budget asks for it: 3/4 of 8 is 6 of the 7 candidates.
+    let mut wide = EntropyFilter::new(
+        EdgeConfig {
+            budget: Some(0.75),
+            ..cfg
+        },
+        C,
+    );
+    let s = wide.select(&logits);
+    assert_eq!(s.kept, vec![1, 2, 3, 4, 5, 6]);
+    assert!(s.e_max > wide.e0 && s.too_uncertain == 1);
+    // Over batches the fraction carries: 0.25 · 6 = 1.5 → 1, then 2.
+    let six = batch(&rows[..6]);
+    let mut g = EntropyFilter::new(cfg, C);
+    assert_eq!(g.select(&six).kept.len(), 1);
+    assert_eq!(g.select(&six).kept.len(), 2);
+    // Fewer candidates than the share: every candidate goes, and the shortfall is not owed.
+    let mut h = EntropyFilter::new(
+        EdgeConfig {
+            budget: Some(1.0),
+            ..cfg
+        },
+        C,
+    );
+    assert_eq!(h.select(&logits).kept.len(), 7);
+    assert_eq!(h.select(&logits).kept.len(), 7);
+    assert_eq!(h.owed, 0.0);
+}
+
+#[test]
+fn under_a_budget_redundant_samples_give_their_place_to_the_next() {
+    let cfg = EdgeConfig {
+        budget: Some(0.5),
+        ..EdgeConfig::default()
+    };
+    let mut f = EntropyFilter::new(cfg, C);
+    // First batch: nothing is redundant yet; m becomes class 0's direction.
+    let first = batch(&[row(0, 4.0), row(0, 4.5)]);
+    assert_eq!(f.select(&first).kept.len(), 1);
+    // Then the two most confident are class 0 again (redundant): the budget of 2 of 4 goes to
+    // the next two.
+    let next = batch(&[row(0, 6.0), row(0, 5.5), row(3, 3.0), row(4, 2.0)]);
+    let s = f.select(&next);
+    assert_eq!(s.kept, vec![2, 3]);
+    assert_eq!((s.redundant, s.too_uncertain), (2, 0));
+}

@@ -110,6 +110,12 @@ pub struct Args {
     /// normalises with them.
     #[arg(long)]
     cema_share_stats: bool,
+    /// An upload budget for cema, as a fraction of each stream (0–1): each batch's E_max is
+    /// chosen so the budget is met (the lowest-entropy samples above E_min that are not
+    /// redundant) instead of the paper's dynamic E_max. With --random-rate at the same value,
+    /// one point of the accuracy-against-budget curve (bench/budget_curve.sh).
+    #[arg(long, value_name = "FRACTION")]
+    cema_budget: Option<f64>,
     /// random_upload's rate for every stream, instead of CEMA's measured rate on that stream.
     #[arg(long, conflicts_with = "random_rates_from")]
     random_rate: Option<f64>,
@@ -222,6 +228,7 @@ fn settings(args: &Args) -> Settings {
         edge: cema_adapt::EdgeConfig {
             track_stats: args.cema_track_stats,
             share_stats: args.cema_share_stats,
+            budget: args.cema_budget,
             ..args.cema_preset.edge_config()
         },
         cloud,
@@ -243,6 +250,13 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         return Err(CliError::usage(anyhow::anyhow!(
             "--cema-share-stats shares the statistics that --cema-track-stats tracks: add it"
         )));
+    }
+    if let Some(b) = args.cema_budget {
+        if !(0.0..=1.0).contains(&b) {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "--cema-budget {b} is outside [0, 1]"
+            )));
+        }
     }
     if let Some(r) = args.random_rate {
         if !(0.0..=1.0).contains(&r) {
