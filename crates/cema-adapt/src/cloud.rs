@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use cema_model::{
-    cema_distill_grad, entropy_margin, self_weighted_entropy_grad, tensors, DistillWeights, Model,
-    ModelError, NamedTensors, NormMode, NormState, Sgd, SgdConfig,
+    cema_distill_grad, entropy_margin, self_weighted_entropy_grad, tensors, DistillWeights,
+    HostBackward, Model, ModelError, NamedTensors, NormMode, NormState, Sgd, SgdConfig,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -428,21 +428,12 @@ impl CloudAdapter {
         let outs =
             Model::norm_affine_backward_many(&mut models, &inputs, NormMode::Tbr, true, losses);
         drop(models);
-        match outs {
-            Err(e) => vec_err(which.len(), e.into()),
-            Ok(outs) => which
-                .iter()
-                .zip(outs)
-                .map(|(&i, out)| {
-                    let a = &mut *adapters[i];
-                    let lr = a.config.foundation_lr;
-                    a.foundation_sgd
-                        .step_host(a.foundation.store_mut(), out.grads, lr);
-                    a.counters.foundation_steps += 1;
-                    Ok(out.loss)
-                })
-                .collect(),
-        }
+        step_each(adapters, which, outs, |a, grads| {
+            let lr = a.config.foundation_lr;
+            a.foundation_sgd
+                .step_host(a.foundation.store_mut(), grads, lr);
+            a.counters.foundation_steps += 1;
+        })
     }
 
     /// Cloud step 2 for the sessions `which`: teacher logits in eval mode (no gradient), student
@@ -478,21 +469,11 @@ impl CloudAdapter {
         let outs =
             Model::norm_affine_backward_many(&mut models, &inputs, NormMode::Tbr, true, losses);
         drop(models);
-        match outs {
-            Err(e) => vec_err(which.len(), e.into()),
-            Ok(outs) => which
-                .iter()
-                .zip(outs)
-                .map(|(&i, out)| {
-                    let a = &mut *adapters[i];
-                    let lr = a.config.student_lr;
-                    a.student_sgd
-                        .step_host(a.student.store_mut(), out.grads, lr);
-                    a.counters.distillation_steps += 1;
-                    Ok(out.loss)
-                })
-                .collect(),
-        }
+        step_each(adapters, which, outs, |a, grads| {
+            let lr = a.config.student_lr;
+            a.student_sgd.step_host(a.student.store_mut(), grads, lr);
+            a.counters.distillation_steps += 1;
+        })
     }
 }
 
@@ -521,6 +502,27 @@ fn pick<'a>(
 }
 
 /// A failure of a pass shared by `n` sessions: the first gets the error, the others are told.
+/// Each session's own SGD step (`step`) from its gradients in a batched backward's results, and
+/// its loss; a failed pass fails every session in it.
+fn step_each(
+    adapters: &mut [&mut CloudAdapter],
+    which: &[usize],
+    outs: Result<Vec<HostBackward>, ModelError>,
+    step: impl Fn(&mut CloudAdapter, Vec<(usize, Vec<f32>)>),
+) -> Vec<Result<f32, AdaptError>> {
+    match outs {
+        Err(e) => vec_err(which.len(), e.into()),
+        Ok(outs) => which
+            .iter()
+            .zip(outs)
+            .map(|(&i, out)| {
+                step(&mut *adapters[i], out.grads);
+                Ok(out.loss)
+            })
+            .collect(),
+    }
+}
+
 fn vec_err<T>(n: usize, e: AdaptError) -> Vec<Result<T, AdaptError>> {
     let msg = e.to_string();
     let mut out = vec![Err(e)];

@@ -57,12 +57,7 @@ fn run(batch_sessions: usize) -> (Vec<NormState>, String) {
         .iter()
         .map(|c| NormState::from_bytes(&c.latest_state().unwrap(), "state").unwrap())
         .collect();
-    let metrics = ureq::get(&format!("{}/metrics", cloud.url()))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let metrics = cloud.get("/metrics");
     (states, metrics)
 }
 

@@ -51,44 +51,18 @@ fn a_session_learns_from_uploads_and_pushes_versions_on_the_stream() {
     let s = &cloud.sessions()[0];
     assert_eq!((s.version, s.next_seq, s.uploads, s.samples), (1, 2, 2, 16));
 
-    let health: serde_json::Value = serde_json::from_str(
-        &ureq::get(&format!("{}/health", cloud.url()))
-            .call()
-            .unwrap()
-            .into_body()
-            .read_to_string()
-            .unwrap(),
-    )
-    .unwrap();
+    let health: serde_json::Value = serde_json::from_str(&cloud.get("/health")).unwrap();
     assert_eq!(health["status"], "ok");
-    let metrics = ureq::get(&format!("{}/metrics", cloud.url()))
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let metrics = cloud.get("/metrics");
     assert!(metrics.contains("cema_cloud_uploads_total 2"), "{metrics}");
     assert!(
         metrics.contains("cema_cloud_published_total 1"),
         "{metrics}"
     );
-    let page = ureq::get(&cloud.url())
-        .call()
-        .unwrap()
-        .into_body()
-        .read_to_string()
-        .unwrap();
+    let page = cloud.get("");
     // The dashboard, drawn by its script from /v1/dashboard (tests/dashboard.rs runs it).
     assert!(page.contains("id=\"version\"") && page.contains("/v1/dashboard"));
-    let dash: serde_json::Value = serde_json::from_str(
-        &ureq::get(&format!("{}/v1/dashboard", cloud.url()))
-            .call()
-            .unwrap()
-            .into_body()
-            .read_to_string()
-            .unwrap(),
-    )
-    .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&cloud.get("/v1/dashboard")).unwrap();
     assert_eq!(dash["model_id"], MODEL_ID);
     assert_eq!(dash["sessions"], 1);
 }

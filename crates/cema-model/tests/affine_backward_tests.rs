@@ -12,21 +12,6 @@ use cema_model::{
 };
 use common::*;
 
-fn norm_state(m: &Model) -> Vec<(String, Vec<f32>)> {
-    let s = m.store();
-    (0..s.len())
-        .filter(|&i| s.kind(i).is_norm_state())
-        .map(|i| (s.name(i).to_string(), s.values(i)))
-        .collect()
-}
-
-/// Relative closeness, scaled by the larger of the two vectors' magnitudes.
-fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-    let scale = b.iter().chain(a).fold(1e-3f32, |m, v| m.max(v.abs()));
-    let d = max_abs_diff(a, b);
-    assert!(d <= tol * scale, "{what}: max |Δ| {d} (scale {scale})");
-}
-
 fn compare(a: &HostBackward, b: &HostBackward, m: &Model, what: &str) {
     assert!(
         (a.loss - b.loss).abs() <= 1e-4 * (1.0 + b.loss.abs()),
@@ -91,16 +76,6 @@ fn check(arch: Arch, input: InputSpec, n: usize, mode: NormMode, update: bool) {
     compare(&a, &b, &native, &what);
     for ((name, x), (_, y)) in norm_state(&native).iter().zip(&norm_state(&reference)) {
         assert_close(x, y, 1e-4, &format!("{what}: {name} after the step"));
-    }
-}
-
-fn gray(side: usize) -> InputSpec {
-    InputSpec {
-        height: side,
-        width: side,
-        channels: 1,
-        mean: vec![0.286],
-        std: vec![0.353],
     }
 }
 

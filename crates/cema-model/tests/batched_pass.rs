@@ -10,20 +10,6 @@ use cema_model::{
 };
 use common::*;
 
-fn norm_state(m: &Model) -> Vec<(String, Vec<f32>)> {
-    let s = m.store();
-    (0..s.len())
-        .filter(|&i| s.kind(i).is_norm_state())
-        .map(|i| (s.name(i).to_string(), s.values(i)))
-        .collect()
-}
-
-fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-    let scale = b.iter().chain(a).fold(1e-3f32, |m, v| m.max(v.abs()));
-    let d = max_abs_diff(a, b);
-    assert!(d <= tol * scale, "{what}: max |Δ| {d} (scale {scale})");
-}
-
 /// Three sessions of one model: the same frozen weights, different norm states, different
 /// numbers of images (so the segments are uneven).
 fn sessions(arch: Arch, input: InputSpec) -> Vec<Model> {
@@ -120,16 +106,6 @@ fn check(arch: Arch, input: InputSpec, counts: &[usize], mode: NormMode, update:
     // The sessions really differ: a batched pass that mixed their statistics or affines up
     // would have failed above only if they did.
     assert_ne!(norm_state(&batched[0]), norm_state(&batched[1]));
-}
-
-fn gray(side: usize) -> InputSpec {
-    InputSpec {
-        height: side,
-        width: side,
-        channels: 1,
-        mean: vec![0.286],
-        std: vec![0.353],
-    }
 }
 
 fn resnet8() -> Arch {

@@ -40,16 +40,6 @@ fn check(arch: Arch, input: InputSpec, batches: &[usize]) {
     }
 }
 
-fn gray(side: usize) -> InputSpec {
-    InputSpec {
-        height: side,
-        width: side,
-        channels: 1,
-        mean: vec![0.286],
-        std: vec![0.353],
-    }
-}
-
 #[test]
 fn cifar_resnet_matches_the_generic_forward() {
     let arch = Arch::CifarResnet {

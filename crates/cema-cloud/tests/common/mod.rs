@@ -144,14 +144,18 @@ impl TestCloud {
         CloudClient::new(&self.url(), device, token, Duration::from_secs(10))
     }
 
-    pub fn sessions(&self) -> Vec<SessionViewLite> {
-        let body = ureq::get(&format!("{}/v1/sessions", self.url()))
+    /// The body of a GET of `path` (e.g. "/metrics"; "" for the dashboard page).
+    pub fn get(&self, path: &str) -> String {
+        ureq::get(&format!("{}{path}", self.url()))
             .call()
             .unwrap()
             .into_body()
             .read_to_string()
-            .unwrap();
-        serde_json::from_str(&body).unwrap()
+            .unwrap()
+    }
+
+    pub fn sessions(&self) -> Vec<SessionViewLite> {
+        serde_json::from_str(&self.get("/v1/sessions")).unwrap()
     }
 
     /// Stops serving and waits until the process-level state (the store) is released.

@@ -78,6 +78,17 @@ pub fn pixels(n: usize, per: usize, seed: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A grey input of `side`×`side` with Fashion-MNIST's normalisation.
+pub fn gray(side: usize) -> InputSpec {
+    InputSpec {
+        height: side,
+        width: side,
+        channels: 1,
+        mean: vec![0.286],
+        std: vec![0.353],
+    }
+}
+
 /// An RGB input of `side`×`side` with EfficientNet-Lite's normalisation, (x − 127)/128.
 pub fn rgb(side: usize) -> InputSpec {
     InputSpec {
@@ -87,4 +98,20 @@ pub fn rgb(side: usize) -> InputSpec {
         mean: vec![127.0 / 255.0; 3],
         std: vec![128.0 / 255.0; 3],
     }
+}
+
+/// The running statistics and γ/β of `m`, by name.
+pub fn norm_state(m: &Model) -> Vec<(String, Vec<f32>)> {
+    let s = m.store();
+    (0..s.len())
+        .filter(|&i| s.kind(i).is_norm_state())
+        .map(|i| (s.name(i).to_string(), s.values(i)))
+        .collect()
+}
+
+/// Relative closeness, scaled by the larger of the two vectors' magnitudes.
+pub fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    let scale = b.iter().chain(a).fold(1e-3f32, |m, v| m.max(v.abs()));
+    let d = max_abs_diff(a, b);
+    assert!(d <= tol * scale, "{what}: max |Δ| {d} (scale {scale})");
 }
