@@ -2,28 +2,26 @@
 # Accuracy against upload budget (issue #25): for each budget b, `cema bench` runs
 #   cema            the paper's selection, its E_max chosen per batch to meet b (--cema-budget b)
 #   random_upload   a uniformly random b of every batch (--random-rate b)
-#   rule            random_upload's quota b filled by --random-pick PICK, with the edge's own
-#                   statistics tracked and shared (--cema-track-stats 0.1 --cema-share-stats)
+#   uncertain       uncertain_upload, issue #25's rule: random upload's quota b filled with the
+#                   most uncertain samples, the edge's own statistics tracked and shared
 # on the same streams, and writes OUT/curve.json and OUT/curve.md (mean accuracy and measured
-# upload fraction per method and budget). Every run's own results stay in OUT/<method>-<b>/.
+# upload fraction per method and budget), one `cema bench` per budget, its results in OUT/<b>/.
 #
-# Usage: bench/budget_curve.sh --out DIR [--budgets 0.05,0.1,0.2,0.3] [--pick highest-entropy]
-#                              [--resume] [-- BENCH ARGS...]
+# Usage: bench/budget_curve.sh --out DIR [--budgets 0.05,0.1,0.2,0.3] [--resume] [-- BENCH ARGS...]
 #   BENCH ARGS go to every `cema bench` (e.g. --severity 5 --corruptions held-out --limit 2000).
 #   A run whose results.json exists is kept with --resume, so an interrupted curve continues.
 # A byte budget per device is the same curve: b = bytes / (images × bytes per image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { echo "bench/budget_curve.sh: $*" >&2; exit 2; }
-out="" budgets=0.05,0.1,0.2,0.3 pick=highest-entropy resume=0
+out="" budgets=0.05,0.1,0.2,0.3 resume=0
 while [ $# -gt 0 ]; do
   case $1 in
     --out) [ $# -ge 2 ] || die "--out needs a DIR"; out=$2; shift 2 ;;
     --budgets) [ $# -ge 2 ] || die "--budgets needs a list"; budgets=$2; shift 2 ;;
-    --pick) [ $# -ge 2 ] || die "--pick needs a value"; pick=$2; shift 2 ;;
     --resume) resume=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -43,26 +41,23 @@ run() { # NAME ARGS...
 bench_args=("$@")
 BENCH="${bench_args[*]:-}"
 for b in "${bs[@]}"; do
-  run "cema-$b" --methods cema --cema-budget "$b"
-  run "random-$b" --methods random_upload --random-rate "$b"
-  run "rule-$b" --methods random_upload --random-rate "$b" --random-pick "$pick" \
-    --cema-track-stats 0.1 --cema-share-stats
+  run "$b" --methods cema,random_upload,uncertain_upload --cema-budget "$b" --random-rate "$b"
 done
-python3 - "$out" "$budgets" "$pick" <<'PY'
+python3 - "$out" "$budgets" <<'PY'
 import json, sys
-out, budgets, pick = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
-rows = {"cema": "cema", "random": "random_upload", "rule": "random_upload"}
-curve = {"pick": pick, "budgets": [float(b) for b in budgets], "methods": {}}
+out, budgets = sys.argv[1], sys.argv[2].split(",")
+rows = {"cema": "cema", "random": "random_upload", "uncertain": "uncertain_upload"}
+curve = {"budgets": [float(b) for b in budgets], "methods": {}}
 for label, key in rows.items():
     pts = []
     for b in budgets:
-        m = json.load(open(f"{out}/{label}-{b}/results.json"))["methods"][key]
+        m = json.load(open(f"{out}/{b}/results.json"))["methods"][key]
         pts.append({"budget": float(b), "accuracy": m["avg_accuracy"],
                     "upload_fraction": m["upload_fraction"], "bytes_up": m["bytes_up"]})
     curve["methods"][label] = pts
 json.dump(curve, open(f"{out}/curve.json", "w"), indent=2)
 names = {"cema": "cema (E_max per batch)", "random": "random upload",
-         "rule": f"{pick}, edge statistics"}
+         "uncertain": "uncertain upload (#25)"}
 with open(f"{out}/curve.md", "w") as f:
     f.write("| budget | " + " | ".join(names[l] for l in rows) + " |\n")
     f.write("|---:|" + "---:|" * len(rows) + "\n")

@@ -4,13 +4,14 @@ use std::str::FromStr;
 
 use cema_adapt::{
     BnAdapt, Cema, CloudConfig, Eata, EdgeConfig, Foundation, GradConfig, Method, Pick,
-    RandomUpload, Source, Tent,
+    RandomUpload, Source, Tent, UNCERTAIN_TRACK_MOMENTUM,
 };
 use cema_model::Model;
 use serde_json::{json, Map, Value};
 
-/// A method of SPEC §3, by its `--methods` key. The declaration order is the execution and
-/// report order (CEMA runs before random upload, which needs CEMA's measured rate).
+/// A method of SPEC §3, by its `--methods` key (and issue #25's selection rule). The declaration
+/// order is the execution and report order (CEMA runs before the methods that upload at its
+/// measured rate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MethodKey {
     Source,
@@ -20,10 +21,11 @@ pub enum MethodKey {
     Cema,
     Foundation,
     RandomUpload,
+    UncertainUpload,
 }
 
 impl MethodKey {
-    pub const ALL: [MethodKey; 7] = [
+    pub const ALL: [MethodKey; 8] = [
         MethodKey::Source,
         MethodKey::BnAdapt,
         MethodKey::Tent,
@@ -31,6 +33,7 @@ impl MethodKey {
         MethodKey::Cema,
         MethodKey::Foundation,
         MethodKey::RandomUpload,
+        MethodKey::UncertainUpload,
     ];
 
     pub fn key(self) -> &'static str {
@@ -42,7 +45,13 @@ impl MethodKey {
             MethodKey::Cema => "cema",
             MethodKey::Foundation => "foundation",
             MethodKey::RandomUpload => "random_upload",
+            MethodKey::UncertainUpload => "uncertain_upload",
         }
+    }
+
+    /// Uploads a given share of each stream (`--random-rate`, or CEMA's measured rate).
+    pub fn uploads_at_a_rate(self) -> bool {
+        matches!(self, MethodKey::RandomUpload | MethodKey::UncertainUpload)
     }
 
     pub fn needs_edge(self) -> bool {
@@ -50,10 +59,7 @@ impl MethodKey {
     }
 
     pub fn needs_foundation(self) -> bool {
-        matches!(
-            self,
-            MethodKey::Cema | MethodKey::Foundation | MethodKey::RandomUpload
-        )
+        matches!(self, MethodKey::Cema | MethodKey::Foundation) || self.uploads_at_a_rate()
     }
 }
 
@@ -167,6 +173,16 @@ impl Settings {
                     "selection_seed": self.random_seed,
                     "pick": self.random_pick,
                 }),
+                MethodKey::UncertainUpload => json!({
+                    "edge": EdgeConfig {
+                        track_stats: Some(self.edge.track_stats.unwrap_or(UNCERTAIN_TRACK_MOMENTUM)),
+                        share_stats: true,
+                        ..self.edge
+                    },
+                    "cloud": self.cloud,
+                    "selection_seed": self.random_seed,
+                    "pick": Pick::HighestEntropy,
+                }),
             };
             m.insert(key.key().to_string(), v);
         }
@@ -219,6 +235,18 @@ pub(crate) fn make(
             let mut m =
                 RandomUpload::new(edge(), foundation(), s.edge, s.cloud, rate, s.random_seed)?
                     .with_pick(s.random_pick);
+            m.set_diagnose_teacher(s.diagnose_teacher);
+            Runner::Random(Box::new(m))
+        }
+        MethodKey::UncertainUpload => {
+            let mut m = RandomUpload::uncertain(
+                edge(),
+                foundation(),
+                s.edge,
+                s.cloud,
+                rate,
+                s.random_seed,
+            )?;
             m.set_diagnose_teacher(s.diagnose_teacher);
             Runner::Random(Box::new(m))
         }

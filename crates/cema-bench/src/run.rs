@@ -155,12 +155,14 @@ impl BenchConfig {
             .check(&corruptions)
             .map_err(BenchError::Input)?;
         let methods = self.methods();
-        if methods.contains(&MethodKey::RandomUpload)
+        if methods.iter().any(|m| m.uploads_at_a_rate())
             && !methods.contains(&MethodKey::Cema)
             && matches!(self.random_rate, RandomRate::FollowCema)
         {
             return input(
-                "random upload follows CEMA's measured rate: run cema too, or give the rate".into(),
+                "random and uncertain upload follow CEMA's measured rate: run cema too, or give \
+                 the rate"
+                    .into(),
             );
         }
         Ok(())
@@ -309,7 +311,7 @@ pub fn run(
         );
         o.insert(
             "random_rate".into(),
-            json!((m == MethodKey::RandomUpload).then_some(rate)),
+            json!(m.uploads_at_a_rate().then_some(rate)),
         );
         f
     };
@@ -338,13 +340,13 @@ pub fn run(
         let mut set = None;
         for (mi, &m) in methods.iter().enumerate() {
             let rate = match (m, &config.random_rate) {
-                (MethodKey::RandomUpload, RandomRate::Fixed(r)) => *r,
-                (MethodKey::RandomUpload, RandomRate::PerStream(rates)) => {
+                (m, RandomRate::Fixed(r)) if m.uploads_at_a_rate() => *r,
+                (m, RandomRate::PerStream(rates)) if m.uploads_at_a_rate() => {
                     *rates.get(key).ok_or_else(|| {
                         BenchError::Input(anyhow::anyhow!("no random-upload rate for {key}"))
                     })?
                 }
-                (MethodKey::RandomUpload, RandomRate::FollowCema) => {
+                (m, RandomRate::FollowCema) if m.uploads_at_a_rate() => {
                     let cema = methods.iter().position(|&k| k == MethodKey::Cema);
                     let cema = cema.expect("checked: cema runs when random_upload has no rate");
                     results[cema]
@@ -353,7 +355,7 @@ pub fn run(
                 }
                 _ => 0.0,
             };
-            if m == MethodKey::RandomUpload {
+            if m.uploads_at_a_rate() {
                 random_rates.insert(key.clone(), json!(rate));
             }
             let fp = fingerprint(m, spec, rate);

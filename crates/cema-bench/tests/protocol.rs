@@ -143,3 +143,52 @@ fn a_configuration_that_cannot_run_is_refused_before_anything_runs() {
     c.batch = 0;
     assert!(matches!(c.check(), Err(BenchError::Input(_))));
 }
+
+#[test]
+fn uncertain_upload_takes_random_uploads_quota_with_its_own_selection_and_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = Models {
+        edge: Some(model("edge", 4, 1)),
+        foundation: Some(model("foundation", 8, 2)),
+    };
+    let test = test_set(128);
+    let mut c = config(dir.path(), false);
+    c.methods = vec![
+        MethodKey::UncertainUpload,
+        MethodKey::Cema,
+        MethodKey::RandomUpload,
+    ];
+    c.streams = StreamSpec::grid(&[Corruption::Fog], &[3]);
+    let r = cema_bench::run(&c, &test, &models, &()).unwrap().report;
+    assert_eq!(
+        r.method_order,
+        ["cema", "random_upload", "uncertain_upload"]
+    );
+    let (cema, random, uncertain) = (
+        &r.methods["cema"].corruptions["fog"],
+        &r.methods["random_upload"].corruptions["fog"],
+        &r.methods["uncertain_upload"].corruptions["fog"],
+    );
+    assert_eq!(
+        uncertain.selected, cema.selected,
+        "the same quota as CEMA's uploads"
+    );
+    assert_eq!(uncertain.selected, random.selected);
+    // The rule's hyperparameters say what it is: highest entropy first, the edge's statistics
+    // tracked at the default momentum and shared.
+    let h = &c.settings.to_json(&[MethodKey::UncertainUpload])["uncertain_upload"];
+    assert_eq!(h["pick"], "highest-entropy");
+    assert_eq!(h["edge"]["share_stats"], true);
+    assert!((h["edge"]["track_stats"].as_f64().unwrap() - 0.1).abs() < 1e-6);
+    // Without cema and without a rate it cannot run.
+    c.methods = vec![MethodKey::UncertainUpload];
+    let e = cema_bench::run(&c, &test, &models, &()).unwrap_err();
+    assert!(e.to_string().contains("cema"), "{e}");
+    // With a rate it runs alone, and uploads that share of the stream.
+    c.random_rate = RandomRate::Fixed(0.25);
+    let r = cema_bench::run(&c, &test, &models, &()).unwrap().report;
+    assert_eq!(
+        r.methods["uncertain_upload"].corruptions["fog"].selected,
+        24
+    );
+}

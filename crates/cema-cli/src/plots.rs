@@ -19,7 +19,7 @@ const COLORS: [RGBColor; 8] = [
 ];
 
 fn methods(results: &Value) -> Vec<String> {
-    const ORDER: [&str; 7] = [
+    const ORDER: [&str; 8] = [
         "source",
         "bn_adapt",
         "tent",
@@ -27,6 +27,7 @@ fn methods(results: &Value) -> Vec<String> {
         "cema",
         "foundation",
         "random_upload",
+        "uncertain_upload",
     ];
     let present = results["methods"].as_object().cloned().unwrap_or_default();
     ORDER

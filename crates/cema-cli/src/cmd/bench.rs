@@ -37,7 +37,10 @@ pub struct Args {
     #[arg(long, default_value = "models/foundation.safetensors")]
     foundation: PathBuf,
     /// Methods to run, comma-separated: source, bn_adapt, tent, eata, cema, foundation,
-    /// random_upload (reported in that order).
+    /// random_upload, uncertain_upload (reported in that order). uncertain_upload is issue #25's
+    /// selection rule: random upload's quota filled with the most uncertain samples, the edge's
+    /// own statistics tracked (--cema-track-stats, default 0.1) and shared with the cloud; it
+    /// takes random upload's rate (--random-rate, --random-rates-from, or CEMA's measured rate).
     #[arg(long, value_delimiter = ',', value_parser = str::parse::<MethodKey>,
           default_value = "source,bn_adapt,tent,eata,cema,foundation,random_upload")]
     methods: Vec<MethodKey>,
@@ -116,7 +119,8 @@ pub struct Args {
     /// one point of the accuracy-against-budget curve (bench/budget_curve.sh).
     #[arg(long, value_name = "FRACTION")]
     cema_budget: Option<f64>,
-    /// random_upload's rate for every stream, instead of CEMA's measured rate on that stream.
+    /// random_upload's (and uncertain_upload's) rate for every stream, instead of CEMA's
+    /// measured rate on that stream.
     #[arg(long, conflicts_with = "random_rates_from")]
     random_rate: Option<f64>,
     /// random_upload's rate per stream from an earlier run's results.json: CEMA's measured
@@ -282,15 +286,17 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let mut methods = args.methods.clone();
     methods.sort_unstable();
     methods.dedup();
-    if methods.contains(&MethodKey::RandomUpload)
-        && !methods.contains(&MethodKey::Cema)
-        && args.random_rate.is_none()
-        && args.random_rates_from.is_none()
-    {
-        return Err(CliError::usage(anyhow::anyhow!(
-            "--methods random_upload uploads at CEMA's measured rate: add cema to --methods, or \
-             give the rate with --random-rate or --random-rates-from"
-        )));
+    if let Some(m) = methods.iter().find(|m| m.uploads_at_a_rate()) {
+        if !methods.contains(&MethodKey::Cema)
+            && args.random_rate.is_none()
+            && args.random_rates_from.is_none()
+        {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "--methods {} uploads at CEMA's measured rate: add cema to --methods, or give the \
+                 rate with --random-rate or --random-rates-from",
+                m.key()
+            )));
+        }
     }
     let corruptions = expand(&args.corruptions);
     if corruptions.is_empty() {
@@ -373,7 +379,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     };
     let images = config.images_per_stream(test.len());
     if let Some(path) = &args.random_rates_from {
-        if methods.contains(&MethodKey::RandomUpload) {
+        if methods.iter().any(|m| m.uploads_at_a_rate()) {
             let rates = cema_bench::rates_from(path, &config, images)
                 .usage_err(format!("--random-rates-from {}", path.display()))?;
             config.random_rate = RandomRate::PerStream(rates);
@@ -447,18 +453,18 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             "path": p,
             "sha256": sha256_file(p).ok(),
         })),
-        "random_upload_rates": if methods.contains(&MethodKey::RandomUpload) {
+        "random_upload_rates": if methods.iter().any(|m| m.uploads_at_a_rate()) {
             Value::Object(outcome.random_rates.clone())
         } else {
             Value::Null
         },
         "online_accuracy": "predictions each method returned for a batch, made before any update that batch triggered",
-        "upload_fraction": "selected / images: uploads for cema, random_upload and foundation; the samples EATA's filters pass; 0 for source, bn_adapt, tent",
+        "upload_fraction": "selected / images: uploads for cema, random_upload, uncertain_upload and foundation; the samples EATA's filters pass; 0 for source, bn_adapt, tent",
         "edge_images_per_s": "images / (seconds - cloud_seconds): the edge side's throughput, predicting and selecting (and for tent and eata their backward pass)",
         "cloud_samples_per_s": "uploaded samples / cloud_seconds: how many uploads per second one cloud session absorbs, its rounds (foundation step, distillation with replay) included",
         "dropped": "samples the selection dropped, per criterion (too_uncertain: E >= E_max; too_certain: E <= E_min; redundant: the cosine filter); cema and eata only, null otherwise",
         "selected_accuracy": "the method's own online accuracy on the samples it selected (null when none): what is left for a teacher to correct there",
-        "teacher_diagnosis": "with --diagnose-teacher (cema, random_upload): on the uploaded and on the dropped samples, the edge's and the teacher's accuracy (the cloud's foundation before that batch's round) and the fraction where the teacher is right and the edge wrong; null otherwise",
+        "teacher_diagnosis": "with --diagnose-teacher (cema, random_upload, uncertain_upload): on the uploaded and on the dropped samples, the edge's and the teacher's accuracy (the cloud's foundation before that batch's round) and the fraction where the teacher is right and the edge wrong; null otherwise",
         "records": "every (method, stream) result is also in streams/<method>/<stream>.json beside this file, with the configuration it was measured under; `cema bench --resume` reuses them",
         "resumed": outcome.resumed,
         "seconds": report.seconds,
