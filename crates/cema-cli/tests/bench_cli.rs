@@ -415,6 +415,7 @@ fn bench_bad_inputs_are_usage_errors() {
         "cema",
         "foundation",
         "random_upload",
+        "uncertain_upload",
     ] {
         assert!(e.contains(m), "{e}");
     }
@@ -453,9 +454,17 @@ fn bench_bad_inputs_are_usage_errors() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("highest-entropy"), "{}", stderr(&o));
 
-    let o = cema(&["bench", "--methods", "random_upload"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--random-rate"), "{}", stderr(&o));
+    for m in ["random_upload", "uncertain_upload"] {
+        let o = cema(&["bench", "--methods", m]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("--random-rate") && e.contains(m), "{e}");
+    }
+    for bad in ["--cema-budget=-0.1", "--cema-budget=1.5", "--cema-budget=NaN"] {
+        let o = cema(&["bench", "--methods", "cema", bad]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--cema-budget"), "{}", stderr(&o));
+    }
 
     for bad in ["0", "1.5", "NaN"] {
         let o = cema(&["bench", "--methods", "cema", "--cema-track-stats", bad]);
