@@ -460,7 +460,11 @@ fn bench_bad_inputs_are_usage_errors() {
         let e = stderr(&o);
         assert!(e.contains("--random-rate") && e.contains(m), "{e}");
     }
-    for bad in ["--cema-budget=-0.1", "--cema-budget=1.5", "--cema-budget=NaN"] {
+    for bad in [
+        "--cema-budget=-0.1",
+        "--cema-budget=1.5",
+        "--cema-budget=NaN",
+    ] {
         let o = cema(&["bench", "--methods", "cema", bad]);
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains("--cema-budget"), "{}", stderr(&o));
