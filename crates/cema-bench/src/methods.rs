@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use cema_adapt::{
     BnAdapt, Cema, CloudConfig, Eata, EdgeConfig, Foundation, GradConfig, Method, Pick,
-    RandomUpload, Source, Tent, UNCERTAIN_TRACK_MOMENTUM,
+    RandomUpload, Source, Tent,
 };
 use cema_model::Model;
 use serde_json::{json, Map, Value};
@@ -174,11 +174,7 @@ impl Settings {
                     "pick": self.random_pick,
                 }),
                 MethodKey::UncertainUpload => json!({
-                    "edge": EdgeConfig {
-                        track_stats: Some(self.edge.track_stats.unwrap_or(UNCERTAIN_TRACK_MOMENTUM)),
-                        share_stats: true,
-                        ..self.edge
-                    },
+                    "edge": RandomUpload::uncertain_edge(self.edge),
                     "cloud": self.cloud,
                     "selection_seed": self.random_seed,
                     "pick": Pick::HighestEntropy,
