@@ -296,6 +296,19 @@ fn cloud_and_edge_usage_errors_exit_2_naming_the_flag() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--edge"), "{}", stderr(&o));
     let o = cema(&[
+        "cloud",
+        "--device",
+        "a:b",
+        "--edge",
+        &edge,
+        "--foundation",
+        &foundation,
+        "--batch-sessions",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--batch-sessions"), "{}", stderr(&o));
+    let o = cema(&[
         "edge",
         "--device",
         "a",
