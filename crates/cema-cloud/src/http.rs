@@ -1,4 +1,5 @@
-//! The HTTP transport of protocol v1 (docs/protocol.md) over [`Cloud`], with axum on hyper:
+//! The HTTP transport of protocol v1 (docs/protocol.md) over a [`Frontend`] (the one-process
+//! [`crate::Cloud`], or a fleet gateway), with axum on hyper:
 //! HTTP/1.1 and HTTP/2 over cleartext (prior knowledge), with header, idle and body timeouts,
 //! a connection cap, and a shutdown that drains within a deadline.
 
@@ -27,17 +28,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::service::{Cloud, Refusal, Session};
+use crate::frontend::Frontend;
+use crate::metrics::Metrics;
+use crate::service::Refusal;
 
 /// How often an idle update stream carries an empty frame, so a dead link shows as a read
 /// timeout on the edge.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
-#[derive(Clone)]
-struct App {
-    cloud: Arc<Cloud>,
+struct App<F> {
+    front: Arc<F>,
     shutdown: watch::Receiver<bool>,
     limits: HttpLimits,
+}
+
+impl<F> Clone for App<F> {
+    fn clone(&self) -> Self {
+        App {
+            front: self.front.clone(),
+            shutdown: self.shutdown.clone(),
+            limits: self.limits.clone(),
+        }
+    }
 }
 
 /// How the transport guards itself against slow, idle and too many clients.
@@ -86,20 +98,24 @@ impl IntoResponse for Refusal {
 
 /// The router of every endpoint. `shutdown` turning true ends the update streams, so that a
 /// graceful shutdown does not wait on them forever.
-pub fn router(cloud: Arc<Cloud>, shutdown: watch::Receiver<bool>, limits: HttpLimits) -> Router {
+pub fn router<F: Frontend>(
+    front: Arc<F>,
+    shutdown: watch::Receiver<bool>,
+    limits: HttpLimits,
+) -> Router {
     Router::new()
         .route("/", get(dashboard_page))
-        .route("/v1/dashboard", get(dashboard))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/v1/sessions", get(sessions))
-        .route("/v1/devices/{device}/session", put(open_session))
-        .route("/v1/devices/{device}/uploads", post(upload))
-        .route("/v1/devices/{device}/updates", get(updates))
-        .route("/v1/devices/{device}/state", get(state))
-        .route("/v1/devices/{device}/telemetry", put(telemetry))
-        .route_layer(middleware::from_fn_with_state(cloud.clone(), observe))
+        .route("/v1/dashboard", get(dashboard::<F>))
+        .route("/health", get(health::<F>))
+        .route("/ready", get(ready::<F>))
+        .route("/metrics", get(metrics::<F>))
+        .route("/v1/sessions", get(sessions::<F>))
+        .route("/v1/devices/{device}/session", put(open_session::<F>))
+        .route("/v1/devices/{device}/uploads", post(upload::<F>))
+        .route("/v1/devices/{device}/updates", get(updates::<F>))
+        .route("/v1/devices/{device}/state", get(state::<F>))
+        .route("/v1/devices/{device}/telemetry", put(telemetry::<F>))
+        .route_layer(middleware::from_fn_with_state(front.clone(), observe::<F>))
         .fallback(|uri: Uri| async move {
             Refusal::new(ErrorCode::NotFound, format!("no route {}", uri.path())).into_response()
         })
@@ -108,15 +124,15 @@ pub fn router(cloud: Arc<Cloud>, shutdown: watch::Receiver<bool>, limits: HttpLi
             Refusal::new(ErrorCode::MethodNotAllowed, msg).into_response()
         })
         .with_state(App {
-            cloud,
+            front,
             shutdown,
             limits,
         })
 }
 
 /// Counts every routed request by its route template, method and status, and times it.
-async fn observe(
-    State(cloud): State<Arc<Cloud>>,
+async fn observe<F: Frontend>(
+    State(front): State<Arc<F>>,
     req: axum::extract::Request,
     next: middleware::Next,
 ) -> Response {
@@ -128,31 +144,31 @@ async fn observe(
     let t = Instant::now();
     let resp = next.run(req).await;
     let seconds = t.elapsed().as_secs_f64();
-    cloud
-        .metrics
+    front
+        .metrics()
         .request(&route, method.as_str(), resp.status().as_u16(), seconds);
     resp
 }
 
 /// [`serve_with`] under the default [`HttpLimits`].
-pub async fn serve(
+pub async fn serve<F: Frontend>(
     listener: TcpListener,
-    cloud: Arc<Cloud>,
+    front: Arc<F>,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(listener, cloud, HttpLimits::default(), signal).await
+    serve_with(listener, front, HttpLimits::default(), signal).await
 }
 
 /// Serves until `signal` resolves, then drains: the listener closes, update streams end,
 /// in-flight requests get `limits.drain` to finish; connections still open then are cut.
-pub async fn serve_with(
+pub async fn serve_with<F: Frontend>(
     listener: TcpListener,
-    cloud: Arc<Cloud>,
+    front: Arc<F>,
     limits: HttpLimits,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (tx, rx) = watch::channel(false);
-    let app = router(cloud.clone(), rx, limits.clone());
+    let app = router(front.clone(), rx, limits.clone());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(signal);
@@ -171,7 +187,7 @@ pub async fn serve_with(
             () = &mut signal => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            cloud.metrics.reject(ErrorCode::Unavailable);
+            front.metrics().reject(ErrorCode::Unavailable);
             tokio::spawn(refuse_connection(stream, limits.max_connections));
             continue;
         };
@@ -179,7 +195,7 @@ pub async fn serve_with(
         let service = TowerToHyperService::new(app.clone());
         let watcher = graceful.watcher();
         let header_timeout = limits.header_timeout;
-        let open = cloud.metrics.connections.clone();
+        let open = front.metrics().connections.clone();
         tokio::spawn(async move {
             let _slot = slot;
             open.inc();
@@ -261,8 +277,8 @@ async fn refuse_connection(mut stream: TcpStream, cap: usize) {
     .await;
 }
 
-fn refuse(cloud: &Cloud, r: Refusal) -> Response {
-    cloud.metrics.reject(r.code);
+fn refuse(metrics: &Metrics, r: Refusal) -> Response {
+    metrics.reject(r.code);
     r.into_response()
 }
 
@@ -302,13 +318,12 @@ fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Refusal> {
 /// A body that stalls for `limits.body_idle`, or is not whole after `limits.body_total`, is
 /// refused with `request_timeout` (a slow client must not hold a connection forever).
 async fn read_body(
-    cloud: &Cloud,
+    limit: usize,
     limits: &HttpLimits,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Bytes, Refusal> {
     use futures_util::StreamExt;
-    let limit = cloud.options().max_body;
     let deadline = tokio::time::Instant::now() + limits.body_total;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -371,34 +386,30 @@ async fn drain(
 
 /// Ready to take uploads: the models are loaded (they are, once the server runs) and the store
 /// writes. 503 `unavailable` otherwise, e.g. while the disk is full.
-async fn ready(State(app): State<App>) -> Response {
-    let cloud = app.cloud.clone();
-    match tokio::task::spawn_blocking(move || cloud.ready()).await {
-        Ok(Ok(())) => Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Ok(Err(e)) => Refusal::unavailable(format!("not ready: {e}")).into_response(),
-        Err(e) => {
-            Refusal::new(ErrorCode::Internal, format!("readiness check: {e}")).into_response()
-        }
+async fn ready<F: Frontend>(State(app): State<App<F>>) -> Response {
+    match app.front.clone().ready().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(e) => Refusal::unavailable(format!("not ready: {e}")).into_response(),
     }
 }
 
-async fn health(State(app): State<App>) -> Json<serde_json::Value> {
+async fn health<F: Frontend>(State(app): State<App<F>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "status": "ok",
         "protocol": PROTOCOL_VERSION,
-        "model_id": app.cloud.model_id,
-        "sessions": app.cloud.session_count(),
-        "uptime_s": app.cloud.uptime_s(),
+        "model_id": app.front.model_id(),
+        "sessions": app.front.session_count(),
+        "uptime_s": app.front.uptime_s(),
     }))
 }
 
 /// Prometheus' classic text format, or OpenMetrics for a scraper that asks for it.
-async fn metrics(State(app): State<App>, headers: HeaderMap) -> impl IntoResponse {
+async fn metrics<F: Frontend>(State(app): State<App<F>>, headers: HeaderMap) -> impl IntoResponse {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let m = &app.cloud.metrics;
+    let m = app.front.metrics();
     if accept.contains("application/openmetrics-text") {
         (
             [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
@@ -415,8 +426,8 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> impl IntoRespons
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-async fn sessions(State(app): State<App>) -> impl IntoResponse {
-    Json(app.cloud.sessions_view())
+async fn sessions<F: Frontend>(State(app): State<App<F>>) -> impl IntoResponse {
+    Json(app.front.sessions_view())
 }
 
 /// The live dashboard (crates/cema-cloud/src/dashboard.html, served from the binary).
@@ -435,100 +446,73 @@ fn before_start() -> f64 {
 }
 
 /// The dashboard's history after `since` (seconds since the cloud started).
-async fn dashboard(State(app): State<App>, uri: Uri) -> Response {
+async fn dashboard<F: Frontend>(State(app): State<App<F>>, uri: Uri) -> Response {
+    let f = &app.front;
     let q = match query::<DashboardQuery>(&uri) {
         Ok(q) => q,
-        Err(r) => return refuse(&app.cloud, r),
+        Err(r) => return refuse(f.metrics(), r),
     };
-    let c = &app.cloud;
     Json(serde_json::json!({
-        "model_id": c.model_id,
+        "model_id": f.model_id(),
         "protocol": PROTOCOL_VERSION,
-        "uptime_s": c.uptime_s(),
-        "sessions": c.session_count(),
-        "points": c.history.since(q.since),
+        "uptime_s": f.uptime_s(),
+        "sessions": f.session_count(),
+        "points": f.history().since(q.since),
     }))
     .into_response()
 }
 
-async fn telemetry(
-    State(app): State<App>,
+async fn telemetry<F: Frontend>(
+    State(app): State<App<F>>,
     Path(device): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let result = device_call(&app, device, &headers, body, "telemetry", |c, d, b| {
-        c.telemetry(d, b)
-    })
-    .await;
+    let result = match authorized_body(&app, &device, &headers, body).await {
+        Ok(bytes) => app.front.clone().telemetry(device, bytes).await,
+        Err(r) => Err(r),
+    };
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => refuse(&app.cloud, r),
+        Err(r) => refuse(app.front.metrics(), r),
     }
 }
 
-/// The preamble of every device request that carries a body: authorise, read the body within
-/// the size limit, then run `work` on a blocking thread (it touches the store and may fsync).
-async fn device_call<T, F>(
-    app: &App,
-    device: String,
+/// The preamble of every device request that carries a body: authorise, then read the body
+/// within the size limit.
+async fn authorized_body<F: Frontend>(
+    app: &App<F>,
+    device: &str,
     headers: &HeaderMap,
     body: Body,
-    what: &str,
-    work: F,
-) -> Result<T, Refusal>
-where
-    T: Send + 'static,
-    F: FnOnce(&Cloud, &str, &[u8]) -> Result<T, Refusal> + Send + 'static,
-{
-    if let Err(r) = app.cloud.authorize(&device, bearer(headers)) {
-        return Err(refuse_unread(&app.cloud, body, r).await);
+) -> Result<Bytes, Refusal> {
+    if let Err(r) = app.front.authorize(device, bearer(headers)) {
+        return Err(refuse_unread(app.front.max_body(), body, r).await);
     }
-    authorized_call(app, device, headers, body, what, work).await
+    read_body(app.front.max_body(), &app.limits, headers, body).await
 }
 
 /// A refusal before the body was read: the body is read first (bounded, see `read_body`), since
 /// refusing with it unread resets the connection, which loses the answer or breaks the client's
 /// next request on it.
-async fn refuse_unread(cloud: &Cloud, body: Body, r: Refusal) -> Refusal {
-    drain(body.into_data_stream(), cloud.options().max_body).await;
+async fn refuse_unread(max_body: usize, body: Body, r: Refusal) -> Refusal {
+    drain(body.into_data_stream(), max_body).await;
     r
 }
 
-/// [`device_call`] once the request is authorised.
-async fn authorized_call<T, F>(
-    app: &App,
-    device: String,
-    headers: &HeaderMap,
-    body: Body,
-    what: &str,
-    work: F,
-) -> Result<T, Refusal>
-where
-    T: Send + 'static,
-    F: FnOnce(&Cloud, &str, &[u8]) -> Result<T, Refusal> + Send + 'static,
-{
-    let cloud = &app.cloud;
-    let bytes = read_body(cloud, &app.limits, headers, body).await?;
-    let c = cloud.clone();
-    tokio::task::spawn_blocking(move || work(&c, &device, &bytes))
-        .await
-        .map_err(|e| Refusal::bad_request(format!("{what} task: {e}")))?
-}
-
-async fn open_session(
-    State(app): State<App>,
+async fn open_session<F: Frontend>(
+    State(app): State<App<F>>,
     Path(device): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let result = device_call(&app, device, &headers, body, "session", |c, d, b| {
-        c.open_session(d, b)
-    })
-    .await;
+    let result = match authorized_body(&app, &device, &headers, body).await {
+        Ok(bytes) => app.front.clone().open_session(device, bytes).await,
+        Err(r) => Err(r),
+    };
     match result {
         Ok(info) => Json(info).into_response(),
-        Err(r) => refuse(&app.cloud, r),
+        Err(r) => refuse(app.front.metrics(), r),
     }
 }
 
@@ -538,34 +522,39 @@ struct UploadQuery {
     wait: bool,
 }
 
-async fn upload(
-    State(app): State<App>,
+async fn upload<F: Frontend>(
+    State(app): State<App<F>>,
     Path(device): Path<String>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let cloud = app.cloud.clone();
+    let front = app.front.clone();
     // Authorised first; the query is checked before the body is taken, so a bad query changes
     // nothing.
-    let result = match cloud
+    let result = match front
         .authorize(&device, bearer(&headers))
         .and_then(|()| query::<UploadQuery>(&uri))
     {
-        Ok(q) => authorized_call(&app, device, &headers, body, "upload", |c, d, b| {
-            c.upload(d, b)
-        })
-        .await
-        .map(|x| (q, x)),
-        Err(r) => Err(refuse_unread(&cloud, body, r).await),
+        Ok(q) => match read_body(front.max_body(), &app.limits, &headers, body).await {
+            Ok(bytes) => front
+                .clone()
+                .upload(device.clone(), bytes)
+                .await
+                .map(|a| (q, a)),
+            Err(r) => Err(r),
+        },
+        Err(r) => Err(refuse_unread(front.max_body(), body, r).await),
     };
-    let (q, (mut ack, session)) = match result {
+    let (q, mut ack) = match result {
         Ok(x) => x,
-        Err(r) => return refuse(&cloud, r),
+        Err(r) => return refuse(front.metrics(), r),
     };
     if q.wait {
-        session.wait_applied(ack.seq).await;
-        ack.version = Some(session.latest().version);
+        match front.clone().wait_applied(device, ack.seq).await {
+            Ok(version) => ack.version = Some(version),
+            Err(r) => return refuse(front.metrics(), r),
+        }
     }
     (StatusCode::ACCEPTED, Json(ack)).into_response()
 }
@@ -576,26 +565,25 @@ struct UpdatesQuery {
     after: u64,
 }
 
-async fn updates(
-    State(app): State<App>,
+async fn updates<F: Frontend>(
+    State(app): State<App<F>>,
     Path(device): Path<String>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let cloud = app.cloud.clone();
-    let q = match cloud
+    let front = app.front.clone();
+    let q = match front
         .authorize(&device, bearer(&headers))
         .and_then(|()| query::<UpdatesQuery>(&uri))
     {
         Ok(q) => q,
-        Err(r) => return refuse(&cloud, r),
+        Err(r) => return refuse(front.metrics(), r),
     };
-    let session = match cloud.session(&device) {
-        Ok(s) => s,
-        Err(r) => return refuse(&cloud, r),
+    let rx = match front.clone().updates(device.clone()).await {
+        Ok(rx) => rx,
+        Err(r) => return refuse(front.metrics(), r),
     };
-    let rx = session.subscribe();
-    let open = OpenStream::new(cloud.clone(), session.clone());
+    let open = OpenStream::new(front, device);
     let stream = futures_util::stream::unfold(
         (rx, app.shutdown.clone(), q.after, open),
         |(mut rx, mut stop, last, open)| async move {
@@ -605,8 +593,11 @@ async fn updates(
                 }
                 let cur = rx.borrow_and_update().clone();
                 if cur.version > last {
-                    open.cloud.metrics.bytes_down.inc_by(cur.bytes.len() as u64);
-                    open.session.sent(cur.bytes.len());
+                    open.front
+                        .metrics()
+                        .bytes_down
+                        .inc_by(cur.bytes.len() as u64);
+                    open.front.sent(&open.device, cur.bytes.len());
                     let frame = Bytes::from(encode_frame(&cur.bytes));
                     return Some((Ok::<_, Infallible>(frame), (rx, stop, cur.version, open)));
                 }
@@ -634,36 +625,40 @@ async fn updates(
 
 /// Counts an update stream as open from its start until its body is dropped (the client left
 /// or the cloud stopped).
-struct OpenStream {
-    cloud: Arc<Cloud>,
-    session: Arc<Session>,
+struct OpenStream<F: Frontend> {
+    front: Arc<F>,
+    device: String,
 }
 
-impl OpenStream {
-    fn new(cloud: Arc<Cloud>, session: Arc<Session>) -> Self {
-        cloud.metrics.update_streams.inc();
-        OpenStream { cloud, session }
+impl<F: Frontend> OpenStream<F> {
+    fn new(front: Arc<F>, device: String) -> Self {
+        front.metrics().update_streams.inc();
+        OpenStream { front, device }
     }
 }
 
-impl Drop for OpenStream {
+impl<F: Frontend> Drop for OpenStream<F> {
     fn drop(&mut self) {
-        self.cloud.metrics.update_streams.dec();
+        self.front.metrics().update_streams.dec();
     }
 }
 
-async fn state(State(app): State<App>, Path(device): Path<String>, headers: HeaderMap) -> Response {
-    let cloud = app.cloud.clone();
-    if let Err(r) = cloud.authorize(&device, bearer(&headers)) {
-        return refuse(&cloud, r);
+async fn state<F: Frontend>(
+    State(app): State<App<F>>,
+    Path(device): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let front = app.front.clone();
+    if let Err(r) = front.authorize(&device, bearer(&headers)) {
+        return refuse(front.metrics(), r);
     }
-    match cloud.session(&device) {
-        Ok(s) => {
-            let bytes = s.latest().bytes.to_vec();
-            cloud.metrics.bytes_down.inc_by(bytes.len() as u64);
-            s.sent(bytes.len());
+    match front.clone().latest(device.clone()).await {
+        Ok(latest) => {
+            let bytes = latest.bytes.to_vec();
+            front.metrics().bytes_down.inc_by(bytes.len() as u64);
+            front.sent(&device, bytes.len());
             ([(header::CONTENT_TYPE, NORM_STATE_CONTENT_TYPE)], bytes).into_response()
         }
-        Err(r) => refuse(&cloud, r),
+        Err(r) => refuse(front.metrics(), r),
     }
 }

@@ -3,11 +3,13 @@
 //! threads, off the request path; [`store`] makes sessions durable; [`http`] is the transport.
 
 pub mod dashboard;
+pub mod frontend;
 pub mod http;
 pub mod metrics;
 pub mod service;
 pub mod store;
 
+pub use frontend::Frontend;
 pub use http::HttpLimits;
 pub use service::{Cloud, CloudOptions, Published, Refusal, Session, SessionView};
 pub use store::{RedbStore, SessionRecord, SessionStore, StoreError};

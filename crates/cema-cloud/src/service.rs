@@ -13,7 +13,7 @@ use anyhow::Context;
 use cema_adapt::{AdaptError, CloudAdapter, CloudConfig, CloudSnapshot};
 use cema_model::{cpu, Device, Model, NormState};
 use cema_wire::{
-    decode_upload, Dtype, EdgeTelemetry, ErrorCode, SessionInfo, UploadAck, WireError,
+    decode_upload, Dtype, EdgeTelemetry, ErrorCode, SessionInfo, Upload, UploadAck, WireError,
     MAX_NORM_VERSION, PROTOCOL_VERSION,
 };
 use serde::Serialize;
@@ -104,8 +104,42 @@ impl Refusal {
             ..Refusal::new(ErrorCode::Unavailable, message)
         }
     }
-    fn internal(message: impl Into<String>) -> Self {
+    pub fn internal(message: impl Into<String>) -> Self {
         Refusal::new(ErrorCode::Internal, message)
+    }
+
+    /// Upload `seq` is not the one expected next.
+    pub fn bad_sequence(seq: u64, next: u64) -> Self {
+        let what = if seq < next {
+            "already received"
+        } else {
+            "out of order"
+        };
+        Refusal {
+            expected_seq: Some(next),
+            ..Refusal::new(
+                ErrorCode::BadSequence,
+                format!("upload {seq} is {what}: the next expected is {next}"),
+            )
+        }
+    }
+
+    /// The device already has `queued` uploads waiting for their rounds.
+    pub fn overloaded(queued: usize) -> Self {
+        Refusal {
+            retry_after_s: Some(1),
+            ..Refusal::new(
+                ErrorCode::Overloaded,
+                format!("{queued} uploads of this device are waiting to be learned from"),
+            )
+        }
+    }
+
+    pub fn no_session(device: &str) -> Self {
+        Refusal::new(
+            ErrorCode::NoSession,
+            format!("device `{device}` has no session: PUT /v1/devices/{device}/session first"),
+        )
     }
 
     pub fn status(&self) -> u16 {
@@ -122,6 +156,64 @@ impl From<WireError> for Refusal {
             e => Refusal::bad_request(e.to_string()),
         }
     }
+}
+
+/// The checks of the norm state a device opens its session with, made by every frontend before
+/// anything is stored.
+pub fn check_session_state(bytes: &[u8], model_id: &str) -> Result<NormState, Refusal> {
+    let state = NormState::from_bytes(bytes, "session body")
+        .map_err(|e| Refusal::bad_request(e.to_string()))?;
+    if state.model_id != model_id {
+        return Err(Refusal::new(
+            ErrorCode::UnknownModel,
+            format!(
+                "model `{}` is not served here (this cloud serves `{model_id}`)",
+                state.model_id
+            ),
+        ));
+    }
+    if state.version >= MAX_NORM_VERSION {
+        return Err(Refusal::bad_request(format!(
+            "norm state version {} leaves no next version (the last is {MAX_NORM_VERSION})",
+            state.version
+        )));
+    }
+    Ok(state)
+}
+
+/// The checks of an upload body that need no session: the wire format, the model, raw u8
+/// pixels of the model's image geometry (height, width, channels).
+pub fn check_upload(
+    body: &[u8],
+    max_body: usize,
+    model_id: &str,
+    image: (usize, usize, usize),
+) -> Result<Upload, Refusal> {
+    let up = decode_upload(body, max_body)?;
+    let h = &up.header;
+    if h.model_id != model_id {
+        return Err(Refusal::new(
+            ErrorCode::UnknownModel,
+            format!(
+                "model `{}` is not served here (this cloud serves `{model_id}`)",
+                h.model_id
+            ),
+        ));
+    }
+    if h.dtype != Dtype::U8 {
+        return Err(Refusal::bad_request(format!(
+            "dtype {:?}: uploads carry raw u8 pixels",
+            h.dtype
+        )));
+    }
+    let geometry = (h.height as usize, h.width as usize, h.channels as usize);
+    if geometry != image {
+        return Err(Refusal::bad_request(format!(
+            "images are {}×{}×{}, model `{model_id}` takes {}×{}×{}",
+            geometry.0, geometry.1, geometry.2, image.0, image.1, image.2
+        )));
+    }
+    Ok(up)
 }
 
 /// A published norm state.
@@ -381,36 +473,13 @@ impl Cloud {
             .expect("sessions lock")
             .get(device)
             .cloned()
-            .ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::NoSession,
-                    format!(
-                        "device `{device}` has no session: PUT /v1/devices/{device}/session first"
-                    ),
-                )
-            })
+            .ok_or_else(|| Refusal::no_session(device))
     }
 
     /// Creates the session on first contact (the student starts from the edge's norm state),
     /// or resumes the existing one unchanged. Blocking (a durable write).
     pub fn open_session(&self, device: &str, state_bytes: &[u8]) -> Result<SessionInfo, Refusal> {
-        let state = NormState::from_bytes(state_bytes, "session body")
-            .map_err(|e| Refusal::bad_request(e.to_string()))?;
-        if state.model_id != self.model_id {
-            return Err(Refusal::new(
-                ErrorCode::UnknownModel,
-                format!(
-                    "model `{}` is not served here (this cloud serves `{}`)",
-                    state.model_id, self.model_id
-                ),
-            ));
-        }
-        if state.version >= MAX_NORM_VERSION {
-            return Err(Refusal::bad_request(format!(
-                "norm state version {} leaves no next version (the last is {MAX_NORM_VERSION})",
-                state.version
-            )));
-        }
+        let state = check_session_state(state_bytes, &self.model_id)?;
         let mut sessions = self.sessions.write().expect("sessions lock");
         if let Some(s) = sessions.get(device) {
             let (version, next_seq) = (s.latest().version, *s.next_seq.lock().expect("seq lock"));
@@ -455,61 +524,16 @@ impl Cloud {
     /// Validates, durably appends and queues an upload. Blocking (a durable write). Nothing
     /// changes unless it returns `Ok`.
     pub fn upload(&self, device: &str, body: &[u8]) -> Result<(UploadAck, Arc<Session>), Refusal> {
-        let up = decode_upload(body, self.options.max_body)?;
+        let up = check_upload(body, self.options.max_body, &self.model_id, self.image)?;
         let h = &up.header;
-        if h.model_id != self.model_id {
-            return Err(Refusal::new(
-                ErrorCode::UnknownModel,
-                format!(
-                    "model `{}` is not served here (this cloud serves `{}`)",
-                    h.model_id, self.model_id
-                ),
-            ));
-        }
-        if h.dtype != Dtype::U8 {
-            return Err(Refusal::bad_request(format!(
-                "dtype {:?}: uploads carry raw u8 pixels",
-                h.dtype
-            )));
-        }
-        let geometry = (h.height as usize, h.width as usize, h.channels as usize);
-        if geometry != self.image {
-            return Err(Refusal::bad_request(format!(
-                "images are {}×{}×{}, model `{}` takes {}×{}×{}",
-                geometry.0,
-                geometry.1,
-                geometry.2,
-                self.model_id,
-                self.image.0,
-                self.image.1,
-                self.image.2
-            )));
-        }
         let session = self.session(device)?;
         let mut next = session.next_seq.lock().expect("seq lock");
         if h.seq != *next {
-            let what = if h.seq < *next {
-                "already received"
-            } else {
-                "out of order"
-            };
-            return Err(Refusal {
-                expected_seq: Some(*next),
-                ..Refusal::new(
-                    ErrorCode::BadSequence,
-                    format!("upload {} is {what}: the next expected is {}", h.seq, *next),
-                )
-            });
+            return Err(Refusal::bad_sequence(h.seq, *next));
         }
         let queued = session.queued();
         if queued >= self.options.max_queued {
-            return Err(Refusal {
-                retry_after_s: Some(1),
-                ..Refusal::new(
-                    ErrorCode::Overloaded,
-                    format!("{queued} uploads of this device are waiting to be learned from"),
-                )
-            });
+            return Err(Refusal::overloaded(queued));
         }
         self.store
             .append_upload(device, h.seq, &up.pixels)
@@ -755,6 +779,6 @@ fn worker(cloud: std::sync::Weak<Cloud>, rx: Arc<Mutex<Receiver<Arc<Session>>>>)
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

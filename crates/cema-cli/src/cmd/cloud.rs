@@ -77,7 +77,11 @@ pub struct Args {
     pub drain_s: u64,
 }
 
-fn parse_devices(args: &Args) -> Result<HashMap<String, String>, CliError> {
+/// The registered devices of `--device ID:TOKEN` and `--devices-file` (also for `cema gateway`).
+pub fn parse_devices(
+    flags: &[String],
+    file: Option<&Path>,
+) -> Result<HashMap<String, String>, CliError> {
     let mut devices = HashMap::new();
     let mut add = |id: &str, token: &str, what: &str| -> Result<(), CliError> {
         if id.is_empty() || token.is_empty() || id.contains('/') {
@@ -88,13 +92,13 @@ fn parse_devices(args: &Args) -> Result<HashMap<String, String>, CliError> {
         devices.insert(id.to_string(), token.to_string());
         Ok(())
     };
-    for d in &args.devices {
+    for d in flags {
         let (id, token) = d
             .split_once(':')
             .ok_or_else(|| CliError::usage(anyhow::anyhow!("--device {d}: expected ID:TOKEN")))?;
         add(id, token, &format!("--device {d}"))?;
     }
-    if let Some(path) = &args.devices_file {
+    if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .usage_err(format!("--devices-file {}", path.display()))?;
         for (i, line) in text.lines().enumerate() {
@@ -125,7 +129,7 @@ fn parse_devices(args: &Args) -> Result<HashMap<String, String>, CliError> {
     Ok(devices)
 }
 
-fn check_file(path: &Path, flag: &str) -> Result<(), CliError> {
+pub fn check_file(path: &Path, flag: &str) -> Result<(), CliError> {
     if !path.is_file() {
         return Err(CliError::usage(anyhow::anyhow!(
             "{flag} {}: no such file",
@@ -136,7 +140,7 @@ fn check_file(path: &Path, flag: &str) -> Result<(), CliError> {
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
-    let devices = parse_devices(&args)?;
+    let devices = parse_devices(&args.devices, args.devices_file.as_deref())?;
     check_file(&args.edge, "--edge")?;
     check_file(&args.foundation, "--foundation")?;
     if args.cloud_batch == 0
@@ -218,7 +222,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     })
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

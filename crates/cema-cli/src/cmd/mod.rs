@@ -27,12 +27,14 @@ pub mod demo;
 pub mod edge;
 mod edge_input;
 pub mod eval;
+pub mod gateway;
 pub mod import;
 pub mod load;
 pub mod plot;
 pub mod predict;
 pub mod speed;
 pub mod train;
+pub mod worker;
 
 /// What every subcommand gets besides its own flags.
 #[derive(Debug, Clone)]
@@ -286,12 +288,14 @@ commands! {
     Demo(demo::Args),
     Edge(edge::Args),
     Eval(eval::Args),
+    Gateway(gateway::Args),
     Import(import::Args),
     Load(load::Args),
     Plot(plot::Args),
     Predict(predict::Args),
     Speed(speed::Args),
     Train(train::Args),
+    Worker(worker::Args),
 }
 
 /// Writes `value` as pretty JSON to `path` atomically (temp file + rename). Failure to write is

@@ -1,0 +1,307 @@
+//! The fleet (issue #21) as real processes: a nats-server started here on loopback, `cema
+//! gateway` and `cema worker`s, real `cema edge`s. Synchronous edges make every run
+//! deterministic, so the fleet must reproduce the in-process benchmark exactly — also when the
+//! worker that owns the edges' sessions is SIGKILLed, or paused past its lease and resumed, in
+//! the middle of the run: an upload lost or learned twice, a stale commit or a regressed version
+//! would change the accuracy, the uploads or the final version.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cema_fleet::layout::{owner_of, slot_of};
+use cema_fleet::NatsServer;
+use common::*;
+use serde_json::Value;
+
+const LEASE_S: &str = "1.5";
+const DEVICES: [(&str, &str, &str); 2] =
+    [("dev-a", "tok-a", "fog"), ("dev-b", "tok-b", "contrast")];
+const LIMIT: usize = 384;
+
+fn models() -> (String, String) {
+    let r = repo();
+    (
+        r.join("models/edge.safetensors").display().to_string(),
+        r.join("models/foundation.safetensors")
+            .display()
+            .to_string(),
+    )
+}
+
+/// A child killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn first_line(child: &mut Child) -> Value {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|_| panic!("said {line:?}"))
+}
+
+fn gateway(nats: &str) -> (Proc, String) {
+    let (edge, _) = models();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args([
+            "-q",
+            "gateway",
+            "--nats",
+            nats,
+            "--listen",
+            "127.0.0.1:0",
+            "--edge",
+            &edge,
+        ])
+        .args([
+            "--lease-s",
+            LEASE_S,
+            "--device",
+            "dev-a:tok-a",
+            "--device",
+            "dev-b:tok-b",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let addr = first_line(&mut child)["listening"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (Proc(child), format!("http://{addr}"))
+}
+
+fn worker(nats: &str, id: &str, log: &Path) -> Proc {
+    let (edge, foundation) = models();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args([
+            "-v",
+            "worker",
+            "--nats",
+            nats,
+            "--id",
+            id,
+            "--lease-s",
+            LEASE_S,
+        ])
+        .args(["--edge", &edge, "--foundation", &foundation])
+        .env("CEMA_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    assert_eq!(first_line(&mut child)["worker"], id);
+    Proc(child)
+}
+
+/// The in-process benchmark of the same streams: what the fleet must reproduce.
+fn bench(dir: &Path) -> Value {
+    let (edge, foundation) = models();
+    let out = dir.join("bench");
+    let o = cema(&[
+        "-q",
+        "bench",
+        "--methods",
+        "cema",
+        "--corruptions",
+        "fog,contrast",
+        "--limit",
+        &LIMIT.to_string(),
+        "--edge",
+        &edge,
+        "--foundation",
+        &foundation,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
+fn start_edges(url: &str, dir: &Path) -> Vec<(Proc, std::path::PathBuf, &'static str)> {
+    let (edge, _) = models();
+    DEVICES
+        .iter()
+        .map(|(d, t, c)| {
+            let json = dir.join(format!("{d}.json"));
+            let child = Command::new(env!("CARGO_BIN_EXE_cema"))
+                .args(["-q", "edge", "--cloud", url, "--device", d, "--token", t])
+                .args([
+                    "--edge",
+                    &edge,
+                    "--corruption",
+                    c,
+                    "--limit",
+                    &LIMIT.to_string(),
+                ])
+                .arg("--sync")
+                .arg("--json")
+                .arg(&json)
+                .env("CEMA_THREADS", "1")
+                .spawn()
+                .unwrap();
+            (Proc(child), json, *c)
+        })
+        .collect()
+}
+
+fn check_against_bench(edges: Vec<(Proc, std::path::PathBuf, &str)>, b: &Value) {
+    for (mut child, json, c) in edges {
+        assert!(child.0.wait().unwrap().success(), "edge {c}");
+        let e: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        let m = &b["methods"]["cema"]["corruptions"][c];
+        assert_eq!(e["images"], LIMIT, "{c}");
+        assert_eq!(e["accuracy"], m["accuracy"], "{c}: fleet {e} vs bench {m}");
+        assert_eq!(e["uploaded"], m["uploaded"], "{c}");
+        assert_eq!(e["norm_version"], m["updates"], "{c}");
+    }
+}
+
+/// The worker of `ids` that owns dev-a's slot once all are live.
+fn owner_of_first_device(ids: &[&str]) -> String {
+    let live: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    owner_of(slot_of(DEVICES[0].0), &live).unwrap().to_string()
+}
+
+/// Waits until the edges are partway: at least `uploads` acknowledged for dev-a.
+fn wait_progress(url: &str, uploads: u64) {
+    let t = Instant::now();
+    loop {
+        let body = ureq::get(&format!("{url}/v1/sessions"))
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let done = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["device"] == "dev-a" && s["uploads"].as_u64() >= Some(uploads));
+        if done {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "no progress: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_sigkilled_worker_hands_its_sessions_over_without_changing_a_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
+    let ids = ["w1", "w2"];
+    let mut workers: Vec<(String, Proc)> = ids
+        .iter()
+        .map(|id| {
+            (
+                id.to_string(),
+                worker(&nats.url(), id, &dir.path().join(format!("{id}.log"))),
+            )
+        })
+        .collect();
+    let (_gw, url) = gateway(&nats.url());
+    // Both workers are members before the first upload (a lease round is a third of the lease).
+    std::thread::sleep(Duration::from_secs_f64(1.0));
+    let edges = start_edges(&url, dir.path());
+    wait_progress(&url, 2);
+    let victim = owner_of_first_device(&ids);
+    let i = workers.iter().position(|(id, _)| *id == victim).unwrap();
+    let (_, mut p) = workers.remove(i);
+    assert!(
+        edges
+            .iter()
+            .all(|(c, _, _)| std::process::Command::new("kill")
+                .arg("-0")
+                .arg(c.0.id().to_string())
+                .status()
+                .unwrap()
+                .success()),
+        "the edges finished before the kill"
+    );
+    p.0.kill().unwrap();
+    p.0.wait().unwrap();
+    check_against_bench(edges, &bench(dir.path()));
+    let (survivor, _) = &workers[0];
+    let log = std::fs::read_to_string(dir.path().join(format!("{survivor}.log"))).unwrap();
+    assert!(!log.contains("ERROR"), "{log}");
+    assert!(
+        log.contains("restored session device=\"dev-a\"")
+            || log.contains("restored session device=dev-a"),
+        "{survivor} never took dev-a over:\n{log}"
+    );
+}
+
+#[test]
+fn a_worker_paused_past_its_lease_is_deposed_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
+    let ids = ["w1", "w2"];
+    let workers: Vec<(String, Proc)> = ids
+        .iter()
+        .map(|id| {
+            (
+                id.to_string(),
+                worker(&nats.url(), id, &dir.path().join(format!("{id}.log"))),
+            )
+        })
+        .collect();
+    let (_gw, url) = gateway(&nats.url());
+    std::thread::sleep(Duration::from_secs_f64(1.0));
+    let edges = start_edges(&url, dir.path());
+    wait_progress(&url, 2);
+    let victim = owner_of_first_device(&ids);
+    let pid = workers
+        .iter()
+        .find(|(id, _)| *id == victim)
+        .unwrap()
+        .1
+         .0
+        .id()
+        .to_string();
+    let signal = |s: &str| {
+        assert!(Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    // Well past the lease: the other worker takes the slot over and goes on.
+    std::thread::sleep(Duration::from_secs(5));
+    signal("-CONT");
+    check_against_bench(edges, &bench(dir.path()));
+    let noticed = |log: &str| {
+        log.contains("lease lapsed") || log.contains("deposed") || log.contains("lease lost")
+    };
+    let path = dir.path().join(format!("{victim}.log"));
+    let t = Instant::now();
+    while !noticed(&std::fs::read_to_string(&path).unwrap()) && t.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        noticed(&log),
+        "the paused worker did not notice it lost its slot:\n{log}"
+    );
+    let other = ids.iter().find(|id| **id != victim).unwrap();
+    let log = std::fs::read_to_string(dir.path().join(format!("{other}.log"))).unwrap();
+    assert!(
+        log.contains("restored session device=\"dev-a\"")
+            || log.contains("restored session device=dev-a"),
+        "{other} never took dev-a over:\n{log}"
+    );
+}

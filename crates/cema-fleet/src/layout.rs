@@ -1,0 +1,265 @@
+//! Names, slots and the JetStream resources of one model's fleet, created explicitly.
+//!
+//! Resources are created with plain stream requests rather than the client's KV helpers:
+//! async-nats 0.52's `create_key_value` reads an account field a 2.9 server (Debian's) does not
+//! send. A KV bucket is an ordinary stream named `KV_{bucket}` on `$KV.{bucket}.>`.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv, stream};
+use sha2::{Digest, Sha256};
+
+/// How devices are spread over workers: a device's slot is fixed by its id; a slot is owned by
+/// one worker at a time. Fixed for a deployment: gateways and workers must agree.
+pub const SLOTS: u32 = 64;
+
+/// The upload header carrying the device's sequence number.
+pub const SEQ_HEADER: &str = "Cema-Seq";
+
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// A slot lease lapses this long after its holder's last renewal; a dead worker's slots move
+    /// after at most this. Renewed every third of it.
+    pub lease: Duration,
+    /// Uploads kept per device (the replay buffer's source; older ones are dropped by the stream).
+    pub uploads_per_device: i64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            lease: Duration::from_secs(6),
+            uploads_per_device: 20_000,
+        }
+    }
+}
+
+/// A device id as one subject token and KV key part: letters, digits, `-` and `_` stand for
+/// themselves, every other byte is `=XX` (NATS reserves `.`, `*`, `>` and whitespace).
+pub fn token(device: &str) -> String {
+    let mut out = String::with_capacity(device.len());
+    for b in device.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`token`].
+pub fn device_of(token: &str) -> Option<String> {
+    let b = token.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'=' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hash64(parts: &[&[u8]]) -> u64 {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+}
+
+pub fn slot_of(device: &str) -> u32 {
+    (hash64(&[device.as_bytes()]) % SLOTS as u64) as u32
+}
+
+/// The live worker that owns `slot` (rendezvous hashing: a worker joining or leaving moves only
+/// the slots it wins or held).
+pub fn owner_of(slot: u32, workers: &[String]) -> Option<&str> {
+    workers
+        .iter()
+        .max_by_key(|w| (hash64(&[&slot.to_le_bytes(), w.as_bytes()]), w.as_str()))
+        .map(String::as_str)
+}
+
+/// One model's fleet resources on a NATS server.
+#[derive(Clone)]
+pub struct Fleet {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub model_id: String,
+    pub config: FleetConfig,
+    /// Uploads: `cema.up.{tag}.{slot}.{device}`, payload the raw u8 pixels.
+    pub uploads: stream::Stream,
+    /// `{slot}.{device}` → [`crate::entry::SessionEntry`].
+    pub sessions: kv::Store,
+    /// `{device}` → the latest published norm state (safetensors).
+    pub norm: kv::Store,
+    /// `slot{n}` → the owning worker's id; entries lapse after [`FleetConfig::lease`].
+    pub leases: kv::Store,
+    /// `{worker}` → its start time; lapses like a lease, renewed with them.
+    pub members: kv::Store,
+    tag: String,
+}
+
+impl Fleet {
+    /// Connects and creates what is missing (idempotent: every gateway and worker does it).
+    pub async fn connect(url: &str, model_id: &str, config: FleetConfig) -> anyhow::Result<Fleet> {
+        let client = async_nats::ConnectOptions::new()
+            .name("cema")
+            .retry_on_initial_connect()
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to NATS at {url}"))?;
+        // retry_on_initial_connect returns at once; wait for the first connection, bounded.
+        let t = std::time::Instant::now();
+        while client.connection_state() != async_nats::connection::State::Connected {
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(10),
+                "no NATS server answers at {url} (10 s)"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let js = jetstream::new(client.clone());
+        let tag = model_tag(model_id);
+        let uploads = ensure_stream(
+            &js,
+            stream::Config {
+                name: format!("CEMA_UP_{tag}"),
+                subjects: vec![format!("cema.up.{tag}.>")],
+                storage: stream::StorageType::File,
+                max_messages_per_subject: config.uploads_per_device,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let sessions = ensure_bucket(&js, &format!("cema_sess_{tag}"), None).await?;
+        let norm = ensure_bucket(&js, &format!("cema_norm_{tag}"), None).await?;
+        let leases = ensure_bucket(&js, &format!("cema_lease_{tag}"), Some(config.lease)).await?;
+        let members = ensure_bucket(&js, &format!("cema_member_{tag}"), Some(config.lease)).await?;
+        Ok(Fleet {
+            client,
+            js,
+            model_id: model_id.to_string(),
+            config,
+            uploads,
+            sessions,
+            norm,
+            leases,
+            members,
+            tag,
+        })
+    }
+
+    pub fn upload_subject(&self, device: &str) -> String {
+        format!("cema.up.{}.{}.{}", self.tag, slot_of(device), token(device))
+    }
+
+    pub fn slot_subjects(&self, slot: u32) -> String {
+        format!("cema.up.{}.{slot}.*", self.tag)
+    }
+
+    pub fn session_key(device: &str) -> String {
+        format!("{}.{}", slot_of(device), token(device))
+    }
+
+    pub fn lease_key(slot: u32) -> String {
+        format!("slot{slot}")
+    }
+}
+
+/// A model id as a stream/bucket name part: readable, and unique by a hash suffix.
+fn model_tag(model_id: &str) -> String {
+    let readable: String = model_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(32)
+        .collect();
+    format!("{readable}_{:08x}", hash64(&[model_id.as_bytes()]) as u32)
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> anyhow::Result<stream::Stream> {
+    let name = config.name.clone();
+    match js.get_stream(&name).await {
+        Ok(s) => Ok(s),
+        Err(_) => match js.create_stream(config).await {
+            Ok(s) => Ok(s),
+            // Another process created it meanwhile.
+            Err(_) => js
+                .get_stream(&name)
+                .await
+                .with_context(|| format!("JetStream stream {name}")),
+        },
+    }
+}
+
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    ttl: Option<Duration>,
+) -> anyhow::Result<kv::Store> {
+    ensure_stream(
+        js,
+        stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: ttl.unwrap_or_default(),
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        },
+    )
+    .await?;
+    js.get_key_value(bucket)
+        .await
+        .with_context(|| format!("KV bucket {bucket}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_are_subject_safe() {
+        for d in ["cam-1", "a.b", "x y*>", "é", "=41", ""] {
+            let t = token(d);
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b)),
+                "{t}"
+            );
+            assert_eq!(device_of(&t).as_deref(), Some(d));
+        }
+        assert_eq!(device_of("=4"), None);
+    }
+
+    #[test]
+    fn slots_move_only_from_a_leaving_worker() {
+        let three: Vec<String> = ["w1", "w2", "w3"].map(String::from).to_vec();
+        let two: Vec<String> = ["w1", "w3"].map(String::from).to_vec();
+        let mut owned = [0; 3];
+        for s in 0..SLOTS {
+            let before = owner_of(s, &three).unwrap();
+            owned[three.iter().position(|w| w == before).unwrap()] += 1;
+            if before != "w2" {
+                assert_eq!(owner_of(s, &two), Some(before), "slot {s} moved");
+            }
+        }
+        assert!(owned.iter().all(|&n| n > 8), "{owned:?}");
+        assert_eq!(owner_of(0, &[]), None);
+    }
+}
