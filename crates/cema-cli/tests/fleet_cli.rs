@@ -22,16 +22,6 @@ const DEVICES: [(&str, &str, &str); 2] =
     [("dev-a", "tok-a", "fog"), ("dev-b", "tok-b", "contrast")];
 const LIMIT: usize = 384;
 
-fn models() -> (String, String) {
-    let r = repo();
-    (
-        r.join("models/edge.safetensors").display().to_string(),
-        r.join("models/foundation.safetensors")
-            .display()
-            .to_string(),
-    )
-}
-
 /// A child killed on drop.
 struct Proc(Child);
 
@@ -198,74 +188,118 @@ fn wait_progress(url: &str, uploads: u64) {
     }
 }
 
-#[test]
-fn a_sigkilled_worker_hands_its_sessions_over_without_changing_a_result() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
-    let ids = ["w1", "w2"];
-    let mut workers: Vec<(String, Proc)> = ids
-        .iter()
-        .map(|id| {
-            (
-                id.to_string(),
-                worker(&nats.url(), id, &dir.path().join(format!("{id}.log"))),
-            )
-        })
-        .collect();
-    let (_gw, url) = gateway(&nats.url());
-    // Both workers are members before the first upload (a lease round is a third of the lease).
-    std::thread::sleep(Duration::from_secs_f64(1.0));
-    let edges = start_edges(&url, dir.path());
-    wait_progress(&url, 2);
-    let victim = owner_of_first_device(&ids);
-    let i = workers.iter().position(|(id, _)| *id == victim).unwrap();
-    let (_, mut p) = workers.remove(i);
-    assert!(
-        edges
+/// A nats-server, workers w1 and w2, a gateway, and the two edges running against it, partway.
+struct Running {
+    dir: tempfile::TempDir,
+    _nats: NatsServer,
+    workers: Vec<(String, Proc)>,
+    _gateway: Proc,
+    edges: Vec<(Proc, std::path::PathBuf, &'static str)>,
+    /// The worker that owns dev-a's session.
+    victim: String,
+}
+
+impl Running {
+    fn start() -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
+        let ids = ["w1", "w2"];
+        let workers: Vec<(String, Proc)> = ids
             .iter()
-            .all(|(c, _, _)| std::process::Command::new("kill")
+            .map(|id| {
+                (
+                    id.to_string(),
+                    worker(&nats.url(), id, &dir.path().join(format!("{id}.log"))),
+                )
+            })
+            .collect();
+        let (gateway, url) = gateway(&nats.url());
+        // Both workers are members before the first upload (a lease round is a third of the lease).
+        std::thread::sleep(Duration::from_secs_f64(1.0));
+        let edges = start_edges(&url, dir.path());
+        wait_progress(&url, 2);
+        for (c, _, name) in &edges {
+            let alive = Command::new("kill")
                 .arg("-0")
                 .arg(c.0.id().to_string())
                 .status()
-                .unwrap()
-                .success()),
-        "the edges finished before the kill"
-    );
-    p.0.kill().unwrap();
-    p.0.wait().unwrap();
-    check_against_bench(edges, &bench(dir.path()));
-    let (survivor, _) = &workers[0];
-    let log = std::fs::read_to_string(dir.path().join(format!("{survivor}.log"))).unwrap();
-    assert!(!log.contains("ERROR"), "{log}");
-    assert!(
-        log.contains("restored session device=\"dev-a\"")
-            || log.contains("restored session device=dev-a"),
-        "{survivor} never took dev-a over:\n{log}"
-    );
+                .unwrap();
+            assert!(alive.success(), "edge {name} finished before the fault");
+        }
+        Running {
+            victim: owner_of_first_device(&ids),
+            dir,
+            _nats: nats,
+            workers,
+            _gateway: gateway,
+            edges,
+        }
+    }
+
+    fn log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{id}.log"))).unwrap()
+    }
+
+    fn other(&self) -> String {
+        self.workers
+            .iter()
+            .map(|(id, _)| id.clone())
+            .find(|id| *id != self.victim)
+            .unwrap()
+    }
+
+    /// The edges' results equal the in-process benchmark's; the other worker took dev-a over.
+    fn finish(self) -> Running {
+        let Running {
+            dir,
+            _nats,
+            workers,
+            _gateway,
+            edges,
+            victim,
+        } = self;
+        check_against_bench(edges, &bench(dir.path()));
+        let r = Running {
+            dir,
+            _nats,
+            workers,
+            _gateway,
+            edges: Vec::new(),
+            victim,
+        };
+        let other = r.other();
+        let log = r.log(&other);
+        assert!(!log.contains("ERROR"), "{log}");
+        assert!(
+            log.contains("restored session device=\"dev-a\"")
+                || log.contains("restored session device=dev-a"),
+            "{other} never took dev-a over:\n{log}"
+        );
+        r
+    }
+}
+
+#[test]
+fn a_sigkilled_worker_hands_its_sessions_over_without_changing_a_result() {
+    let mut run = Running::start();
+    let i = run
+        .workers
+        .iter()
+        .position(|(id, _)| *id == run.victim)
+        .unwrap();
+    let p = &mut run.workers[i].1 .0;
+    p.kill().unwrap();
+    p.wait().unwrap();
+    run.finish();
 }
 
 #[test]
 fn a_worker_paused_past_its_lease_is_deposed_and_commits_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
-    let ids = ["w1", "w2"];
-    let workers: Vec<(String, Proc)> = ids
+    let run = Running::start();
+    let pid = run
+        .workers
         .iter()
-        .map(|id| {
-            (
-                id.to_string(),
-                worker(&nats.url(), id, &dir.path().join(format!("{id}.log"))),
-            )
-        })
-        .collect();
-    let (_gw, url) = gateway(&nats.url());
-    std::thread::sleep(Duration::from_secs_f64(1.0));
-    let edges = start_edges(&url, dir.path());
-    wait_progress(&url, 2);
-    let victim = owner_of_first_device(&ids);
-    let pid = workers
-        .iter()
-        .find(|(id, _)| *id == victim)
+        .find(|(id, _)| *id == run.victim)
         .unwrap()
         .1
          .0
@@ -282,26 +316,66 @@ fn a_worker_paused_past_its_lease_is_deposed_and_commits_nothing() {
     // Well past the lease: the other worker takes the slot over and goes on.
     std::thread::sleep(Duration::from_secs(5));
     signal("-CONT");
-    check_against_bench(edges, &bench(dir.path()));
+    let run = run.finish();
     let noticed = |log: &str| {
         log.contains("lease lapsed") || log.contains("deposed") || log.contains("lease lost")
     };
-    let path = dir.path().join(format!("{victim}.log"));
     let t = Instant::now();
-    while !noticed(&std::fs::read_to_string(&path).unwrap()) && t.elapsed() < Duration::from_secs(5)
-    {
+    while !noticed(&run.log(&run.victim)) && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let log = std::fs::read_to_string(&path).unwrap();
+    let log = run.log(&run.victim);
     assert!(
         noticed(&log),
         "the paused worker did not notice it lost its slot:\n{log}"
     );
-    let other = ids.iter().find(|id| **id != victim).unwrap();
-    let log = std::fs::read_to_string(dir.path().join(format!("{other}.log"))).unwrap();
+}
+
+#[test]
+fn bad_fleet_flags_and_a_missing_nats_server_are_clear_errors() {
+    let (edge, foundation) = models();
+    let o = cema(&[
+        "worker",
+        "--id",
+        "w",
+        "--lease-s",
+        "0",
+        "--edge",
+        &edge,
+        "--foundation",
+        &foundation,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--lease-s"), "{}", stderr(&o));
+    let o = cema(&["gateway", "--edge", &edge]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        log.contains("restored session device=\"dev-a\"")
-            || log.contains("restored session device=dev-a"),
-        "{other} never took dev-a over:\n{log}"
+        stderr(&o).contains("no devices registered"),
+        "{}",
+        stderr(&o)
+    );
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nats = format!("nats://127.0.0.1:{port}");
+    let o = cema(&[
+        "gateway",
+        "--nats",
+        &nats,
+        "--edge",
+        &edge,
+        "--device",
+        "a:b",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no NATS server answers"),
+        "{}",
+        stderr(&o)
     );
 }

@@ -12,16 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn models() -> (String, String) {
-    let r = repo();
-    (
-        r.join("models/edge.safetensors").display().to_string(),
-        r.join("models/foundation.safetensors")
-            .display()
-            .to_string(),
-    )
-}
-
 /// A `cema cloud` child, killed on drop.
 struct CloudProc {
     child: Child,

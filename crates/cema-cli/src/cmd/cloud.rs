@@ -165,13 +165,12 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     };
     let options = CloudOptions {
         devices,
-        config: CloudConfig {
-            batch: args.cloud_batch,
-            student_lr: args.cema_student_lr,
-            foundation_lr: args.cema_foundation_lr,
-            seed: args.seed,
-            ..CloudConfig::default()
-        },
+        config: cloud_config(
+            args.cloud_batch,
+            args.cema_student_lr,
+            args.cema_foundation_lr,
+            args.seed,
+        ),
         workers: args.workers,
         batch_sessions: args.batch_sessions,
         max_body: args.max_body,
@@ -194,32 +193,53 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             CliError::from(e.context("starting the cloud"))
         }
     })?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .usage_err(format!("--listen {}", args.listen))?;
-        let addr = listener.local_addr().context("local address")?;
+        let addr = announce(&listener)?;
         tracing::info!(%addr, model = cloud.model_id, "cloud listening");
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({ "listening": addr.to_string() })
-        )
-        .and_then(|()| out.flush())
-        .context("stdout")?;
-        drop(out);
         cema_cloud::http::serve_with(listener, cloud, limits, shutdown_signal())
             .await
             .context("serving")?;
         tracing::info!("cloud stopped");
         Ok(())
     })
+}
+
+/// The async runtime the network commands serve on.
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?)
+}
+
+/// Prints `{"listening": "HOST:PORT"}` on stdout (so scripts can listen on port 0).
+pub fn announce(listener: &tokio::net::TcpListener) -> Result<SocketAddr, CliError> {
+    let addr = listener.local_addr().context("local address")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({ "listening": addr.to_string() })
+    )
+    .and_then(|()| out.flush())
+    .context("stdout")?;
+    Ok(addr)
+}
+
+/// CEMA's cloud settings from the flags `cema cloud` and `cema worker` share.
+pub fn cloud_config(batch: usize, student_lr: f64, foundation_lr: f64, seed: u64) -> CloudConfig {
+    CloudConfig {
+        batch,
+        student_lr,
+        foundation_lr,
+        seed,
+        ..CloudConfig::default()
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -2,7 +2,6 @@
 //! published to NATS JetStream, update streams from the norm-state bucket. Prints
 //! `{"listening": "HOST:PORT"}` on stdout once it accepts connections, like `cema cloud`.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -12,7 +11,7 @@ use cema_fleet::{Gateway, GatewayOptions};
 
 use crate::exit::{CliError, ResultExt};
 
-use super::cloud::{check_file, parse_devices, shutdown_signal};
+use super::cloud::{announce, check_file, parse_devices, runtime, shutdown_signal};
 use super::Context;
 
 /// Runs a fleet gateway: edges talk to it as to `cema cloud`; workers (`cema worker`) learn.
@@ -56,11 +55,7 @@ pub fn run(args: Args, _ctx: &Context) -> Result<(), CliError> {
         max_queued: args.max_queued_uploads,
         fleet,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = runtime()?;
     rt.block_on(async move {
         let gateway = Gateway::open(options).await.usage_err(format!(
             "--nats {} / --edge {}",
@@ -70,17 +65,8 @@ pub fn run(args: Args, _ctx: &Context) -> Result<(), CliError> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .usage_err(format!("--listen {}", args.listen))?;
-        let addr = listener.local_addr().context("local address")?;
+        let addr = announce(&listener)?;
         tracing::info!(%addr, "gateway listening");
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({ "listening": addr.to_string() })
-        )
-        .and_then(|()| out.flush())
-        .context("stdout")?;
-        drop(out);
         cema_cloud::http::serve_with(listener, gateway, HttpLimits::default(), shutdown_signal())
             .await
             .context("serving")?;

@@ -7,13 +7,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use cema_adapt::CloudConfig;
 use cema_fleet::{FleetConfig, Worker, WorkerOptions};
 
 use crate::exit::{CliError, ResultExt};
 
-use super::cloud::{check_file, shutdown_signal};
+use super::cloud::{check_file, cloud_config, runtime, shutdown_signal};
 use super::Context;
 
 /// Runs a fleet worker (with `cema gateway` in front of the same NATS server).
@@ -77,22 +75,17 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         id: args.id.clone(),
         edge_model: args.edge.clone(),
         foundation: args.foundation.clone(),
-        config: CloudConfig {
-            batch: args.cloud_batch,
-            student_lr: args.cema_student_lr,
-            foundation_lr: args.cema_foundation_lr,
-            seed: args.seed,
-            ..CloudConfig::default()
-        },
+        config: cloud_config(
+            args.cloud_batch,
+            args.cema_student_lr,
+            args.cema_foundation_lr,
+            args.seed,
+        ),
         fleet: fleet_config(args.lease_s)?,
         round_delay: Duration::from_millis(args.slow_ms),
         device: ctx.device.clone(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = runtime()?;
     rt.block_on(async move {
         let id = args.id.clone();
         Worker::run(options, async move {

@@ -20,3 +20,14 @@ pub fn stderr(o: &Output) -> String {
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// The shipped edge and foundation models, as arguments.
+pub fn models() -> (String, String) {
+    let r = repo();
+    (
+        r.join("models/edge.safetensors").display().to_string(),
+        r.join("models/foundation.safetensors")
+            .display()
+            .to_string(),
+    )
+}
