@@ -379,3 +379,95 @@ fn bad_fleet_flags_and_a_missing_nats_server_are_clear_errors() {
         stderr(&o)
     );
 }
+
+fn sessions(url: &str) -> Vec<Value> {
+    let body = ureq::get(&format!("{url}/v1/sessions"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+/// dev-a's entry in a gateway's view of the fleet, once `ready` holds of it (at most 120 s).
+fn wait_session(url: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = sessions(url)
+            .into_iter()
+            .find(|s| s["device"] == "dev-a" && ready(s))
+        {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{what}: {:?}",
+            sessions(url)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_sigkilled_gateway_sends_its_edges_to_the_other_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
+    let _worker = worker(&nats.url(), "w1", &dir.path().join("w1.log"));
+    let (mut g1, url1) = gateway(&nats.url());
+    let (_g2, url2) = gateway(&nats.url());
+    let (edge, _) = models();
+    let json = dir.path().join("edge.json");
+    let mut e = Proc(
+        Command::new(env!("CARGO_BIN_EXE_cema"))
+            .args([
+                "-q",
+                "edge",
+                "--cloud",
+                &format!("{url1},{url2}"),
+                "--device",
+                "dev-a",
+            ])
+            .args([
+                "--token",
+                "tok-a",
+                "--edge",
+                &edge,
+                "--corruption",
+                "gaussian_noise",
+            ])
+            // Paced so the stream outlasts the first version plus the failover.
+            .args(["--limit", "1280", "--pace-ms", "200", "--json"])
+            .arg(&json)
+            .env("CEMA_THREADS", "1")
+            .spawn()
+            .unwrap(),
+    );
+    let before = wait_session(&url2, "no version published", |s| {
+        s["version"].as_u64() >= Some(1)
+    });
+    g1.0.kill().unwrap();
+    g1.0.wait().unwrap();
+    assert!(
+        e.0.try_wait().unwrap().is_none(),
+        "the edge stopped with its gateway"
+    );
+    assert!(e.0.wait().unwrap().success());
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["images"], 1280);
+    // Every acknowledged sample is learned from exactly once.
+    let s = wait_session(&url2, "uploads still queued", |s| s["queued"] == 0);
+    assert_eq!(s["samples"], r["uploaded"], "fleet {s} vs edge {r}");
+    assert!(
+        r["norm_version"].as_u64() >= before["version"].as_u64(),
+        "{r}"
+    );
+    assert_eq!(r["updates_rejected"], 0, "{r}");
+    // The edge did reach the second gateway.
+    let uploads_at_2 = sessions(&url2)
+        .into_iter()
+        .find(|s| s["device"] == "dev-a")
+        .unwrap()["uploads"]
+        .as_u64();
+    assert!(uploads_at_2 > Some(0), "{:?}", sessions(&url2));
+}

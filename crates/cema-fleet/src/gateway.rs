@@ -13,7 +13,6 @@ use std::time::Instant;
 use anyhow::Context as _;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use cema_cloud::dashboard::History;
@@ -49,8 +48,39 @@ pub struct Gateway {
     metrics: Metrics,
     history: History,
     started: Instant,
-    /// What edges said of themselves through this gateway (not durable, as in `cema cloud`).
+    /// What edges said of themselves through this gateway (not durable, as in `cema cloud`),
+    /// and what it sent and received for them.
     seen: Mutex<HashMap<String, SessionView>>,
+    /// Every session of the fleet as its records say, refreshed every [`FLEET_VIEW_PERIOD`].
+    fleet_view: Mutex<Vec<SessionView>>,
+}
+
+/// How often a gateway reads every session record for `/v1/sessions` and `/health`.
+const FLEET_VIEW_PERIOD: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Refreshes the gateway's view of the fleet's sessions until the gateway is dropped.
+async fn refresh_fleet_view(gateway: std::sync::Weak<Gateway>) {
+    loop {
+        let Some(g) = gateway.upgrade() else { return };
+        let fleet = g.fleet.clone();
+        drop(g);
+        let mut views = Vec::new();
+        match fleet.devices().await {
+            Ok(devices) => {
+                for d in devices {
+                    match fleet.session_view(&d).await {
+                        Ok(Some(v)) => views.push(v),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(device = d, "reading the session: {e:#}"),
+                    }
+                }
+                let Some(g) = gateway.upgrade() else { return };
+                *g.fleet_view.lock().expect("view lock") = views;
+            }
+            Err(e) => tracing::warn!("listing the fleet's sessions: {e:#}"),
+        }
+        tokio::time::sleep(FLEET_VIEW_PERIOD).await;
+    }
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Refusal {
@@ -61,21 +91,11 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Refusal {
 }
 
 /// The last upload in a device's subject: (its stream sequence, its device sequence number).
-async fn last_upload(fleet: &Fleet, subject: &str) -> Result<Option<(u64, u64)>, Refusal> {
-    match fleet.uploads.get_last_raw_message_by_subject(subject).await {
-        Ok(m) => {
-            let seq = m
-                .headers
-                .get(SEQ_HEADER)
-                .and_then(|v| v.as_str().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    Refusal::internal(format!("upload {} has no {SEQ_HEADER}", m.sequence))
-                })?;
-            Ok(Some((m.sequence, seq)))
-        }
-        Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-        Err(e) => Err(unavailable("reading the upload log", e)),
-    }
+async fn last_upload(fleet: &Fleet, device: &str) -> Result<Option<(u64, u64)>, Refusal> {
+    fleet
+        .last_upload(device)
+        .await
+        .map_err(|e| unavailable("reading the upload log", e))
 }
 
 impl Gateway {
@@ -84,7 +104,7 @@ impl Gateway {
             .with_context(|| format!("edge model {}", options.edge_model.display()))?;
         let fleet = Fleet::connect(&options.nats, &edge.card.name, options.fleet.clone()).await?;
         let i = &edge.card.input;
-        Ok(Arc::new(Gateway {
+        let gateway = Arc::new(Gateway {
             image: (i.height, i.width, i.channels),
             fleet,
             options,
@@ -93,7 +113,10 @@ impl Gateway {
             history: History::default(),
             started: Instant::now(),
             seen: Mutex::new(HashMap::new()),
-        }))
+            fleet_view: Mutex::new(Vec::new()),
+        });
+        tokio::spawn(refresh_fleet_view(Arc::downgrade(&gateway)));
+        Ok(gateway)
     }
 
     async fn session_entry(&self, device: &str) -> Result<SessionEntry, Refusal> {
@@ -219,7 +242,7 @@ impl Frontend for Gateway {
                 .latest_entry(&device)
                 .await?
                 .ok_or_else(|| Refusal::no_session(&device))?;
-            let next = last_upload(&self.fleet, &self.fleet.upload_subject(&device))
+            let next = last_upload(&self.fleet, &device)
                 .await?
                 .map_or(0, |(_, seq)| seq + 1);
             (published(&latest)?.version, next)
@@ -248,7 +271,7 @@ impl Frontend for Gateway {
         let seq = up.header.seq;
         let session = self.session_entry(&device).await?;
         let subject = self.fleet.upload_subject(&device);
-        let last = last_upload(&self.fleet, &subject).await?;
+        let last = last_upload(&self.fleet, &device).await?;
         let expected = last.map_or(0, |(_, s)| s + 1);
         if seq != expected {
             return Err(Refusal::bad_sequence(seq, expected));
@@ -280,7 +303,7 @@ impl Frontend for Gateway {
             // Another request with this seq got in first.
             Ok(_) => return Err(Refusal::bad_sequence(seq, seq + 1)),
             Err(e) if matches!(e.kind(), PublishErrorKind::WrongLastSequence) => {
-                let next = last_upload(&self.fleet, &self.fleet.upload_subject(&device))
+                let next = last_upload(&self.fleet, &device)
                     .await?
                     .map_or(0, |(_, s)| s + 1);
                 return Err(Refusal::bad_sequence(seq, next));
@@ -429,21 +452,25 @@ impl Frontend for Gateway {
             .map_err(|e| format!("JetStream: {e}"))
     }
 
-    /// Devices this gateway has served since it started (the fleet's sessions are in NATS).
+    /// The fleet's sessions (as of the last refresh).
     fn session_count(&self) -> usize {
-        self.seen.lock().expect("seen lock").len()
+        self.fleet_view.lock().expect("view lock").len()
     }
 
+    /// The fleet's sessions from their records; uploads, bytes and telemetry as this gateway
+    /// saw them.
     fn sessions_view(&self) -> Vec<SessionView> {
-        let mut v: Vec<SessionView> = self
-            .seen
-            .lock()
-            .expect("seen lock")
-            .values()
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.device.cmp(&b.device));
-        v
+        let seen = self.seen.lock().expect("seen lock");
+        let mut out = self.fleet_view.lock().expect("view lock").clone();
+        for v in &mut out {
+            if let Some(here) = seen.get(&v.device) {
+                v.uploads = here.uploads;
+                v.bytes_up = here.bytes_up;
+                v.bytes_down = here.bytes_down;
+                v.telemetry = here.telemetry.clone();
+            }
+        }
+        out
     }
 
     fn history(&self) -> &History {

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, kv, stream};
+use cema_cloud::SessionView;
 use sha2::{Digest, Sha256};
+
+use crate::entry::{Kind, SessionEntry};
 
 /// How devices are spread over workers: a device's slot is fixed by its id; a slot is owned by
 /// one worker at a time. Fixed for a deployment: gateways and workers must agree.
@@ -172,6 +175,64 @@ impl Fleet {
 
     pub fn lease_key(slot: u32) -> String {
         format!("slot{slot}")
+    }
+
+    /// The last stored upload of a device: (its stream sequence, its seq), `None` before any.
+    pub async fn last_upload(&self, device: &str) -> anyhow::Result<Option<(u64, u64)>> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self
+            .uploads
+            .get_last_raw_message_by_subject(&self.upload_subject(device))
+            .await
+        {
+            Ok(m) => {
+                let seq = m
+                    .headers
+                    .get(SEQ_HEADER)
+                    .and_then(|v| v.as_str().parse::<u64>().ok())
+                    .with_context(|| format!("upload {} has no {SEQ_HEADER}", m.sequence))?;
+                Ok(Some((m.sequence, seq)))
+            }
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// What the fleet holds of a device's session, as `cema cloud`'s `/v1/sessions` shows it
+    /// (the counters of its last committed round; `None`: no session).
+    pub async fn session_view(&self, device: &str) -> anyhow::Result<Option<SessionView>> {
+        let Some(bytes) = self.sessions.get(Self::session_key(device)).await? else {
+            return Ok(None);
+        };
+        let record = SessionEntry::from_bytes(&bytes)?;
+        let next_seq = self.last_upload(device).await?.map_or(0, |(_, s)| s + 1);
+        let learned = record.head.applied_seq.map_or(0, |a| a + 1);
+        let mut view = SessionView {
+            device: device.to_string(),
+            version: record.head.version,
+            next_seq,
+            queued: next_seq.saturating_sub(learned) as usize,
+            ..SessionView::default()
+        };
+        if record.head.kind == Kind::Snapshot {
+            let snap = cema_adapt::CloudSnapshot::from_bytes(&record.blob)?;
+            view.samples = snap.meta.counters.samples_received;
+            view.rounds = snap.meta.counters.rounds;
+            view.session_bytes = record.blob.len();
+        }
+        Ok(Some(view))
+    }
+
+    /// Every device with a session.
+    pub async fn devices(&self) -> anyhow::Result<Vec<String>> {
+        use futures_util::StreamExt;
+        let mut keys = self.sessions.keys().await?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            out.extend(k?.split_once('.').and_then(|(_, t)| device_of(t)));
+        }
+        out.sort();
+        Ok(out)
     }
 }
 

@@ -21,7 +21,8 @@ use cema_bench::{stream, stream_order};
 /// from a cloud.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The cloud's base URL.
+    /// The cloud's base URL; several, comma-separated, for a fleet's gateways (the edge moves
+    /// to the next when one stops answering).
     #[arg(long, default_value = "http://127.0.0.1:7878")]
     pub cloud: String,
     /// This device's id (registered at the cloud).
