@@ -1,6 +1,7 @@
-//! Child processes of `cema demo` and `cema load`: a `cema cloud` on loopback whose address is
-//! read from its first stdout line, and a reaper that stops every child (SIGTERM, a grace
-//! period, then SIGKILL) however the parent leaves, so no run leaves a process behind.
+//! Child processes of `cema demo` and `cema load`: a `cema cloud` (or a local fleet: a
+//! nats-server, gateways and workers) on loopback, each announcing itself on its first stdout
+//! line, and a reaper that stops every child (SIGTERM, a grace period, then SIGKILL) however the
+//! parent leaves, so no run leaves a process behind.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -54,23 +55,115 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    spawn_listening(exe, "cloud", args, reaper)
+}
+
+/// [`spawn_cloud`] for any subcommand that listens (`cloud`, `gateway`).
+pub fn spawn_listening<I, S>(
+    exe: &OsStr,
+    subcommand: &str,
+    args: I,
+    reaper: &mut Reaper,
+) -> anyhow::Result<(String, u32)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut listen = vec![OsStr::new("--listen").to_os_string(), "127.0.0.1:0".into()];
+    listen.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+    let (first, pid) = spawn_announcing(exe, subcommand, listen, reaper)?;
+    let addr = first["listening"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("`cema {subcommand}` did not start (said {first})"))?;
+    Ok((format!("http://{addr}"), pid))
+}
+
+/// Starts `exe -q <subcommand> <args>` under `reaper` and returns the JSON of its first stdout
+/// line (its announcement: where it listens, or that it is connected) and its pid.
+pub fn spawn_announcing<I, S>(
+    exe: &OsStr,
+    subcommand: &str,
+    args: I,
+    reaper: &mut Reaper,
+) -> anyhow::Result<(Value, u32)>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut child = Command::new(exe)
-        .args(["-q", "cloud", "--listen", "127.0.0.1:0"])
+        .args(["-q", subcommand])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .context("starting `cema cloud`")?;
+        .with_context(|| format!("starting `cema {subcommand}`"))?;
     let stdout = child.stdout.take().expect("piped");
     let pid = child.id();
     reaper.0.push(child);
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
-        .context("reading the cloud's address")?;
-    let addr = serde_json::from_str::<Value>(&line)
-        .ok()
-        .and_then(|v| v["listening"].as_str().map(String::from))
-        .ok_or_else(|| anyhow::anyhow!("the cloud did not start (said {line:?})"))?;
-    Ok((format!("http://{addr}"), pid))
+        .with_context(|| format!("reading what `cema {subcommand}` says"))?;
+    let first = serde_json::from_str::<Value>(&line)
+        .map_err(|_| anyhow::anyhow!("`cema {subcommand}` did not start (said {line:?})"))?;
+    Ok((first, pid))
+}
+
+/// A fleet on loopback (issue #21): a nats-server on file storage in a folder, gateways and
+/// workers as child processes of this binary.
+pub struct LocalFleet {
+    /// Stopped when dropped (after the reaper has stopped the children that use it).
+    pub nats: cema_fleet::NatsServer,
+    /// The gateways' base URLs.
+    pub gateways: Vec<String>,
+    /// Every gateway's and worker's pid.
+    pub pids: Vec<u32>,
+}
+
+impl LocalFleet {
+    /// The edges' `--cloud` for edge `i`: every gateway, starting at a different one per edge.
+    pub fn cloud_for(&self, i: usize) -> String {
+        let n = self.gateways.len();
+        (0..n)
+            .map(|k| self.gateways[(i + k) % n].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Starts nats-server in `dir`, `workers` workers (with `worker_args`) and `gateways` gateways
+/// (with `gateway_args`), the workers first so that they own the slots before the first upload.
+pub fn spawn_fleet(
+    exe: &OsStr,
+    dir: &std::path::Path,
+    gateways: usize,
+    workers: usize,
+    gateway_args: &[std::ffi::OsString],
+    worker_args: &[std::ffi::OsString],
+    reaper: &mut Reaper,
+) -> anyhow::Result<LocalFleet> {
+    let nats = cema_fleet::NatsServer::start(dir)?;
+    let url = nats.url();
+    let mut pids = Vec::new();
+    for w in 0..workers {
+        let mut args: Vec<std::ffi::OsString> = vec!["--nats".into(), url.clone().into()];
+        args.extend(["--id".into(), format!("worker-{}", w + 1).into()]);
+        args.extend(worker_args.iter().cloned());
+        pids.push(spawn_announcing(exe, "worker", args, reaper)?.1);
+    }
+    let mut urls = Vec::new();
+    for _ in 0..gateways {
+        let mut args: Vec<std::ffi::OsString> = vec!["--nats".into(), url.clone().into()];
+        args.extend(gateway_args.iter().cloned());
+        let (u, pid) = spawn_listening(exe, "gateway", args, reaper)?;
+        urls.push(u);
+        pids.push(pid);
+    }
+    // One lease round, so every worker sees the others before it takes slots for good.
+    std::thread::sleep(Duration::from_millis(2500));
+    Ok(LocalFleet {
+        nats,
+        gateways: urls,
+        pids,
+    })
 }

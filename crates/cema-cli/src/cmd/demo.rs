@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::exit::{CliError, ResultExt};
 
-use super::children::{spawn_cloud, Reaper};
+use super::children::{spawn_cloud, spawn_fleet, Reaper};
 use super::{write_json, Context, DataArgs};
 
 /// One cloud and N edges on loopback, each edge on its own corrupted stream (Fashion-MNIST-C by
@@ -50,6 +50,11 @@ pub struct Args {
     /// Cloud worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Run the cloud as a fleet instead (issue #21): a local nats-server (needs `nats-server` on
+    /// PATH: apt-get install nats-server), 3 `cema worker`s and 2 `cema gateway`s; each edge
+    /// knows both gateways.
+    #[arg(long)]
+    pub fleet: bool,
     /// The edge model every edge runs (and the cloud serves).
     #[arg(long, default_value = "models/edge.safetensors")]
     pub edge: PathBuf,
@@ -179,25 +184,60 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         })
         .collect();
 
+    // Declared before the reaper, so that on every path the children stop before nats-server.
+    let fleet;
     let mut reaper = Reaper::default();
-    let mut cloud_args: Vec<std::ffi::OsString> = vec!["--store-dir".into(), cloud_data.into()];
-    cloud_args.extend(["--edge".into(), args.edge.clone().into()]);
-    cloud_args.extend(["--foundation".into(), args.foundation.clone().into()]);
-    cloud_args.extend(["--workers".into(), args.workers.to_string().into()]);
+    let mut registered: Vec<std::ffi::OsString> = Vec::new();
     for (d, t, _) in &devices {
-        cloud_args.extend(["--device".into(), format!("{d}:{t}").into()]);
+        registered.extend(["--device".into(), format!("{d}:{t}").into()]);
     }
-    let (url, _) = spawn_cloud(exe.as_os_str(), cloud_args, &mut reaper)?;
-    if !ctx.quiet {
-        eprintln!("live dashboard while the demo runs: {url}/");
-    }
+    let models: Vec<std::ffi::OsString> = vec![
+        "--edge".into(),
+        args.edge.clone().into(),
+        "--foundation".into(),
+        args.foundation.clone().into(),
+    ];
+    let clouds: Vec<String> = if args.fleet {
+        let mut gateway_args: Vec<std::ffi::OsString> =
+            vec!["--edge".into(), args.edge.clone().into()];
+        gateway_args.extend(registered);
+        fleet = spawn_fleet(
+            exe.as_os_str(),
+            &cloud_data,
+            2,
+            3,
+            &gateway_args,
+            &models,
+            &mut reaper,
+        )
+        .map_err(|e| CliError::usage(e.context("--fleet")))?;
+        if !ctx.quiet {
+            eprintln!(
+                "fleet: nats-server {}, 3 workers, gateways {}",
+                fleet.nats.url(),
+                fleet.gateways.join(" ")
+            );
+        }
+        (0..devices.len()).map(|i| fleet.cloud_for(i)).collect()
+    } else {
+        let mut cloud_args: Vec<std::ffi::OsString> = vec!["--store-dir".into(), cloud_data.into()];
+        cloud_args.extend(models);
+        cloud_args.extend(["--workers".into(), args.workers.to_string().into()]);
+        cloud_args.extend(registered);
+        let (url, _) = spawn_cloud(exe.as_os_str(), cloud_args, &mut reaper)?;
+        if !ctx.quiet {
+            eprintln!("live dashboard while the demo runs: {url}/");
+        }
+        vec![url; devices.len()]
+    };
+    let servers = reaper.0.len();
 
     let states: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(vec![Value::Null; devices.len()]));
     let mut readers = Vec::new();
     for (i, (d, t, c)) in devices.iter().enumerate() {
         let mut cmd = Command::new(&exe);
         cmd.arg("-q")
-            .args(["edge", "--cloud", &url, "--device", d, "--token", t])
+            .args(["edge", "--cloud", &clouds[i], "--device", d, "--token", t])
             .args([
                 "--corruption",
                 c.name(),
@@ -275,16 +315,18 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
                 ));
             }
         }
-        let edges_done = reaper.0[1..]
+        let edges_done = reaper.0[servers..]
             .iter_mut()
             .all(|c| matches!(c.try_wait(), Ok(Some(_))));
         if edges_done {
             break;
         }
-        if let Ok(Some(status)) = reaper.0[0].try_wait() {
-            return Err(CliError::failed(anyhow::anyhow!(
-                "the cloud exited early ({status})"
-            )));
+        for c in &mut reaper.0[..servers] {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(CliError::failed(anyhow::anyhow!(
+                    "a cloud process exited early ({status})"
+                )));
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -294,7 +336,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     for b in &bars {
         b.finish();
     }
-    let edge_status: Vec<_> = reaper.0[1..]
+    let edge_status: Vec<_> = reaper.0[servers..]
         .iter_mut()
         .map(|c| c.wait().map(|s| s.success()).unwrap_or(false))
         .collect();
