@@ -471,3 +471,35 @@ fn a_sigkilled_gateway_sends_its_edges_to_the_other_and_loses_nothing() {
         .as_u64();
     assert!(uploads_at_2 > Some(0), "{:?}", sessions(&url2));
 }
+
+#[test]
+fn the_demo_runs_over_a_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("demo.json");
+    let (edge, foundation) = models();
+    let o = cema(&[
+        "-q",
+        "demo",
+        "--fleet",
+        "--edges",
+        "2",
+        "--limit",
+        "128",
+        "--pace-ms",
+        "0",
+        "--edge",
+        &edge,
+        "--foundation",
+        &foundation,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let edges = v["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), 2);
+    for e in edges {
+        assert_eq!(e["images"], 128, "{e}");
+        assert!(e["bytes_up"].as_u64() > Some(0), "{e}");
+    }
+}

@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::entry::{Head, Kind, SessionEntry};
-use crate::layout::{Fleet, FleetConfig, SEQ_HEADER};
+use crate::layout::{Fleet, FleetConfig, Progress, SEQ_HEADER};
 
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
@@ -119,16 +119,15 @@ impl Gateway {
         Ok(gateway)
     }
 
-    async fn session_entry(&self, device: &str) -> Result<SessionEntry, Refusal> {
-        let key = Fleet::session_key(device);
-        let entry = self
+    async fn progress(&self, device: &str) -> Result<Progress, Refusal> {
+        let bytes = self
             .fleet
-            .sessions
-            .get(&key)
+            .progress
+            .get(device_key(device))
             .await
-            .map_err(|e| unavailable("reading the session", e))?
+            .map_err(|e| unavailable("reading the session's progress", e))?
             .ok_or_else(|| Refusal::no_session(device))?;
-        SessionEntry::from_bytes(&entry)
+        Progress::from_bytes(&bytes)
             .map_err(|e| Refusal::internal(format!("session `{device}`: {e}")))
     }
 
@@ -235,6 +234,22 @@ impl Frontend for Gateway {
             Err(e) if matches!(e.kind(), kv::CreateErrorKind::AlreadyExists) => false,
             Err(e) => return Err(unavailable("creating the session", e)),
         };
+        // Also after a crash between the two writes above: the progress key is what uploads look
+        // for.
+        let progress = Progress {
+            applied_seq: None,
+            version: state.version,
+        };
+        if let Err(e) = self
+            .fleet
+            .progress
+            .create(device_key(&device), progress.to_bytes())
+            .await
+        {
+            if !matches!(e.kind(), kv::CreateErrorKind::AlreadyExists) {
+                return Err(unavailable("creating the session's progress", e));
+            }
+        }
         let (version, next_seq) = if created {
             (state.version, 0)
         } else {
@@ -269,14 +284,14 @@ impl Frontend for Gateway {
             self.image,
         )?;
         let seq = up.header.seq;
-        let session = self.session_entry(&device).await?;
+        let progress = self.progress(&device).await?;
         let subject = self.fleet.upload_subject(&device);
         let last = last_upload(&self.fleet, &device).await?;
         let expected = last.map_or(0, |(_, s)| s + 1);
         if seq != expected {
             return Err(Refusal::bad_sequence(seq, expected));
         }
-        let learned = session.head.applied_seq.map_or(0, |a| a + 1);
+        let learned = progress.applied_seq.map_or(0, |a| a + 1);
         let queued = expected.saturating_sub(learned) as usize;
         if queued >= self.options.max_queued {
             return Err(Refusal::overloaded(queued));
@@ -327,28 +342,28 @@ impl Frontend for Gateway {
     }
 
     async fn wait_applied(self: Arc<Self>, device: String, seq: u64) -> Result<u64, Refusal> {
-        let key = Fleet::session_key(&device);
+        let key = device_key(&device);
         // Read, then watch from the next revision: a watch does not deliver the value that
         // existed before it started.
         let entry = self
             .fleet
-            .sessions
+            .progress
             .entry(&key)
             .await
-            .map_err(|e| unavailable("reading the session", e))?
+            .map_err(|e| unavailable("reading the session's progress", e))?
             .ok_or_else(|| Refusal::no_session(&device))?;
         let applied = |value: &[u8]| {
-            SessionEntry::from_bytes(value)
+            Progress::from_bytes(value)
                 .ok()
-                .filter(|e| e.head.applied_seq.is_some_and(|a| a >= seq))
-                .map(|e| e.head.version)
+                .filter(|p| p.applied_seq.is_some_and(|a| a >= seq))
+                .map(|p| p.version)
         };
         let target = match applied(&entry.value) {
             Some(v) => v,
             None => {
                 let mut watch = self
                     .fleet
-                    .sessions
+                    .progress
                     .watch_from_revision(&key, entry.revision + 1)
                     .await
                     .map_err(|e| unavailable("watching the session", e))?;
@@ -365,8 +380,8 @@ impl Frontend for Gateway {
                 }
             }
         };
-        // The worker publishes the round's version after committing the record: wait for it
-        // too, as `cema cloud` answers only once the new version is visible.
+        // The worker writes progress after publishing; a version as new is there, or (after a
+        // crash between the two) will be once the slot's next owner republishes it.
         let mut rx = self.clone().updates(device).await?;
         let version = rx
             .wait_for(|p| p.version >= target)
@@ -383,7 +398,7 @@ impl Frontend for Gateway {
         let t: EdgeTelemetry = serde_json::from_slice(&body)
             .map_err(|e| Refusal::bad_request(format!("telemetry: {e}")))?;
         t.check().map_err(Refusal::bad_request)?;
-        self.session_entry(&device).await?;
+        self.progress(&device).await?;
         self.note(&device, |v| v.telemetry = Some(t));
         Ok(())
     }

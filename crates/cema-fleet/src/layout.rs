@@ -105,6 +105,9 @@ pub struct Fleet {
     pub sessions: kv::Store,
     /// `{device}` → the latest published norm state (safetensors).
     pub norm: kv::Store,
+    /// `{device}` → [`Progress`]: a few bytes a gateway reads per upload (for 429s) and watches
+    /// (for `?wait=true`) instead of the whole record.
+    pub progress: kv::Store,
     /// `slot{n}` → the owning worker's id; entries lapse after [`FleetConfig::lease`].
     pub leases: kv::Store,
     /// `{worker}` → its start time; lapses like a lease, renewed with them.
@@ -145,6 +148,7 @@ impl Fleet {
         .await?;
         let sessions = ensure_bucket(&js, &format!("cema_sess_{tag}"), None).await?;
         let norm = ensure_bucket(&js, &format!("cema_norm_{tag}"), None).await?;
+        let progress = ensure_bucket(&js, &format!("cema_prog_{tag}"), None).await?;
         let leases = ensure_bucket(&js, &format!("cema_lease_{tag}"), Some(config.lease)).await?;
         let members = ensure_bucket(&js, &format!("cema_member_{tag}"), Some(config.lease)).await?;
         Ok(Fleet {
@@ -155,6 +159,7 @@ impl Fleet {
             uploads,
             sessions,
             norm,
+            progress,
             leases,
             members,
             tag,
@@ -233,6 +238,29 @@ impl Fleet {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+/// How far a session's rounds have got: written by the owning worker after each commit and
+/// publish (and by the gateway when the session opens), so it may trail the record, never lead
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// The last upload whose round is committed.
+    pub applied_seq: Option<u64>,
+    /// The version published after it.
+    pub version: u64,
+}
+
+impl Progress {
+    pub fn to_bytes(self) -> bytes::Bytes {
+        serde_json::to_vec(&self)
+            .expect("serialising progress")
+            .into()
+    }
+
+    pub fn from_bytes(b: &[u8]) -> anyhow::Result<Progress> {
+        Ok(serde_json::from_slice(b)?)
     }
 }
 

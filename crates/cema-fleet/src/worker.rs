@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::entry::{Head, Kind, SessionEntry};
-use crate::layout::{device_of, owner_of, token, Fleet, FleetConfig, SEQ_HEADER, SLOTS};
+use crate::layout::{device_of, owner_of, token, Fleet, FleetConfig, Progress, SEQ_HEADER, SLOTS};
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -552,10 +552,22 @@ impl Worker {
                 return;
             }
         }
-        if let Some(state) = published {
-            if let Err(e) = publish(&self.fleet, device, &state).await {
+        if let Some(state) = &published {
+            if let Err(e) = publish(&self.fleet, device, state).await {
                 tracing::error!(device, "publishing version {}: {e:#}", state.version);
             }
+        }
+        let progress = Progress {
+            applied_seq: Some(seq),
+            version: record.head.version,
+        };
+        if let Err(e) = self
+            .fleet
+            .progress
+            .put(token(device), progress.to_bytes())
+            .await
+        {
+            tracing::error!(device, "writing progress: {e}");
         }
         tracing::debug!(device, seq, "round committed");
     }
