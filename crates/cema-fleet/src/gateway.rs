@@ -239,6 +239,9 @@ impl Frontend for Gateway {
         let progress = Progress {
             applied_seq: None,
             version: state.version,
+            samples: 0,
+            rounds: 0,
+            record_bytes: 0,
         };
         if let Err(e) = self
             .fleet

@@ -11,8 +11,6 @@ use async_nats::jetstream::{self, kv, stream};
 use cema_cloud::SessionView;
 use sha2::{Digest, Sha256};
 
-use crate::entry::{Kind, SessionEntry};
-
 /// How devices are spread over workers: a device's slot is fixed by its id; a slot is owned by
 /// one worker at a time. Fixed for a deployment: gateways and workers must agree.
 pub const SLOTS: u32 = 64;
@@ -204,37 +202,33 @@ impl Fleet {
     }
 
     /// What the fleet holds of a device's session, as `cema cloud`'s `/v1/sessions` shows it
-    /// (the counters of its last committed round; `None`: no session).
+    /// (from its progress key and upload log: two small reads; `None`: no session).
     pub async fn session_view(&self, device: &str) -> anyhow::Result<Option<SessionView>> {
-        let Some(bytes) = self.sessions.get(Self::session_key(device)).await? else {
+        let Some(bytes) = self.progress.get(token(device)).await? else {
             return Ok(None);
         };
-        let record = SessionEntry::from_bytes(&bytes)?;
+        let p = Progress::from_bytes(&bytes)?;
         let next_seq = self.last_upload(device).await?.map_or(0, |(_, s)| s + 1);
-        let learned = record.head.applied_seq.map_or(0, |a| a + 1);
-        let mut view = SessionView {
+        let learned = p.applied_seq.map_or(0, |a| a + 1);
+        Ok(Some(SessionView {
             device: device.to_string(),
-            version: record.head.version,
+            version: p.version,
             next_seq,
             queued: next_seq.saturating_sub(learned) as usize,
+            samples: p.samples,
+            rounds: p.rounds,
+            session_bytes: p.record_bytes as usize,
             ..SessionView::default()
-        };
-        if record.head.kind == Kind::Snapshot {
-            let snap = cema_adapt::CloudSnapshot::from_bytes(&record.blob)?;
-            view.samples = snap.meta.counters.samples_received;
-            view.rounds = snap.meta.counters.rounds;
-            view.session_bytes = record.blob.len();
-        }
-        Ok(Some(view))
+        }))
     }
 
     /// Every device with a session.
     pub async fn devices(&self) -> anyhow::Result<Vec<String>> {
         use futures_util::StreamExt;
-        let mut keys = self.sessions.keys().await?;
+        let mut keys = self.progress.keys().await?;
         let mut out = Vec::new();
         while let Some(k) = keys.next().await {
-            out.extend(k?.split_once('.').and_then(|(_, t)| device_of(t)));
+            out.extend(device_of(&k?));
         }
         out.sort();
         Ok(out)
@@ -250,6 +244,14 @@ pub struct Progress {
     pub applied_seq: Option<u64>,
     /// The version published after it.
     pub version: u64,
+    /// The session's counters then (for `/v1/sessions`).
+    #[serde(default)]
+    pub samples: u64,
+    #[serde(default)]
+    pub rounds: u64,
+    /// The bytes of its record (the snapshot).
+    #[serde(default)]
+    pub record_bytes: u64,
 }
 
 impl Progress {

@@ -557,9 +557,13 @@ impl Worker {
                 tracing::error!(device, "publishing version {}: {e:#}", state.version);
             }
         }
+        let counters = s.adapter.as_ref().expect("put back").counters();
         let progress = Progress {
             applied_seq: Some(seq),
             version: record.head.version,
+            samples: counters.samples_received,
+            rounds: counters.rounds,
+            record_bytes: record.blob.len() as u64,
         };
         if let Err(e) = self
             .fleet
