@@ -503,3 +503,47 @@ fn the_demo_runs_over_a_fleet() {
         assert!(e["bytes_up"].as_u64() > Some(0), "{e}");
     }
 }
+
+#[test]
+fn a_restarted_nats_server_loses_nothing_and_no_version_regresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::start(&dir.path().join("nats")).unwrap();
+    let _worker = worker(&nats.url(), "w1", &dir.path().join("w1.log"));
+    let (_g, url) = gateway(&nats.url());
+    let (edge, _) = models();
+    let json = dir.path().join("edge.json");
+    let mut e = Proc(
+        Command::new(env!("CARGO_BIN_EXE_cema"))
+            .args([
+                "-q", "edge", "--cloud", &url, "--device", "dev-a", "--token", "tok-a",
+            ])
+            .args(["--edge", &edge, "--corruption", "gaussian_noise"])
+            .args(["--limit", "1280", "--pace-ms", "200", "--json"])
+            .arg(&json)
+            .env("CEMA_THREADS", "1")
+            .spawn()
+            .unwrap(),
+    );
+    let before = wait_session(&url, "no version published", |s| {
+        s["version"].as_u64() >= Some(1)
+    });
+    // SIGKILL, then the same port and storage: gateway and worker reconnect by themselves.
+    nats.restart().unwrap();
+    let resumed = wait_session(&url, "the fleet did not come back", |s| {
+        s["version"].as_u64() >= before["version"].as_u64()
+    });
+    assert!(
+        resumed["next_seq"].as_u64() >= before["next_seq"].as_u64(),
+        "{before} → {resumed}"
+    );
+    assert!(e.0.wait().unwrap().success());
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["images"], 1280);
+    let s = wait_session(&url, "uploads still queued", |s| s["queued"] == 0);
+    assert_eq!(s["samples"], r["uploaded"], "fleet {s} vs edge {r}");
+    assert!(
+        r["norm_version"].as_u64() >= before["version"].as_u64(),
+        "{r}"
+    );
+    assert_eq!(r["updates_rejected"], 0, "{r}");
+}
