@@ -120,27 +120,12 @@ fn bench(dir: &Path) -> Value {
 }
 
 fn start_edges(url: &str, dir: &Path) -> Vec<(Proc, std::path::PathBuf, &'static str)> {
-    let (edge, _) = models();
     DEVICES
         .iter()
         .map(|(d, t, c)| {
             let json = dir.join(format!("{d}.json"));
-            let child = Command::new(env!("CARGO_BIN_EXE_cema"))
-                .args(["-q", "edge", "--cloud", url, "--device", d, "--token", t])
-                .args([
-                    "--edge",
-                    &edge,
-                    "--corruption",
-                    c,
-                    "--limit",
-                    &LIMIT.to_string(),
-                ])
-                .arg("--sync")
-                .arg("--json")
-                .arg(&json)
-                .env("CEMA_THREADS", "1")
-                .spawn()
-                .unwrap();
+            let mut cmd = edge_cmd(url, d, t, c, LIMIT);
+            let child = cmd.arg("--sync").arg("--json").arg(&json).spawn().unwrap();
             (Proc(child), json, *c)
         })
         .collect()
@@ -409,6 +394,39 @@ fn wait_session(url: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value 
     }
 }
 
+/// An asynchronous edge on gaussian_noise, paced so that its stream (20 batches, at least 4 s)
+/// outlasts the first version plus a fault.
+fn paced_edge(cloud: &str, json: &Path) -> Proc {
+    let (edge, _) = models();
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_cema"))
+            .args([
+                "-q", "edge", "--cloud", cloud, "--device", "dev-a", "--token", "tok-a",
+            ])
+            .args(["--edge", &edge, "--corruption", "gaussian_noise"])
+            .args(["--limit", "1280", "--pace-ms", "200", "--json"])
+            .arg(json)
+            .env("CEMA_THREADS", "1")
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The edge finishes; every sample the fleet acknowledged is learned from exactly once (`url`'s
+/// view, once nothing is queued); no version regressed below `before`'s.
+fn all_learned_once(mut e: Proc, json: &Path, url: &str, before: &Value) {
+    assert!(e.0.wait().unwrap().success());
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert_eq!(r["images"], 1280);
+    let s = wait_session(url, "uploads still queued", |s| s["queued"] == 0);
+    assert_eq!(s["samples"], r["uploaded"], "fleet {s} vs edge {r}");
+    assert!(
+        r["norm_version"].as_u64() >= before["version"].as_u64(),
+        "{r}"
+    );
+    assert_eq!(r["updates_rejected"], 0, "{r}");
+}
+
 #[test]
 fn a_sigkilled_gateway_sends_its_edges_to_the_other_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -416,33 +434,8 @@ fn a_sigkilled_gateway_sends_its_edges_to_the_other_and_loses_nothing() {
     let _worker = worker(&nats.url(), "w1", &dir.path().join("w1.log"));
     let (mut g1, url1) = gateway(&nats.url());
     let (_g2, url2) = gateway(&nats.url());
-    let (edge, _) = models();
     let json = dir.path().join("edge.json");
-    let mut e = Proc(
-        Command::new(env!("CARGO_BIN_EXE_cema"))
-            .args([
-                "-q",
-                "edge",
-                "--cloud",
-                &format!("{url1},{url2}"),
-                "--device",
-                "dev-a",
-            ])
-            .args([
-                "--token",
-                "tok-a",
-                "--edge",
-                &edge,
-                "--corruption",
-                "gaussian_noise",
-            ])
-            // Paced so the stream outlasts the first version plus the failover.
-            .args(["--limit", "1280", "--pace-ms", "200", "--json"])
-            .arg(&json)
-            .env("CEMA_THREADS", "1")
-            .spawn()
-            .unwrap(),
-    );
+    let mut e = paced_edge(&format!("{url1},{url2}"), &json);
     let before = wait_session(&url2, "no version published", |s| {
         s["version"].as_u64() >= Some(1)
     });
@@ -452,17 +445,7 @@ fn a_sigkilled_gateway_sends_its_edges_to_the_other_and_loses_nothing() {
         e.0.try_wait().unwrap().is_none(),
         "the edge stopped with its gateway"
     );
-    assert!(e.0.wait().unwrap().success());
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(r["images"], 1280);
-    // Every acknowledged sample is learned from exactly once.
-    let s = wait_session(&url2, "uploads still queued", |s| s["queued"] == 0);
-    assert_eq!(s["samples"], r["uploaded"], "fleet {s} vs edge {r}");
-    assert!(
-        r["norm_version"].as_u64() >= before["version"].as_u64(),
-        "{r}"
-    );
-    assert_eq!(r["updates_rejected"], 0, "{r}");
+    all_learned_once(e, &json, &url2, &before);
     // The edge did reach the second gateway.
     let uploads_at_2 = sessions(&url2)
         .into_iter()
@@ -510,20 +493,8 @@ fn a_restarted_nats_server_loses_nothing_and_no_version_regresses() {
     let mut nats = NatsServer::start(&dir.path().join("nats")).unwrap();
     let _worker = worker(&nats.url(), "w1", &dir.path().join("w1.log"));
     let (_g, url) = gateway(&nats.url());
-    let (edge, _) = models();
     let json = dir.path().join("edge.json");
-    let mut e = Proc(
-        Command::new(env!("CARGO_BIN_EXE_cema"))
-            .args([
-                "-q", "edge", "--cloud", &url, "--device", "dev-a", "--token", "tok-a",
-            ])
-            .args(["--edge", &edge, "--corruption", "gaussian_noise"])
-            .args(["--limit", "1280", "--pace-ms", "200", "--json"])
-            .arg(&json)
-            .env("CEMA_THREADS", "1")
-            .spawn()
-            .unwrap(),
-    );
+    let e = paced_edge(&url, &json);
     let before = wait_session(&url, "no version published", |s| {
         s["version"].as_u64() >= Some(1)
     });
@@ -536,14 +507,5 @@ fn a_restarted_nats_server_loses_nothing_and_no_version_regresses() {
         resumed["next_seq"].as_u64() >= before["next_seq"].as_u64(),
         "{before} → {resumed}"
     );
-    assert!(e.0.wait().unwrap().success());
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(r["images"], 1280);
-    let s = wait_session(&url, "uploads still queued", |s| s["queued"] == 0);
-    assert_eq!(s["samples"], r["uploaded"], "fleet {s} vs edge {r}");
-    assert!(
-        r["norm_version"].as_u64() >= before["version"].as_u64(),
-        "{r}"
-    );
-    assert_eq!(r["updates_rejected"], 0, "{r}");
+    all_learned_once(e, &json, &url, &before);
 }

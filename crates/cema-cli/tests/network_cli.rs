@@ -80,24 +80,6 @@ impl Drop for CloudProc {
     }
 }
 
-fn edge_cmd(url: &str, device: &str, token: &str, corruption: &str, limit: usize) -> Command {
-    let (edge, _) = models();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cema"));
-    c.args([
-        "-q", "edge", "--cloud", url, "--device", device, "--token", token,
-    ])
-    .args([
-        "--edge",
-        &edge,
-        "--corruption",
-        corruption,
-        "--limit",
-        &limit.to_string(),
-    ])
-    .env("CEMA_THREADS", "1");
-    c
-}
-
 fn run_json(mut cmd: Command, json: &Path) -> Value {
     let out = cmd.arg("--json").arg(json).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

@@ -31,3 +31,22 @@ pub fn models() -> (String, String) {
             .to_string(),
     )
 }
+
+/// `cema -q edge` against `url` as `device` on `corruption`, `limit` images, one thread.
+pub fn edge_cmd(url: &str, device: &str, token: &str, corruption: &str, limit: usize) -> Command {
+    let (edge, _) = models();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cema"));
+    c.args([
+        "-q", "edge", "--cloud", url, "--device", device, "--token", token,
+    ])
+    .args([
+        "--edge",
+        &edge,
+        "--corruption",
+        corruption,
+        "--limit",
+        &limit.to_string(),
+    ])
+    .env("CEMA_THREADS", "1");
+    c
+}
