@@ -72,7 +72,8 @@ fn gateway(nats: &str) -> (Proc, String) {
     (Proc(child), format!("http://{addr}"))
 }
 
-fn worker(nats: &str, id: &str, log: &Path) -> Proc {
+/// A `cema worker` logging to `log`, and the URL of its `/metrics`.
+fn worker(nats: &str, id: &str, log: &Path) -> (Proc, String) {
     let (edge, foundation) = models();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cema"))
         .args([
@@ -86,13 +87,16 @@ fn worker(nats: &str, id: &str, log: &Path) -> Proc {
             LEASE_S,
         ])
         .args(["--edge", &edge, "--foundation", &foundation])
+        .args(["--listen", "127.0.0.1:0"])
         .env("CEMA_THREADS", "1")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    assert_eq!(first_line(&mut child)["worker"], id);
-    Proc(child)
+    let hello = first_line(&mut child);
+    assert_eq!(hello["worker"], id);
+    let metrics = format!("http://{}/metrics", hello["listening"].as_str().unwrap());
+    (Proc(child), metrics)
 }
 
 /// The in-process benchmark of the same streams: what the fleet must reproduce.
@@ -178,6 +182,8 @@ struct Running {
     dir: tempfile::TempDir,
     _nats: NatsServer,
     workers: Vec<(String, Proc)>,
+    /// Each worker's `/metrics` URL.
+    metrics: std::collections::HashMap<String, String>,
     _gateway: Proc,
     edges: Vec<(Proc, std::path::PathBuf, &'static str)>,
     /// The worker that owns dev-a's session.
@@ -189,15 +195,13 @@ impl Running {
         let dir = tempfile::tempdir().unwrap();
         let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
         let ids = ["w1", "w2"];
-        let workers: Vec<(String, Proc)> = ids
-            .iter()
-            .map(|id| {
-                (
-                    id.to_string(),
-                    worker(&nats.url(), id, &dir.path().join(format!("{id}.log"))),
-                )
-            })
-            .collect();
+        let mut workers = Vec::new();
+        let mut metrics = std::collections::HashMap::new();
+        for id in ids {
+            let (p, m) = worker(&nats.url(), id, &dir.path().join(format!("{id}.log")));
+            workers.push((id.to_string(), p));
+            metrics.insert(id.to_string(), m);
+        }
         let (gateway, url) = gateway(&nats.url());
         // Both workers are members before the first upload (a lease round is a third of the lease).
         std::thread::sleep(Duration::from_secs_f64(1.0));
@@ -216,6 +220,7 @@ impl Running {
             dir,
             _nats: nats,
             workers,
+            metrics,
             _gateway: gateway,
             edges,
         }
@@ -234,24 +239,10 @@ impl Running {
     }
 
     /// The edges' results equal the in-process benchmark's; the other worker took dev-a over.
-    fn finish(self) -> Running {
-        let Running {
-            dir,
-            _nats,
-            workers,
-            _gateway,
-            edges,
-            victim,
-        } = self;
-        check_against_bench(edges, &bench(dir.path()));
-        let r = Running {
-            dir,
-            _nats,
-            workers,
-            _gateway,
-            edges: Vec::new(),
-            victim,
-        };
+    fn finish(mut self) -> Running {
+        let edges = std::mem::take(&mut self.edges);
+        check_against_bench(edges, &bench(self.dir.path()));
+        let r = self;
         let other = r.other();
         let log = r.log(&other);
         assert!(!log.contains("ERROR"), "{log}");
@@ -260,6 +251,20 @@ impl Running {
                 || log.contains("restored session device=dev-a"),
             "{other} never took dev-a over:\n{log}"
         );
+        // Its metrics count the rounds it ran and the versions it published.
+        let text = ureq::get(&r.metrics[&other])
+            .call()
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        for name in ["cema_cloud_rounds_total", "cema_cloud_published_total"] {
+            let n: f64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+            assert!(n > 0.0, "{name} {n}");
+        }
         r
     }
 }
@@ -431,7 +436,7 @@ fn all_learned_once(mut e: Proc, json: &Path, url: &str, before: &Value) {
 fn a_sigkilled_gateway_sends_its_edges_to_the_other_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
-    let _worker = worker(&nats.url(), "w1", &dir.path().join("w1.log"));
+    let _worker = worker(&nats.url(), "w1", &dir.path().join("w1.log")).0;
     let (mut g1, url1) = gateway(&nats.url());
     let (_g2, url2) = gateway(&nats.url());
     let json = dir.path().join("edge.json");
@@ -491,7 +496,7 @@ fn the_demo_runs_over_a_fleet() {
 fn a_restarted_nats_server_loses_nothing_and_no_version_regresses() {
     let dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::start(&dir.path().join("nats")).unwrap();
-    let _worker = worker(&nats.url(), "w1", &dir.path().join("w1.log"));
+    let _worker = worker(&nats.url(), "w1", &dir.path().join("w1.log")).0;
     let (_g, url) = gateway(&nats.url());
     let json = dir.path().join("edge.json");
     let e = paced_edge(&url, &json);

@@ -404,23 +404,54 @@ async fn health<F: Frontend>(State(app): State<App<F>>) -> Json<serde_json::Valu
 }
 
 /// Prometheus' classic text format, or OpenMetrics for a scraper that asks for it.
-async fn metrics<F: Frontend>(State(app): State<App<F>>, headers: HeaderMap) -> impl IntoResponse {
+async fn metrics<F: Frontend>(State(app): State<App<F>>, headers: HeaderMap) -> Response {
+    metrics_response(app.front.metrics(), &headers)
+}
+
+fn metrics_response(m: &Metrics, headers: &HeaderMap) -> Response {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let m = app.front.metrics();
     if accept.contains("application/openmetrics-text") {
         (
             [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
             m.render(),
         )
+            .into_response()
     } else {
         (
             [(header::CONTENT_TYPE, CLASSIC_CONTENT_TYPE)],
             m.render_classic(),
         )
+            .into_response()
     }
+}
+
+/// `/metrics` and `/health` alone, for a process that serves no device (a fleet worker), until
+/// `signal` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(
+                |State(m): State<Arc<Metrics>>, headers: HeaderMap| async move {
+                    metrics_response(&m, &headers)
+                },
+            ),
+        )
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .with_state(metrics);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await
 }
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -27,6 +27,8 @@ use cema_model::{Device, Model, NormState};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use cema_cloud::metrics::{Metrics, RoundOutcome};
+
 use crate::entry::{Head, Kind, SessionEntry};
 use crate::layout::{device_of, owner_of, token, Fleet, FleetConfig, Progress, SEQ_HEADER, SLOTS};
 
@@ -90,13 +92,17 @@ pub struct Worker {
     slots: HashMap<u32, Slot>,
     turn: VecDeque<(u32, String)>,
     events: mpsc::UnboundedSender<Event>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
     /// Runs until `shutdown` resolves; then finishes the round in progress, gives its slots
     /// back and leaves the members.
+    /// Counts into `metrics` (rounds by outcome, round time, published versions, sessions and
+    /// queued uploads held, failed commits).
     pub async fn run(
         options: WorkerOptions,
+        metrics: Arc<Metrics>,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let edge = Model::load(&options.edge_model, &options.device)
@@ -117,6 +123,7 @@ impl Worker {
             slots: HashMap::new(),
             turn: VecDeque::new(),
             events: tx.clone(),
+            metrics,
         };
         let leasing = tokio::spawn(lease_loop(
             w.fleet.clone(),
@@ -135,6 +142,7 @@ impl Worker {
             while let Ok(ev) = rx.try_recv() {
                 w.handle(ev).await;
             }
+            w.gauges();
             if let Some((slot, device)) = w.next_ready() {
                 w.round(slot, &device).await;
                 continue;
@@ -432,6 +440,14 @@ impl Worker {
         }
     }
 
+    /// Sessions held and uploads queued, into the metrics.
+    fn gauges(&self) {
+        let sessions = self.slots.values().flat_map(|s| s.sessions.values());
+        let (n, queued) = sessions.fold((0, 0), |(n, q), s| (n + 1, q + s.queue.len()));
+        self.metrics.sessions.set(n as i64);
+        self.metrics.queued.set(queued as i64);
+    }
+
     fn next_ready(&mut self) -> Option<(u32, String)> {
         while let Some((slot, device)) = self.turn.pop_front() {
             let ready = self
@@ -456,6 +472,7 @@ impl Worker {
 
     /// One round of one session: learn from its oldest queued upload, commit, publish.
     async fn round(&mut self, slot: u32, device: &str) {
+        let t = Instant::now();
         let (epoch, image_size, delay) = (
             self.slots[&slot].epoch,
             self.image_size,
@@ -493,6 +510,7 @@ impl Worker {
                 slot,
                 "lease lapsed during a round: slot dropped"
             );
+            self.metrics.round(RoundOutcome::CommitFailed);
             self.drop_slot(slot, false).await;
             return;
         }
@@ -501,11 +519,12 @@ impl Worker {
             .get_mut(&slot)
             .and_then(|s| s.sessions.get_mut(device))
             .expect("ready");
-        let published = match result {
-            Ok(p) => p,
+        let (published, outcome) = match result {
+            Ok(Some(p)) => (Some(p), RoundOutcome::Published),
+            Ok(None) => (None, RoundOutcome::Idle),
             Err(e) => {
                 tracing::error!(device, seq, "round failed: {e}");
-                None
+                (None, RoundOutcome::Failed)
             }
         };
         let record = SessionEntry {
@@ -539,6 +558,7 @@ impl Worker {
                     device,
                     "deposed (the record was claimed): slot dropped"
                 );
+                self.metrics.round(RoundOutcome::CommitFailed);
                 self.drop_slot(slot, false).await;
                 return;
             }
@@ -546,15 +566,25 @@ impl Worker {
                 // Not committed, not published: the session is rebuilt from its last commit and
                 // runs this round again.
                 tracing::error!(device, "commit failed: {e}");
+                self.metrics.store_errors.inc();
+                self.metrics.round(RoundOutcome::CommitFailed);
                 if let Err(e) = self.restore(slot, device).await {
                     tracing::error!(device, "restoring the session: {e:#}");
                 }
                 return;
             }
         }
+        self.metrics.rounds.inc();
+        self.metrics.round(outcome);
+        self.metrics
+            .round_seconds
+            .observe(t.elapsed().as_secs_f64());
         if let Some(state) = &published {
-            if let Err(e) = publish(&self.fleet, device, state).await {
-                tracing::error!(device, "publishing version {}: {e:#}", state.version);
+            match publish(&self.fleet, device, state).await {
+                Ok(()) => {
+                    self.metrics.published.inc();
+                }
+                Err(e) => tracing::error!(device, "publishing version {}: {e:#}", state.version),
             }
         }
         let counters = s.adapter.as_ref().expect("put back").counters();

@@ -1,12 +1,15 @@
 //! `cema worker`: a fleet worker (issue #21): owns slots of devices by lease, runs their rounds,
 //! commits snapshots and publishes norm states over NATS JetStream. Prints `{"worker": ID}` on
 //! stdout once connected; stops on SIGINT/SIGTERM after the round in progress, giving its slots
-//! back.
+//! back. With `--listen`, serves `/metrics` and `/health` and says where in that line.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use cema_cloud::metrics::Metrics;
 use cema_fleet::{FleetConfig, Worker, WorkerOptions};
 
 use crate::exit::{CliError, ResultExt};
@@ -44,6 +47,9 @@ pub struct Args {
     /// Seconds a slot lease lasts without renewal (must match the gateways').
     #[arg(long, default_value_t = 6.0)]
     pub lease_s: f64,
+    /// Serve `/metrics` (Prometheus) and `/health` here (port 0: any free port, printed).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
     /// Fault injection: every round takes this many extra milliseconds.
     #[arg(long, default_value_t = 0)]
     pub slow_ms: u64,
@@ -87,11 +93,26 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     };
     let rt = runtime()?;
     rt.block_on(async move {
-        let id = args.id.clone();
-        Worker::run(options, async move {
+        let metrics = Arc::new(Metrics::default());
+        let mut hello = serde_json::json!({ "worker": args.id });
+        if let Some(listen) = args.listen {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .usage_err(format!("--listen {listen}"))?;
+            hello["listening"] = listener
+                .local_addr()
+                .context("local address")?
+                .to_string()
+                .into();
+            tokio::spawn(cema_cloud::http::serve_metrics(
+                listener,
+                metrics.clone(),
+                shutdown_signal(),
+            ));
+        }
+        Worker::run(options, metrics, async move {
             let mut out = std::io::stdout().lock();
-            let _ =
-                writeln!(out, "{}", serde_json::json!({ "worker": id })).and_then(|()| out.flush());
+            let _ = writeln!(out, "{hello}").and_then(|()| out.flush());
             drop(out);
             shutdown_signal().await
         })
