@@ -514,3 +514,44 @@ fn a_restarted_nats_server_loses_nothing_and_no_version_regresses() {
     );
     all_learned_once(e, &json, &url, &before);
 }
+
+/// `cema cloud` keeping its sessions in NATS JetStream; its address.
+fn cloud_on_nats(nats: &str, listen: &str) -> (Proc, String) {
+    let (edge, foundation) = models();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args(["-q", "cloud", "--store-nats", nats, "--listen", listen])
+        .args(["--edge", &edge, "--foundation", &foundation])
+        .args(["--device", "dev-a:tok-a"])
+        .env("CEMA_THREADS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let addr = first_line(&mut child)["listening"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (Proc(child), addr)
+}
+
+#[test]
+fn a_cloud_on_jetstream_storage_is_sigkilled_and_resumes_every_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats")).unwrap();
+    let (mut cloud, addr) = cloud_on_nats(&nats.url(), "127.0.0.1:0");
+    let url = format!("http://{addr}");
+    let json = dir.path().join("edge.json");
+    let e = paced_edge(&url, &json);
+    let before = wait_session(&url, "no version published", |s| {
+        s["version"].as_u64() >= Some(1)
+    });
+    cloud.0.kill().unwrap();
+    cloud.0.wait().unwrap();
+    let (_cloud, _) = cloud_on_nats(&nats.url(), &addr);
+    let resumed = wait_session(&url, "the session did not resume", |_| true);
+    assert!(
+        resumed["version"].as_u64() >= before["version"].as_u64(),
+        "{before} → {resumed}"
+    );
+    all_learned_once(e, &json, &url, &before);
+}

@@ -316,6 +316,18 @@ impl Cloud {
     /// Loads the models, opens the store in `data_dir`, resumes every persisted session and
     /// starts the workers.
     pub fn open(options: CloudOptions) -> anyhow::Result<Arc<Cloud>> {
+        let path = options.data_dir.join("cloud.redb");
+        Self::open_with(options, move || {
+            Ok(Arc::new(RedbStore::open(&path)?) as Arc<dyn SessionStore>)
+        })
+    }
+
+    /// [`Cloud::open`] with another [`SessionStore`] (e.g. `cema-fleet`'s JetStream store),
+    /// opened once the models have loaded.
+    pub fn open_with(
+        options: CloudOptions,
+        store: impl FnOnce() -> anyhow::Result<Arc<dyn SessionStore>>,
+    ) -> anyhow::Result<Arc<Cloud>> {
         let device = options.device.clone();
         let edge = Model::load(&options.edge_model, &device)
             .with_context(|| format!("edge model {}", options.edge_model.display()))?;
@@ -330,8 +342,7 @@ impl Cloud {
                 options.edge_model.display()
             )
         })?;
-        let store: Arc<dyn SessionStore> =
-            Arc::new(RedbStore::open(&options.data_dir.join("cloud.redb"))?);
+        let store = store()?;
         let (tx, rx) = channel();
         let i = &edge.card.input;
         let cloud = Arc::new(Cloud {

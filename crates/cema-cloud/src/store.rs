@@ -37,6 +37,15 @@ pub struct StoreError {
 }
 
 impl StoreError {
+    /// `io`: the storage failed and the same request may succeed later (a 503 with a retry
+    /// hint); otherwise the request or the stored data is at fault.
+    pub fn new(message: impl Into<String>, io: bool) -> Self {
+        StoreError {
+            message: message.into(),
+            io,
+        }
+    }
+
     fn other(message: impl Into<String>) -> Self {
         StoreError {
             message: message.into(),

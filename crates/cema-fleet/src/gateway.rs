@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context as _;
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv;
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use cema_cloud::dashboard::History;
 use cema_cloud::metrics::Metrics;
@@ -25,7 +23,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::entry::{Head, Kind, SessionEntry};
-use crate::layout::{Fleet, FleetConfig, Progress, SEQ_HEADER};
+use crate::layout::{Fleet, FleetConfig, Progress};
 
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
@@ -288,7 +286,6 @@ impl Frontend for Gateway {
         )?;
         let seq = up.header.seq;
         let progress = self.progress(&device).await?;
-        let subject = self.fleet.upload_subject(&device);
         let last = last_upload(&self.fleet, &device).await?;
         let expected = last.map_or(0, |(_, s)| s + 1);
         if seq != expected {
@@ -299,34 +296,17 @@ impl Frontend for Gateway {
         if queued >= self.options.max_queued {
             return Err(Refusal::overloaded(queued));
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(SEQ_HEADER, seq.to_string().as_str());
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("{}:{seq}", crate::layout::token(&device)).as_str(),
-        );
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            last.map_or(0, |(s, _)| s).to_string().as_str(),
-        );
-        let ack = self
+        let appended = self
             .fleet
-            .js
-            .publish_with_headers(subject, headers, Bytes::from(up.pixels))
+            .append_upload(&device, seq, last, Bytes::from(up.pixels))
             .await
-            .map_err(|e| unavailable("publishing the upload", e))?
-            .await;
-        match ack {
-            Ok(a) if !a.duplicate => {}
+            .map_err(|e| unavailable("publishing the upload", e))?;
+        if !appended {
             // Another request with this seq got in first.
-            Ok(_) => return Err(Refusal::bad_sequence(seq, seq + 1)),
-            Err(e) if matches!(e.kind(), PublishErrorKind::WrongLastSequence) => {
-                let next = last_upload(&self.fleet, &device)
-                    .await?
-                    .map_or(0, |(_, s)| s + 1);
-                return Err(Refusal::bad_sequence(seq, next));
-            }
-            Err(e) => return Err(unavailable("publishing the upload", e)),
+            let next = last_upload(&self.fleet, &device)
+                .await?
+                .map_or(0, |(_, s)| s + 1);
+            return Err(Refusal::bad_sequence(seq, next.max(seq + 1)));
         }
         self.metrics.uploads.inc();
         self.metrics.samples.inc_by(up.header.n as u64);

@@ -222,6 +222,65 @@ impl Fleet {
         }))
     }
 
+    /// Every stored upload of a device, in order.
+    pub async fn read_log(&self, device: &str) -> anyhow::Result<Vec<(u64, bytes::Bytes)>> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subject = self.upload_subject(device);
+        let mut out = Vec::new();
+        let mut from = 1;
+        loop {
+            match self
+                .uploads
+                .get_first_raw_message_by_subject(&subject, from)
+                .await
+            {
+                Ok(m) => {
+                    from = m.sequence + 1;
+                    let seq = m
+                        .headers
+                        .get(SEQ_HEADER)
+                        .and_then(|v| v.as_str().parse::<u64>().ok())
+                        .with_context(|| format!("upload {} has no {SEQ_HEADER}", m.sequence))?;
+                    out.push((seq, m.payload));
+                }
+                Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => {
+                    return Ok(out)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Appends upload `seq` of a device whose last stored upload is `last` (stream sequence,
+    /// seq), so that a racing append of the same seq fails. `Ok(false)`: it lost the race (or
+    /// was a duplicate), nothing was appended.
+    pub async fn append_upload(
+        &self,
+        device: &str,
+        seq: u64,
+        last: Option<(u64, u64)>,
+        pixels: bytes::Bytes,
+    ) -> anyhow::Result<bool> {
+        use async_nats::jetstream::context::PublishErrorKind;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(SEQ_HEADER, seq.to_string().as_str());
+        headers.insert("Nats-Msg-Id", format!("{}:{seq}", token(device)).as_str());
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            last.map_or(0, |(s, _)| s).to_string().as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(self.upload_subject(device), headers, pixels)
+            .await?
+            .await;
+        match ack {
+            Ok(a) => Ok(!a.duplicate),
+            Err(e) if matches!(e.kind(), PublishErrorKind::WrongLastSequence) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every device with a session.
     pub async fn devices(&self) -> anyhow::Result<Vec<String>> {
         use futures_util::StreamExt;
@@ -264,6 +323,28 @@ impl Progress {
     pub fn from_bytes(b: &[u8]) -> anyhow::Result<Progress> {
         Ok(serde_json::from_slice(b)?)
     }
+}
+
+/// The newest `max_samples` samples of `uploads` (in order), oldest first: the replay buffer a
+/// session had, as `RedbStore::replay_tail` reads it.
+pub fn replay_tail<B: AsRef<[u8]>>(
+    uploads: &[&(u64, B)],
+    image_size: usize,
+    max_samples: usize,
+) -> Vec<u8> {
+    let mut chunks: Vec<&[u8]> = Vec::new();
+    let mut held = 0usize;
+    for (_, px) in uploads.iter().rev() {
+        let px = px.as_ref();
+        let n = px.len() / image_size.max(1);
+        let take = n.min(max_samples - held);
+        chunks.push(&px[(n - take) * image_size..]);
+        held += take;
+        if held >= max_samples {
+            break;
+        }
+    }
+    chunks.into_iter().rev().flatten().copied().collect()
 }
 
 /// A model id as a stream/bucket name part: readable, and unique by a hash suffix.

@@ -12,9 +12,11 @@ pub mod entry;
 pub mod gateway;
 pub mod layout;
 pub mod server;
+pub mod store;
 pub mod worker;
 
 pub use gateway::{Gateway, GatewayOptions};
 pub use layout::{Fleet, FleetConfig};
 pub use server::NatsServer;
+pub use store::JetStreamStore;
 pub use worker::{Worker, WorkerOptions};

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::kv;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use cema_adapt::{AdaptError, CloudAdapter, CloudConfig, CloudSnapshot};
 use cema_model::{Device, Model, NormState};
@@ -305,7 +304,7 @@ impl Worker {
                 Err(e) => return Err(e.into()),
             }
         };
-        let log = self.read_log(device).await?;
+        let log = self.fleet.read_log(device).await?;
         let applied = record.head.applied_seq;
         let mut adapter = match record.head.kind {
             Kind::Genesis => {
@@ -324,7 +323,11 @@ impl Worker {
                     .collect();
                 a.restore(
                     &snap,
-                    &replay_tail(&done, self.image_size, self.options.config.replay_capacity),
+                    &crate::layout::replay_tail(
+                        &done,
+                        self.image_size,
+                        self.options.config.replay_capacity,
+                    ),
                 )?;
                 a
             }
@@ -370,35 +373,6 @@ impl Worker {
             version,
             self.options.config,
         )?)
-    }
-
-    /// Every stored upload of a device, in order.
-    async fn read_log(&self, device: &str) -> anyhow::Result<Vec<(u64, Bytes)>> {
-        let subject = self.fleet.upload_subject(device);
-        let mut out = Vec::new();
-        let mut from = 1;
-        loop {
-            match self
-                .fleet
-                .uploads
-                .get_first_raw_message_by_subject(&subject, from)
-                .await
-            {
-                Ok(m) => {
-                    from = m.sequence + 1;
-                    let seq = m
-                        .headers
-                        .get(SEQ_HEADER)
-                        .and_then(|v| v.as_str().parse::<u64>().ok())
-                        .with_context(|| format!("upload {} has no {SEQ_HEADER}", m.sequence))?;
-                    out.push((seq, m.payload));
-                }
-                Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => {
-                    return Ok(out)
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
     }
 
     async fn queue_upload(&mut self, slot: u32, device: String, seq: u64, pixels: Bytes) {
@@ -644,23 +618,6 @@ async fn publish(fleet: &Fleet, device: &str, state: &NormState) -> anyhow::Resu
         }
     }
     anyhow::bail!("the norm key kept changing under 16 compare-and-set tries")
-}
-
-/// The newest `max_samples` samples of `uploads` (in order), oldest first: the replay buffer
-/// the session had, as `RedbStore::replay_tail` reads it.
-fn replay_tail(uploads: &[&(u64, Bytes)], image_size: usize, max_samples: usize) -> Vec<u8> {
-    let mut chunks: Vec<&[u8]> = Vec::new();
-    let mut held = 0usize;
-    for (_, px) in uploads.iter().rev() {
-        let n = px.len() / image_size.max(1);
-        let take = n.min(max_samples - held);
-        chunks.push(&px[(n - take) * image_size..]);
-        held += take;
-        if held >= max_samples {
-            break;
-        }
-    }
-    chunks.into_iter().rev().flatten().copied().collect()
 }
 
 /// Membership, slot choice, acquisition and renewal, every third of the lease time.

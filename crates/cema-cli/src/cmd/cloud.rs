@@ -26,6 +26,10 @@ pub struct Args {
     /// (`--data-dir` elsewhere is a dataset's folder; here it is an old name of this flag.)
     #[arg(long, alias = "data-dir", default_value = "runs/cloud")]
     pub store_dir: PathBuf,
+    /// Keep the sessions in NATS JetStream at this URL instead of --store-dir (the fleet's
+    /// stream and buckets for this model; not while fleet workers serve it).
+    #[arg(long, value_name = "URL")]
+    pub store_nats: Option<String>,
     /// The edge model whose norm states this cloud serves (its card name is the model id).
     #[arg(long, default_value = "models/edge.safetensors")]
     pub edge: PathBuf,
@@ -183,7 +187,22 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             args.store_dir.clone(),
         )
     };
-    let cloud = Cloud::open(options).map_err(|e| {
+    let opened = match &args.store_nats {
+        None => Cloud::open(options),
+        Some(url) => {
+            // Connected first (named by the model's id): a NATS server that does not answer is
+            // the flag's fault, exit 2.
+            let card = cema_model::Model::load(&args.edge, &cema_model::cpu())
+                .usage_err(format!("--edge {}", args.edge.display()))?
+                .card;
+            let store = cema_fleet::JetStreamStore::connect(url, &card.name)
+                .usage_err(format!("--store-nats {url}"))?;
+            Cloud::open_with(options, move || {
+                Ok(std::sync::Arc::new(store) as std::sync::Arc<dyn cema_cloud::SessionStore>)
+            })
+        }
+    };
+    let cloud = opened.map_err(|e| {
         if e.downcast_ref::<cema_adapt::AdaptError>().is_some() {
             CliError::usage(e.context("--edge / --foundation"))
         } else if e.downcast_ref::<StoreError>().is_some() {
