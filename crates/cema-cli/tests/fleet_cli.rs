@@ -368,6 +368,21 @@ fn bad_fleet_flags_and_a_missing_nats_server_are_clear_errors() {
         "{}",
         stderr(&o)
     );
+    let o = cema(&[
+        "cloud",
+        "--store-nats",
+        &nats,
+        "--edge",
+        &edge,
+        "--foundation",
+        &foundation,
+        "--device",
+        "a:b",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--store-nats"), "{}", stderr(&o));
 }
 
 fn sessions(url: &str) -> Vec<Value> {
