@@ -32,51 +32,56 @@ impl Drop for Proc {
     }
 }
 
-fn first_line(child: &mut Child) -> Value {
+/// `cema ARGS` started with stdout piped, and the JSON of its first stdout line (where it
+/// listens, or that it is connected); its stderr goes to `log`, or is inherited.
+fn announced(args: &[&str], log: Option<&Path>) -> (Proc, Value) {
+    let (edge, foundation) = models();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cema"));
+    cmd.args(args)
+        .args(["--edge", &edge])
+        .env("CEMA_THREADS", "1")
+        .stdout(Stdio::piped());
+    if args.contains(&"worker") || args.contains(&"cloud") {
+        cmd.args(["--foundation", &foundation]);
+    }
+    match log {
+        Some(p) => cmd.stderr(std::fs::File::create(p).unwrap()),
+        None => cmd.stderr(Stdio::inherit()),
+    };
+    let mut child = cmd.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|_| panic!("said {line:?}"))
+    let v = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{args:?} said {line:?}"));
+    (Proc(child), v)
 }
 
 fn gateway(nats: &str) -> (Proc, String) {
-    let (edge, _) = models();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cema"))
-        .args([
+    let (p, v) = announced(
+        &[
             "-q",
             "gateway",
             "--nats",
             nats,
             "--listen",
             "127.0.0.1:0",
-            "--edge",
-            &edge,
-        ])
-        .args([
             "--lease-s",
             LEASE_S,
             "--device",
             "dev-a:tok-a",
             "--device",
             "dev-b:tok-b",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let addr = first_line(&mut child)["listening"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    (Proc(child), format!("http://{addr}"))
+        ],
+        None,
+    );
+    (p, format!("http://{}", v["listening"].as_str().unwrap()))
 }
 
 /// A `cema worker` logging to `log`, and the URL of its `/metrics`.
 fn worker(nats: &str, id: &str, log: &Path) -> (Proc, String) {
-    let (edge, foundation) = models();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cema"))
-        .args([
+    let (p, hello) = announced(
+        &[
             "-v",
             "worker",
             "--nats",
@@ -85,42 +90,21 @@ fn worker(nats: &str, id: &str, log: &Path) -> (Proc, String) {
             id,
             "--lease-s",
             LEASE_S,
-        ])
-        .args(["--edge", &edge, "--foundation", &foundation])
-        .args(["--listen", "127.0.0.1:0"])
-        .env("CEMA_THREADS", "1")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let hello = first_line(&mut child);
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        Some(log),
+    );
     assert_eq!(hello["worker"], id);
-    let metrics = format!("http://{}/metrics", hello["listening"].as_str().unwrap());
-    (Proc(child), metrics)
+    (
+        p,
+        format!("http://{}/metrics", hello["listening"].as_str().unwrap()),
+    )
 }
 
 /// The in-process benchmark of the same streams: what the fleet must reproduce.
 fn bench(dir: &Path) -> Value {
-    let (edge, foundation) = models();
-    let out = dir.join("bench");
-    let o = cema(&[
-        "-q",
-        "bench",
-        "--methods",
-        "cema",
-        "--corruptions",
-        "fog,contrast",
-        "--limit",
-        &LIMIT.to_string(),
-        "--edge",
-        &edge,
-        "--foundation",
-        &foundation,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+    bench_cema(dir, "fog,contrast", LIMIT)
 }
 
 fn start_edges(url: &str, dir: &Path) -> Vec<(Proc, std::path::PathBuf, &'static str)> {
@@ -383,6 +367,45 @@ fn bad_fleet_flags_and_a_missing_nats_server_are_clear_errors() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--store-nats"), "{}", stderr(&o));
+    let o = cema(&[
+        "worker",
+        "--id",
+        "",
+        "--edge",
+        &edge,
+        "--foundation",
+        &foundation,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--id"), "{}", stderr(&o));
+    let o = cema(&[
+        "load",
+        "--fleet",
+        "--gateways",
+        "0",
+        "--edge",
+        &edge,
+        "--foundation",
+        &foundation,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--gateways"), "{}", stderr(&o));
+    // No nats-server to start: the demo says so and what to install, and leaves nothing running.
+    let empty = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cema"))
+        .args([
+            "demo", "--fleet", "--edges", "1", "--limit", "64", "--edge", &edge,
+        ])
+        .args(["--foundation", &foundation])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--fleet") && stderr(&o).contains("nats-server"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 fn sessions(url: &str) -> Vec<Value> {
@@ -532,21 +555,20 @@ fn a_restarted_nats_server_loses_nothing_and_no_version_regresses() {
 
 /// `cema cloud` keeping its sessions in NATS JetStream; its address.
 fn cloud_on_nats(nats: &str, listen: &str) -> (Proc, String) {
-    let (edge, foundation) = models();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cema"))
-        .args(["-q", "cloud", "--store-nats", nats, "--listen", listen])
-        .args(["--edge", &edge, "--foundation", &foundation])
-        .args(["--device", "dev-a:tok-a"])
-        .env("CEMA_THREADS", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let addr = first_line(&mut child)["listening"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    (Proc(child), addr)
+    let (p, v) = announced(
+        &[
+            "-q",
+            "cloud",
+            "--store-nats",
+            nats,
+            "--listen",
+            listen,
+            "--device",
+            "dev-a:tok-a",
+        ],
+        None,
+    );
+    (p, v["listening"].as_str().unwrap().to_string())
 }
 
 #[test]

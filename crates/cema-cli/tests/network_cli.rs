@@ -100,28 +100,7 @@ fn two_synchronous_edges_over_the_network_reproduce_the_in_process_benchmark() {
             (cmd.spawn().unwrap(), json, *c)
         })
         .collect();
-    let (edge, foundation) = models();
-    let bench = dir.path().join("bench");
-    let out = cema(&[
-        "-q",
-        "bench",
-        "--methods",
-        "cema",
-        "--corruptions",
-        "fog,contrast",
-        "--limit",
-        &limit.to_string(),
-        "--edge",
-        &edge,
-        "--foundation",
-        &foundation,
-        "--out",
-        bench.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let b: Value =
-        serde_json::from_str(&std::fs::read_to_string(bench.join("results.json")).unwrap())
-            .unwrap();
+    let b = bench_cema(dir.path(), "fog,contrast", limit);
     for (mut child, json, c) in edges {
         assert!(child.wait().unwrap().success());
         let e: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();

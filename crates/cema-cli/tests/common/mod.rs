@@ -50,3 +50,28 @@ pub fn edge_cmd(url: &str, device: &str, token: &str, corruption: &str, limit: u
     .env("CEMA_THREADS", "1");
     c
 }
+
+/// `cema bench --methods cema` on `corruptions` (comma-separated), `limit` images each, with the
+/// shipped models: its results.json.
+pub fn bench_cema(dir: &Path, corruptions: &str, limit: usize) -> serde_json::Value {
+    let (edge, foundation) = models();
+    let out = dir.join("bench");
+    let o = cema(&[
+        "-q",
+        "bench",
+        "--methods",
+        "cema",
+        "--corruptions",
+        corruptions,
+        "--limit",
+        &limit.to_string(),
+        "--edge",
+        &edge,
+        "--foundation",
+        &foundation,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
