@@ -24,6 +24,11 @@ pub struct EdgeBatch {
     /// statistics): the cloud's student must be given [`EdgeAdapter::norm_state`] before it
     /// learns from this edge's uploads.
     pub stats_initialised: bool,
+    /// With `EdgeConfig::share_stats`, for a batch that uploads something: the edge's running
+    /// statistics after this batch ([`Model::norm_stats`]), to travel with the upload so the
+    /// cloud's student normalises as the edge does. Counted as uplink.
+    #[serde(skip)]
+    pub stats: Option<NormState>,
 }
 
 /// The edge's counters (serialisable with the filter state for persistence and reports).
@@ -62,6 +67,9 @@ pub struct EdgeAdapter {
     state: EdgeState,
     init_stats: bool,
     track_stats: Option<f32>,
+    share_stats: bool,
+    /// Rate-matched selection instead of the entropy filters (random upload and its picks).
+    random: Option<RandomSelector>,
 }
 
 impl EdgeAdapter {
@@ -85,7 +93,30 @@ impl EdgeAdapter {
             },
             init_stats: config.init_stats,
             track_stats: config.track_stats,
+            share_stats: config.track_stats.is_some() && config.share_stats,
+            random: None,
         }
+    }
+
+    /// Selects by `selector`'s quota and pick instead of the entropy filters (the random-upload
+    /// baseline of SPEC §3 and issue #25's rules); `None` restores the filters. The filter state
+    /// is left untouched while a selector runs, and the `dropped_*` counters do not move.
+    pub fn set_selector(&mut self, selector: Option<RandomSelector>) {
+        self.random = selector;
+    }
+
+    pub fn selector(&self) -> Option<&RandomSelector> {
+        self.random.as_ref()
+    }
+
+    pub fn selector_mut(&mut self) -> Option<&mut RandomSelector> {
+        self.random.as_mut()
+    }
+
+    /// Whether this edge sends its running statistics with its uploads
+    /// (`EdgeConfig::share_stats`, which needs `track_stats`).
+    pub fn shares_stats(&self) -> bool {
+        self.share_stats
     }
 
     /// The norm state the edge predicts with now, under its current version.
@@ -154,35 +185,25 @@ impl EdgeAdapter {
 
     /// SPEC §3 edge steps 1–4 on `n` u8 images (NHWC): predictions first, from running
     /// statistics with no gradient (see [`EdgeBatch::stats_initialised`] for the first batch);
-    /// then the selection.
+    /// then the selection: the entropy filters, or the selector of
+    /// [`set_selector`](Self::set_selector).
     pub fn process(&mut self, pixels: &[u8], n: usize) -> Result<EdgeBatch, AdaptError> {
         let (logits, init) = self.forward(pixels, n)?;
         let classes = self.model.card.architecture.num_classes();
         let predictions = argmax_rows(&logits, classes);
-        let sel = self.state.filter.select(&logits);
-        Ok(self.count(pixels, n, predictions, sel, init))
-    }
-
-    /// Like [`process`](Self::process), but the upload is a uniformly random subset drawn by
-    /// `selector` instead of the entropy filters (the random-upload ablation of SPEC §3). The
-    /// filter state is left untouched; the `dropped_*` counters do not move.
-    pub fn process_random(
-        &mut self,
-        pixels: &[u8],
-        n: usize,
-        selector: &mut RandomSelector,
-    ) -> Result<EdgeBatch, AdaptError> {
-        let (logits, init) = self.forward(pixels, n)?;
-        let classes = self.model.card.architecture.num_classes();
-        let predictions = argmax_rows(&logits, classes);
-        let entropies = entropy_rows(&logits, classes);
-        let sel = Selection {
-            kept: selector.select_among(&entropies),
-            entropies,
-            e_max: self.state.filter.e_max(),
-            too_uncertain: 0,
-            too_certain: 0,
-            redundant: 0,
+        let sel = match &mut self.random {
+            None => self.state.filter.select(&logits),
+            Some(selector) => {
+                let entropies = entropy_rows(&logits, classes);
+                Selection {
+                    kept: selector.select_among(&entropies),
+                    entropies,
+                    e_max: self.state.filter.e_max(),
+                    too_uncertain: 0,
+                    too_certain: 0,
+                    redundant: 0,
+                }
+            }
         };
         Ok(self.count(pixels, n, predictions, sel, init))
     }
@@ -203,12 +224,20 @@ impl EdgeAdapter {
         c.dropped_redundant += sel.redundant as u64;
         let per_image = pixels.len().checked_div(n).unwrap_or(0);
         c.bytes_up += (sel.kept.len() * per_image) as u64;
+        let stats = (self.share_stats && !sel.kept.is_empty()).then(|| {
+            let stats = self
+                .model
+                .norm_stats(&self.state.model_id, self.state.version);
+            self.state.counters.bytes_up += stats.to_bytes().len() as u64;
+            stats
+        });
         EdgeBatch {
             predictions,
             upload: sel.kept,
             entropies: sel.entropies,
             e_max: sel.e_max,
             stats_initialised,
+            stats,
         }
     }
 

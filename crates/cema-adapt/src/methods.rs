@@ -302,9 +302,6 @@ impl Method for Eata {
 pub struct Cema {
     edge: EdgeAdapter,
     cloud: CloudAdapter,
-    /// Replaces the entropy filters by uniformly random selection ([`RandomUpload`]).
-    random: Option<RandomSelector>,
-    share_stats: bool,
     diagnose_teacher: bool,
 }
 
@@ -322,8 +319,6 @@ impl Cema {
         Ok(Cema {
             edge: EdgeAdapter::new(edge_model, id, 0, edge),
             cloud,
-            random: None,
-            share_stats: edge.track_stats.is_some() && edge.share_stats,
             diagnose_teacher: false,
         })
     }
@@ -346,7 +341,7 @@ impl Cema {
 
 impl Method for Cema {
     fn name(&self) -> &str {
-        if self.random.is_some() {
+        if self.edge.selector().is_some() {
             "random_upload"
         } else {
             "cema"
@@ -354,19 +349,14 @@ impl Method for Cema {
     }
     fn process(&mut self, pixels: &[u8], n: usize) -> Result<MethodBatch, AdaptError> {
         let before = self.edge.counters().clone();
-        let batch = match &mut self.random {
-            Some(selector) => self.edge.process_random(pixels, n, selector)?,
-            None => self.edge.process(pixels, n)?,
-        };
+        let batch = self.edge.process(pixels, n)?;
         if batch.stats_initialised {
             let state = self.edge.export_norm_state();
             self.cloud.sync_student(&state)?;
         }
         let uploaded = batch.upload.len();
-        if uploaded > 0 && self.share_stats {
-            // Counted as uplink in full (γ and β too): an upper bound on what sharing costs.
-            let state = self.edge.export_norm_state();
-            self.cloud.sync_student_stats(&state)?;
+        if let Some(stats) = &batch.stats {
+            self.cloud.sync_student_stats(stats)?;
         }
         let teacher = if self.diagnose_teacher {
             Some(self.cloud.teacher_predictions(pixels, n)?)
@@ -395,7 +385,7 @@ impl Method for Cema {
             updated,
             cloud_seconds,
             teacher,
-            dropped: self.random.is_none().then(|| Dropped {
+            dropped: self.edge.selector().is_none().then(|| Dropped {
                 too_uncertain: after.dropped_too_uncertain - before.dropped_too_uncertain,
                 too_certain: after.dropped_too_certain - before.dropped_too_certain,
                 redundant: after.dropped_redundant - before.dropped_redundant,
@@ -431,7 +421,9 @@ impl RandomUpload {
         seed: u64,
     ) -> Result<Self, AdaptError> {
         let mut inner = Cema::new(edge_model, foundation, edge, cloud)?;
-        inner.random = Some(RandomSelector::new(rate, seed));
+        inner
+            .edge
+            .set_selector(Some(RandomSelector::new(rate, seed)));
         Ok(RandomUpload {
             inner,
             name: "random_upload",
@@ -471,19 +463,24 @@ impl RandomUpload {
     }
 
     pub fn rate(&self) -> f64 {
-        self.inner.random.as_ref().map_or(0.0, RandomSelector::rate)
+        self.inner.edge.selector().map_or(0.0, RandomSelector::rate)
     }
 
     /// Fills each batch's quota by `pick` (the baseline is [`Pick::Uniform`]; see
     /// [`Pick::HighestEntropy`] for the ablation).
     pub fn with_pick(mut self, pick: Pick) -> Self {
-        self.inner.random = self.inner.random.take().map(|r| r.with_pick(pick));
+        let selector = self
+            .inner
+            .edge
+            .selector()
+            .map(|r| r.clone().with_pick(pick));
+        self.inner.edge.set_selector(selector);
         self
     }
 
     /// Changes the upload rate from the next batch on (e.g. per stream in a continual run).
     pub fn set_rate(&mut self, rate: f64) {
-        if let Some(s) = &mut self.inner.random {
+        if let Some(s) = self.inner.edge.selector_mut() {
             s.set_rate(rate);
         }
     }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use cema_adapt::{AdaptError, CloudAdapter, CloudConfig, EdgeAdapter, EdgeConfig};
+use cema_adapt::{AdaptError, CloudAdapter, CloudConfig, EdgeAdapter, EdgeConfig, RandomSelector};
 use cema_model::{Kind, Model, NormMode};
 use common::*;
 
@@ -95,9 +95,12 @@ fn a_tracking_edge_moves_only_its_statistics_and_takes_only_affine_from_the_clou
     let cfg = EdgeConfig {
         init_stats: false,
         track_stats: Some(0.1),
+        share_stats: true,
         ..EdgeConfig::default()
     };
     let mut edge = EdgeAdapter::new(model, "tiny", 0, cfg);
+    // Rate-matched, so the batch surely uploads (and its statistics go with the upload).
+    edge.set_selector(Some(RandomSelector::new(0.25, 7)));
     let b = edge.process(&px, 64).unwrap();
     assert_eq!(
         b.predictions, expected,
@@ -107,8 +110,17 @@ fn a_tracking_edge_moves_only_its_statistics_and_takes_only_affine_from_the_clou
     assert!(kind_changed(edge.model(), &before, Kind::RunningMean));
     assert!(kind_changed(edge.model(), &before, Kind::RunningVar));
 
+    let stats = b
+        .stats
+        .expect("an upload from a sharing edge carries its statistics");
+    assert_eq!(b.upload.len(), 16);
+    assert_eq!(stats, edge.model().norm_stats("tiny", 0), "after the batch");
     let mut cloud = cloud_b8(0);
-    cloud.sync_student_stats(&edge.norm_state()).unwrap();
+    assert!(
+        cloud.sync_student_stats(&edge.norm_state()).is_err(),
+        "a whole norm state is not statistics"
+    );
+    cloud.sync_student_stats(&stats).unwrap();
     assert_eq!(
         cloud.student().state_dict()["bn1.running_mean"],
         edge.model().state_dict()["bn1.running_mean"],

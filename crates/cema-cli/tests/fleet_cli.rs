@@ -18,9 +18,16 @@ use common::*;
 use serde_json::Value;
 
 const LEASE_S: &str = "1.5";
-const DEVICES: [(&str, &str, &str); 2] =
-    [("dev-a", "tok-a", "fog"), ("dev-b", "tok-b", "contrast")];
+/// (device, token, stream, the method its edge runs as `cema bench` names it). dev-a, whose
+/// worker the fault tests attack, runs issue #25's rule: its statistics travel in the upload
+/// log and must survive the takeover (at rate 0.5, contrast's 384 images score otherwise
+/// without them).
+const DEVICES: [(&str, &str, &str, &str); 2] = [
+    ("dev-a", "tok-a", "contrast", "uncertain_upload"),
+    ("dev-b", "tok-b", "fog", "cema"),
+];
 const LIMIT: usize = 384;
+const UNCERTAIN: [&str; 4] = ["--select", "uncertain", "--rate", "0.5"];
 
 /// A child killed on drop.
 struct Proc(Child);
@@ -103,27 +110,41 @@ fn worker(nats: &str, id: &str, log: &Path) -> (Proc, String) {
 }
 
 /// The in-process benchmark of the same streams: what the fleet must reproduce.
-fn bench(dir: &Path) -> Value {
-    bench_cema(dir, "fog,contrast", LIMIT)
+fn bench(dir: &Path) -> [Value; 2] {
+    [
+        bench_methods(
+            dir,
+            "uncertain_upload",
+            DEVICES[0].2,
+            LIMIT,
+            &["--random-rate", UNCERTAIN[3]],
+        ),
+        bench_cema(dir, DEVICES[1].2, LIMIT),
+    ]
 }
 
-fn start_edges(url: &str, dir: &Path) -> Vec<(Proc, std::path::PathBuf, &'static str)> {
+fn start_edges(url: &str, dir: &Path) -> Vec<(Proc, std::path::PathBuf, usize)> {
     DEVICES
         .iter()
-        .map(|(d, t, c)| {
+        .enumerate()
+        .map(|(i, (d, t, c, method))| {
             let json = dir.join(format!("{d}.json"));
             let mut cmd = edge_cmd(url, d, t, c, LIMIT);
+            if *method == "uncertain_upload" {
+                cmd.args(UNCERTAIN);
+            }
             let child = cmd.arg("--sync").arg("--json").arg(&json).spawn().unwrap();
-            (Proc(child), json, *c)
+            (Proc(child), json, i)
         })
         .collect()
 }
 
-fn check_against_bench(edges: Vec<(Proc, std::path::PathBuf, &str)>, b: &Value) {
-    for (mut child, json, c) in edges {
+fn check_against_bench(edges: Vec<(Proc, std::path::PathBuf, usize)>, b: &[Value; 2]) {
+    for (mut child, json, i) in edges {
+        let (_, _, c, method) = DEVICES[i];
         assert!(child.0.wait().unwrap().success(), "edge {c}");
         let e: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
-        let m = &b["methods"]["cema"]["corruptions"][c];
+        let m = &b[i]["methods"][method]["corruptions"][c];
         assert_eq!(e["images"], LIMIT, "{c}");
         assert_eq!(e["accuracy"], m["accuracy"], "{c}: fleet {e} vs bench {m}");
         assert_eq!(e["uploaded"], m["uploaded"], "{c}");
@@ -169,7 +190,7 @@ struct Running {
     /// Each worker's `/metrics` URL.
     metrics: std::collections::HashMap<String, String>,
     _gateway: Proc,
-    edges: Vec<(Proc, std::path::PathBuf, &'static str)>,
+    edges: Vec<(Proc, std::path::PathBuf, usize)>,
     /// The worker that owns dev-a's session.
     victim: String,
 }
@@ -191,7 +212,8 @@ impl Running {
         std::thread::sleep(Duration::from_secs_f64(1.0));
         let edges = start_edges(&url, dir.path());
         wait_progress(&url, 2);
-        for (c, _, name) in &edges {
+        for (c, _, i) in &edges {
+            let name = DEVICES[*i].2;
             let alive = Command::new("kill")
                 .arg("-0")
                 .arg(c.0.id().to_string())

@@ -116,6 +116,49 @@ fn two_synchronous_edges_over_the_network_reproduce_the_in_process_benchmark() {
 }
 
 #[test]
+fn rate_matched_edges_over_the_network_reproduce_random_and_uncertain_upload() {
+    // Issue #25's rule needs the edge's statistics on the wire (`edge-stats`); random upload
+    // needs none. Both, synchronous, must give exactly what `cema bench` gives in one process.
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"), "127.0.0.1:0", &[]);
+    // On contrast, 512 images are enough for the uncertain edge to score otherwise when its
+    // statistics do not reach the cloud (checked by dropping them).
+    let limit = 512;
+    let edges: Vec<_> = [
+        ("dev-a", "tok-a", "random"),
+        ("dev-b", "tok-b", "uncertain"),
+    ]
+    .iter()
+    .map(|(d, t, select)| {
+        let json = dir.path().join(format!("{d}.json"));
+        let mut cmd = edge_cmd(&cloud.url(), d, t, "contrast", limit);
+        cmd.args(["--sync", "--select", select, "--rate", "0.3", "--json"])
+            .arg(&json);
+        (cmd.spawn().unwrap(), json, *select)
+    })
+    .collect();
+    let b = bench_methods(
+        dir.path(),
+        "random_upload,uncertain_upload",
+        "contrast",
+        limit,
+        &["--random-rate", "0.3"],
+    );
+    for (mut child, json, select) in edges {
+        assert!(child.wait().unwrap().success(), "{select}");
+        let e: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        let m = &b["methods"][format!("{select}_upload")]["corruptions"]["contrast"];
+        assert_eq!(e["images"], limit, "{select}");
+        assert_eq!(
+            e["accuracy"], m["accuracy"],
+            "{select}: network {e} vs bench {m}"
+        );
+        assert_eq!(e["uploaded"], m["uploaded"], "{select}");
+        assert_eq!(e["norm_version"], m["updates"], "{select}");
+    }
+}
+
+#[test]
 fn a_sigkilled_cloud_restarts_and_resumes_while_the_edge_keeps_predicting() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cloud");
@@ -288,6 +331,23 @@ fn cloud_and_edge_usage_errors_exit_2_naming_the_flag() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--cema-track-stats"), "{}", stderr(&o));
+    let edge_flags = |extra: &[&str]| {
+        let mut args = vec!["edge", "--device", "a", "--token", "b"];
+        args.extend_from_slice(extra);
+        cema(&args)
+    };
+    for (extra, names) in [
+        (&["--select", "random"][..], "--rate"),
+        (&["--select", "uncertain", "--rate", "0"][..], "--rate 0"),
+        (&["--select", "random", "--rate", "1.5"][..], "--rate 1.5"),
+        (&["--rate", "0.3"][..], "--rate 0.3"),
+        (&["--share-stats"][..], "--cema-track-stats"),
+        (&["--select", "sometimes"][..], "--select"),
+    ] {
+        let o = edge_flags(extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(names), "{extra:?}: {}", stderr(&o));
+    }
 }
 
 #[test]

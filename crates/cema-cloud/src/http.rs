@@ -397,6 +397,7 @@ async fn health<F: Frontend>(State(app): State<App<F>>) -> Json<serde_json::Valu
     Json(serde_json::json!({
         "status": "ok",
         "protocol": PROTOCOL_VERSION,
+        "features": crate::service::features(),
         "model_id": app.front.model_id(),
         "sessions": app.front.session_count(),
         "uptime_s": app.front.uptime_s(),

@@ -14,14 +14,14 @@ use cema_adapt::{AdaptError, CloudAdapter, CloudConfig, CloudSnapshot};
 use cema_model::{cpu, Device, Model, NormState};
 use cema_wire::{
     decode_upload, Dtype, EdgeTelemetry, ErrorCode, SessionInfo, Upload, UploadAck, WireError,
-    MAX_NORM_VERSION, PROTOCOL_VERSION,
+    FEATURE_EDGE_STATS, MAX_NORM_VERSION, PROTOCOL_VERSION,
 };
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::dashboard::History;
 use crate::metrics::{Metrics, RoundOutcome};
-use crate::store::{RedbStore, SessionRecord, SessionStore, StoreError};
+use crate::store::{PendingUpload, RedbStore, SessionRecord, SessionStore, StoreError};
 
 /// Everything `cema cloud` is configured with.
 #[derive(Debug, Clone)]
@@ -181,14 +181,26 @@ pub fn check_session_state(bytes: &[u8], model_id: &str) -> Result<NormState, Re
     Ok(state)
 }
 
+/// The optional extensions of v1 every frontend of this version takes
+/// ([`SessionInfo::features`], `/health`).
+pub fn features() -> Vec<String> {
+    vec![FEATURE_EDGE_STATS.to_string()]
+}
+
+/// An upload that passed [`check_upload`]: the wire message and its statistics, decoded and
+/// validated against the edge model.
+#[derive(Debug, Clone)]
+pub struct CheckedUpload {
+    pub upload: Upload,
+    pub stats: Option<NormState>,
+}
+
 /// The checks of an upload body that need no session: the wire format, the model, raw u8
-/// pixels of the model's image geometry (height, width, channels).
-pub fn check_upload(
-    body: &[u8],
-    max_body: usize,
-    model_id: &str,
-    image: (usize, usize, usize),
-) -> Result<Upload, Refusal> {
+/// pixels of the model's image geometry (height, width, channels), and, when the edge sent
+/// them, statistics that are exactly `edge`'s running means and variances, finite, variances
+/// not negative.
+pub fn check_upload(body: &[u8], max_body: usize, edge: &Model) -> Result<CheckedUpload, Refusal> {
+    let model_id = edge.card.name.as_str();
     let up = decode_upload(body, max_body)?;
     let h = &up.header;
     if h.model_id != model_id {
@@ -206,6 +218,8 @@ pub fn check_upload(
             h.dtype
         )));
     }
+    let i = &edge.card.input;
+    let image = (i.height, i.width, i.channels);
     let geometry = (h.height as usize, h.width as usize, h.channels as usize);
     if geometry != image {
         return Err(Refusal::bad_request(format!(
@@ -213,7 +227,24 @@ pub fn check_upload(
             geometry.0, geometry.1, geometry.2, image.0, image.1, image.2
         )));
     }
-    Ok(up)
+    let stats = match &up.stats {
+        None => None,
+        Some(bytes) => {
+            let bad = |e: &dyn std::fmt::Display| {
+                Refusal::bad_request(format!("upload {}: edge statistics: {e}", h.seq))
+            };
+            let stats = NormState::from_bytes(bytes, "edge statistics").map_err(|e| bad(&e))?;
+            if stats.model_id != model_id {
+                return Err(bad(&format!(
+                    "they are for model `{}`, this cloud serves `{model_id}`",
+                    stats.model_id
+                )));
+            }
+            edge.check_norm_stats(&stats).map_err(|e| bad(&e))?;
+            Some(stats)
+        }
+    };
+    Ok(CheckedUpload { upload: up, stats })
 }
 
 /// A published norm state.
@@ -254,6 +285,24 @@ pub struct SessionView {
 struct Queued {
     seq: u64,
     pixels: Vec<u8>,
+    /// The edge's statistics, installed in the student before this round (issue #25).
+    stats: Option<NormState>,
+}
+
+impl Queued {
+    /// A stored pending upload; its statistics were validated when it arrived.
+    fn restore(device: &str, p: PendingUpload) -> anyhow::Result<Queued> {
+        let stats = p
+            .stats
+            .map(|b| NormState::from_bytes(&b, "stored edge statistics"))
+            .transpose()
+            .with_context(|| format!("session `{device}`, upload {}", p.seq))?;
+        Ok(Queued {
+            seq: p.seq,
+            pixels: p.pixels,
+            stats,
+        })
+    }
 }
 
 /// One edge device's session.
@@ -417,8 +466,8 @@ impl Cloud {
             let session = self.make_session(&device, adapter, &record);
             {
                 let mut q = session.queue.lock().expect("queue lock");
-                for (seq, pixels) in pending {
-                    q.push_back(Queued { seq, pixels });
+                for p in pending {
+                    q.push_back(Queued::restore(&device, p)?);
                 }
             }
             self.metrics.queued.inc_by(session.queued() as i64);
@@ -501,6 +550,7 @@ impl Cloud {
                 version,
                 next_seq,
                 created: false,
+                features: features(),
             });
         }
         // The lineage continues from the edge's version, so nothing published here is stale to it.
@@ -529,13 +579,15 @@ impl Cloud {
             version: state.version,
             next_seq: 0,
             created: true,
+            features: features(),
         })
     }
 
     /// Validates, durably appends and queues an upload. Blocking (a durable write). Nothing
     /// changes unless it returns `Ok`.
     pub fn upload(&self, device: &str, body: &[u8]) -> Result<(UploadAck, Arc<Session>), Refusal> {
-        let up = check_upload(body, self.options.max_body, &self.model_id, self.image)?;
+        let CheckedUpload { upload: up, stats } =
+            check_upload(body, self.options.max_body, &self.edge)?;
         let h = &up.header;
         let session = self.session(device)?;
         let mut next = session.next_seq.lock().expect("seq lock");
@@ -547,13 +599,14 @@ impl Cloud {
             return Err(Refusal::overloaded(queued));
         }
         self.store
-            .append_upload(device, h.seq, &up.pixels)
+            .append_upload(device, h.seq, &up.pixels, up.stats.as_deref())
             .map_err(|e| self.store_refusal(e))?;
         *next = h.seq + 1;
         let n = h.n as u64;
         session.queue.lock().expect("queue lock").push_back(Queued {
             seq: h.seq,
             pixels: up.pixels,
+            stats,
         });
         drop(next);
         {
@@ -642,7 +695,14 @@ impl Cloud {
             .zip(adapters.iter_mut())
             .map(|((_, item), adapter)| {
                 let n = item.pixels.len() / self.image_size();
-                adapter.receive(&item.pixels, n).err().map(Err)
+                let received = match &item.stats {
+                    Some(stats) => adapter.sync_student_stats(stats),
+                    None => Ok(()),
+                };
+                received
+                    .and_then(|()| adapter.receive(&item.pixels, n))
+                    .err()
+                    .map(Err)
             })
             .collect();
         {

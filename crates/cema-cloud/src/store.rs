@@ -13,10 +13,24 @@ use serde::{Deserialize, Serialize};
 
 /// (device, seq) → uploaded u8 pixels (possibly empty: a round with nothing selected).
 const UPLOADS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("uploads");
+/// (device, seq) → the edge's running statistics sent with upload `seq` (issue #25's
+/// extension), kept until that upload's round is committed: only pending rounds need them. A
+/// table of its own so that stores written before it open unchanged.
+const UPLOAD_STATS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("upload_stats");
 /// device → JSON [`SessionRecord`].
 const SESSIONS: TableDefinition<&str, &str> = TableDefinition::new("sessions");
 /// device → [`cema_adapt::CloudSnapshot`] bytes after the last committed round.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+
+/// An upload whose round has not been committed, as a store gives it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub seq: u64,
+    /// u8 pixels, NHWC (possibly empty: a round with nothing selected).
+    pub pixels: Vec<u8>,
+    /// The edge's statistics, if it sent them (`cema_wire::Upload::stats`).
+    pub stats: Option<Vec<u8>>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -74,8 +88,15 @@ pub trait SessionStore: Send + Sync {
     fn sessions(&self) -> Result<Vec<(String, SessionRecord)>>;
     /// Creates a session with its initial snapshot, atomically.
     fn create(&self, device: &str, record: &SessionRecord, snapshot: &[u8]) -> Result<()>;
-    /// Appends upload `seq` and advances `next_seq` to `seq + 1`, durably, atomically.
-    fn append_upload(&self, device: &str, seq: u64, pixels: &[u8]) -> Result<()>;
+    /// Appends upload `seq` (its pixels and, if the edge sent them, its statistics) and
+    /// advances `next_seq` to `seq + 1`, durably, atomically.
+    fn append_upload(
+        &self,
+        device: &str,
+        seq: u64,
+        pixels: &[u8],
+        stats: Option<&[u8]>,
+    ) -> Result<()>;
     /// Records that the round of upload `seq` is done, with the snapshot after it, durably,
     /// atomically; uploads no longer needed for the replay buffer (older than the newest
     /// `keep_samples` samples) are deleted in the same transaction.
@@ -88,8 +109,9 @@ pub trait SessionStore: Send + Sync {
         keep_samples: usize,
     ) -> Result<()>;
     fn snapshot(&self, device: &str) -> Result<Option<Vec<u8>>>;
-    /// Uploads with sequence number greater than `after` (all when `None`), in order.
-    fn uploads_after(&self, device: &str, after: Option<u64>) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// Uploads with sequence number greater than `after` (all when `None`), in order, with
+    /// their statistics.
+    fn uploads_after(&self, device: &str, after: Option<u64>) -> Result<Vec<PendingUpload>>;
     /// The last `max_samples` uploaded samples with sequence number ≤ `upto`, oldest first.
     fn replay_tail(
         &self,
@@ -161,6 +183,7 @@ impl RedbStore {
         let w = db.begin_write().map_err(err)?;
         {
             w.open_table(UPLOADS).map_err(err)?;
+            w.open_table(UPLOAD_STATS).map_err(err)?;
             w.open_table(SESSIONS).map_err(err)?;
             w.open_table(SNAPSHOTS).map_err(err)?;
         }
@@ -234,7 +257,13 @@ impl SessionStore for RedbStore {
         })
     }
 
-    fn append_upload(&self, device: &str, seq: u64, pixels: &[u8]) -> Result<()> {
+    fn append_upload(
+        &self,
+        device: &str,
+        seq: u64,
+        pixels: &[u8],
+        stats: Option<&[u8]>,
+    ) -> Result<()> {
         self.with(|db| {
             // Read-modify-write inside one write transaction: redb serialises writers, so a round
             // committing concurrently cannot interleave with this and write back a stale record.
@@ -256,6 +285,12 @@ impl SessionStore for RedbStore {
                     )));
                 }
                 uploads.insert((device, seq), pixels).map_err(err)?;
+                if let Some(stats) = stats {
+                    w.open_table(UPLOAD_STATS)
+                        .map_err(err)?
+                        .insert((device, seq), stats)
+                        .map_err(err)?;
+                }
                 let json = serde_json::to_string(&record).map_err(json_err)?;
                 sessions.insert(device, json.as_str()).map_err(err)?;
             }
@@ -305,6 +340,10 @@ impl SessionStore for RedbStore {
                         .retain_in((device, 0)..=(device, cut), |_, _| false)
                         .map_err(err)?;
                 }
+                w.open_table(UPLOAD_STATS)
+                    .map_err(err)?
+                    .retain_in((device, 0)..=(device, seq), |_, _| false)
+                    .map_err(err)?;
             }
             w.commit().map_err(err)
         })
@@ -318,15 +357,24 @@ impl SessionStore for RedbStore {
         })
     }
 
-    fn uploads_after(&self, device: &str, after: Option<u64>) -> Result<Vec<(u64, Vec<u8>)>> {
+    fn uploads_after(&self, device: &str, after: Option<u64>) -> Result<Vec<PendingUpload>> {
         self.with(|db| {
             let r = db.begin_read().map_err(err)?;
             let t = r.open_table(UPLOADS).map_err(err)?;
+            let stats = r.open_table(UPLOAD_STATS).map_err(err)?;
             let start = after.map_or(0, |a| a + 1);
             let mut out = Vec::new();
             for row in t.range((device, start)..=(device, u64::MAX)).map_err(err)? {
                 let (k, v) = row.map_err(err)?;
-                out.push((k.value().1, v.value().to_vec()));
+                let seq = k.value().1;
+                out.push(PendingUpload {
+                    seq,
+                    pixels: v.value().to_vec(),
+                    stats: stats
+                        .get((device, seq))
+                        .map_err(err)?
+                        .map(|g| g.value().to_vec()),
+                });
             }
             Ok(out)
         })

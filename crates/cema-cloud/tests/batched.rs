@@ -41,7 +41,7 @@ fn run(batch_sessions: usize) -> (Vec<NormState>, String) {
         for (d, c) in clients.iter().enumerate() {
             // Each device its own images, so a pass that mixed sessions up would show.
             let px = images(100 * d + seq as usize, 16);
-            c.upload(&stamp.encode(seq, 0, &px), false).unwrap();
+            c.upload(&stamp.encode(seq, 0, &px, None), false).unwrap();
         }
     }
     let t = Instant::now();

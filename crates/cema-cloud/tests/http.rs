@@ -108,20 +108,21 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         dtype: Dtype::U8,
     };
     assert_eq!(
-        refused_code(c.upload(&encode_upload(&h, &images(0, 1)), false)).1,
+        refused_code(c.upload(&encode_upload(&h, None, &images(0, 1)), false)).1,
         "unknown_model"
     );
     // Wrong geometry; floats instead of u8.
     h.model_id = MODEL_ID.into();
     h.height = 32;
     h.width = 32;
-    let (status, code, _) = refused_code(c.upload(&encode_upload(&h, &vec![0u8; 32 * 32]), false));
+    let (status, code, _) =
+        refused_code(c.upload(&encode_upload(&h, None, &vec![0u8; 32 * 32]), false));
     assert_eq!((status, code.as_str()), (400, "bad_request"));
     h.height = 28;
     h.width = 28;
     h.dtype = Dtype::F32;
     assert_eq!(
-        refused_code(c.upload(&encode_upload(&h, &vec![0u8; 4 * IMAGE]), false)).0,
+        refused_code(c.upload(&encode_upload(&h, None, &vec![0u8; 4 * IMAGE]), false)).0,
         400
     );
     // Truncated body, garbage, oversize body (the hard limit is 64 KiB here).

@@ -23,13 +23,17 @@ pub enum ClientError {
     /// No usable answer: connection refused or dropped, timeout, unreadable body.
     #[error("network: {0}")]
     Network(String),
+    /// The cloud answers, but lacks an extension this edge was told to use (e.g. it does not
+    /// list `edge-stats` while the edge shares its statistics).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Refused { error, .. } => Some(&error.code),
-            ClientError::Network(_) => None,
+            ClientError::Network(_) | ClientError::Unsupported(_) => None,
         }
     }
 }

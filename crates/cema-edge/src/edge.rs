@@ -66,6 +66,9 @@ pub struct Prediction {
     /// This was the first batch, whose normalization statistics the edge adopted (a connected
     /// edge opens its session with the resulting norm state).
     pub stats_adopted: bool,
+    /// From an edge that shares its statistics, for a batch that selected something: the
+    /// statistics sent with the upload (queued with it when connected).
+    pub stats: Option<NormState>,
 }
 
 /// Running totals of an [`Edge`].
@@ -131,6 +134,7 @@ impl Edge {
                     stamp,
                     max_queued_samples: c.max_queued_samples,
                     kbps: c.uplink_kbps,
+                    share_stats: selection.track_stats.is_some() && selection.share_stats,
                 };
                 Some(Link {
                     uplink: Uplink::start(client.clone(), config),
@@ -171,8 +175,9 @@ impl Edge {
                 link.uplink.set_session_state(state);
             }
             let up = gather(frames, n, &out.upload);
+            let stats = out.stats.as_ref().map(NormState::to_bytes);
             link.uplink
-                .push(up, out.upload.len(), self.adapter.version());
+                .push(up, out.upload.len(), self.adapter.version(), stats);
             if let Some(e) = link.uplink.fatal() {
                 return Err(EdgeError::Refused(e));
             }
@@ -183,7 +188,14 @@ impl Edge {
             selected: out.upload,
             version,
             stats_adopted: out.stats_initialised,
+            stats: out.stats,
         })
+    }
+
+    /// Picks uploads by `selector`'s quota instead of the entropy filters (random upload and
+    /// issue #25's rule; see `cema_adapt::EdgeAdapter::set_selector`).
+    pub fn set_selector(&mut self, selector: Option<cema_adapt::RandomSelector>) {
+        self.adapter.set_selector(selector);
     }
 
     /// Reports running accuracy to the cloud's dashboard (for edges that know their labels).

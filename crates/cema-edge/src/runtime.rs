@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use cema_adapt::{gather, EdgeConfig};
+use cema_adapt::{gather, EdgeConfig, RandomSelector};
 use cema_data::ImageSet;
 use cema_model::{Model, NormMode, NormState};
 use cema_wire::{EdgeTelemetry, ErrorCode, UploadStamp};
@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::client::{ClientError, CloudClient};
 use crate::edge::{CloudLink, Edge, EdgeCounters};
+use crate::uplink::check_features;
 
 #[derive(Debug, Clone)]
 pub struct EdgeOptions {
@@ -20,6 +21,8 @@ pub struct EdgeOptions {
     pub token: String,
     pub batch: usize,
     pub selection: EdgeConfig,
+    /// Rate-matched selection instead of the entropy filters (`EdgeAdapter::set_selector`).
+    pub selector: Option<RandomSelector>,
     /// Uplink budget, kilobits per second (`None`: unlimited).
     pub uplink_kbps: Option<f64>,
     /// Uplink queue bound, samples (older queued samples are dropped past it).
@@ -47,6 +50,7 @@ impl EdgeOptions {
             token: token.to_string(),
             batch: 64,
             selection: EdgeConfig::default(),
+            selector: None,
             uplink_kbps: None,
             max_queued_samples: 4096,
             sync: false,
@@ -159,6 +163,7 @@ pub fn run_stream(
     };
     // The synchronous mode drives the cloud itself, batch by batch; the edge is then offline.
     let mut edge = Edge::new(model, options.selection, (!options.sync).then_some(&link))?;
+    edge.set_selector(options.selector.clone());
     // A synchronous upload waits for its round, which a loaded cloud may take far longer than a
     // heartbeat interval to run: only a hung cloud should time it out.
     let mut sync = options.sync.then(|| {
@@ -168,7 +173,8 @@ pub fn run_stream(
             &options.token,
             Duration::from_secs(300),
         );
-        SyncLink::new(patient, stamp(&model_id, &i))
+        let share = options.selection.track_stats.is_some() && options.selection.share_stats;
+        SyncLink::new(patient, stamp(&model_id, &i), share)
     });
     let mut report = EdgeReport {
         device: options.device.clone(),
@@ -197,7 +203,9 @@ pub fn run_stream(
                 report.bytes_up += state.len() as u64;
             }
             let up = gather(pixels, n, &out.selected);
-            if let Some(state) = s.round(&up, out.selected.len(), edge.version(), &mut report)? {
+            let stats = out.stats.as_ref().map(NormState::to_bytes);
+            let k = out.selected.len();
+            if let Some(state) = s.round(&up, k, stats.as_deref(), edge.version(), &mut report)? {
                 report.bytes_down += state.to_bytes().len() as u64;
                 edge.apply(&state);
             }
@@ -258,19 +266,23 @@ struct SyncLink {
     client: CloudClient,
     stamp: UploadStamp,
     next_seq: u64,
+    share_stats: bool,
 }
 
 impl SyncLink {
-    fn new(client: CloudClient, stamp: UploadStamp) -> Self {
+    fn new(client: CloudClient, stamp: UploadStamp, share_stats: bool) -> Self {
         SyncLink {
             client,
             stamp,
             next_seq: 0,
+            share_stats,
         }
     }
 
     fn open(&mut self, state: &[u8]) -> Result<(), EdgeError> {
         let info = self.client.open_session(state)?;
+        let info = check_features(info, self.share_stats, self.client.base())
+            .map_err(EdgeError::Refused)?;
         self.next_seq = info.next_seq;
         Ok(())
     }
@@ -280,10 +292,11 @@ impl SyncLink {
         &mut self,
         pixels: &[u8],
         n: usize,
+        stats: Option<&[u8]>,
         version: u64,
         report: &mut EdgeReport,
     ) -> Result<Option<NormState>, EdgeError> {
-        let body = self.stamp.encode(self.next_seq, version, pixels);
+        let body = self.stamp.encode(self.next_seq, version, pixels, stats);
         let ack = self.client.upload(&body, true)?;
         self.next_seq = ack.next_seq;
         report.uploaded += n as u64;

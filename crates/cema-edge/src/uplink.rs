@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cema_wire::{EdgeTelemetry, ErrorCode, UploadStamp};
+use cema_wire::{EdgeTelemetry, ErrorCode, SessionInfo, UploadStamp, FEATURE_EDGE_STATS};
 
 use crate::client::{ClientError, CloudClient};
 
@@ -20,6 +20,8 @@ struct Item {
     pixels: Vec<u8>,
     n: usize,
     norm_version: u64,
+    /// The edge's statistics, encoded, when it shares them (kept when the samples are dropped).
+    stats: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -68,6 +70,9 @@ pub struct UplinkConfig {
     pub max_queued_samples: usize,
     /// Uplink budget in kilobits per second (`None`: unlimited).
     pub kbps: Option<f64>,
+    /// The edge sends its statistics with its uploads: a cloud must list
+    /// [`FEATURE_EDGE_STATS`] when the session opens, or the uplink stops with a clear error.
+    pub share_stats: bool,
 }
 
 pub struct Uplink {
@@ -121,14 +126,16 @@ impl Uplink {
         self.shared.0.lock().expect("uplink lock").session_state = Some(state);
     }
 
-    /// Queues one batch's selected samples (possibly none). Never blocks on the network.
-    pub fn push(&self, pixels: Vec<u8>, n: usize, norm_version: u64) {
+    /// Queues one batch's selected samples (possibly none) and, from an edge that shares them,
+    /// its statistics (encoded). Never blocks on the network.
+    pub fn push(&self, pixels: Vec<u8>, n: usize, norm_version: u64, stats: Option<Vec<u8>>) {
         let (m, cv) = &*self.shared;
         let mut s = m.lock().expect("uplink lock");
         s.queue.push_back(Item {
             pixels,
             n,
             norm_version,
+            stats,
         });
         s.queued_samples += n;
         // Drop the oldest queued samples past the bound. The head may be in flight and the
@@ -271,6 +278,8 @@ fn run(
                 &opened,
                 &mut m.lock().expect("uplink lock").counters,
             );
+            let opened =
+                opened.and_then(|info| check_features(info, config.share_stats, client.base()));
             match opened {
                 Ok(info) => {
                     next_seq = info.next_seq;
@@ -297,7 +306,8 @@ fn run(
                     tracing::warn!(device = client.device(), "opening the session: {e}");
                     backoff.sleep(&stop);
                 }
-                Err(ClientError::Network(_)) => backoff.sleep(&stop),
+                // The network (an unsupported cloud is fatal, above).
+                Err(_) => backoff.sleep(&stop),
             }
             continue;
         }
@@ -325,9 +335,12 @@ fn run(
                 let _ = cv.wait_timeout(s, Duration::from_millis(100));
                 continue;
             };
-            let body = config
-                .stamp
-                .encode(next_seq, item.norm_version, &item.pixels);
+            let body = config.stamp.encode(
+                next_seq,
+                item.norm_version,
+                &item.pixels,
+                item.stats.as_deref(),
+            );
             let n = item.n;
             s.counters.retries += u64::from(backoff.failures > 0);
             drop(s);
@@ -391,7 +404,8 @@ fn run(
                     complete(&mut s, n, 0, false);
                 }
             },
-            Err(ClientError::Network(_)) => {
+            // The network (fatal refusals returned above).
+            Err(_) => {
                 drop(s);
                 backoff.sleep(&stop);
             }
@@ -419,16 +433,34 @@ fn sleep_unless(d: Duration, stop: &AtomicBool) {
     }
 }
 
-/// Refusals no retry can fix: the device's token, or a model or norm state this cloud will
-/// never take. Everything else (overload, a full disk, a lost session, the network) is retried.
+/// Refusals no retry can fix: the device's token, a model or norm state this cloud will
+/// never take, an extension it lacks. Everything else (overload, a full disk, a lost session,
+/// the network) is retried.
 fn is_fatal(e: &ClientError) -> bool {
     match e {
         ClientError::Refused { error, .. } => matches!(
             error.error_code(),
             Some(ErrorCode::Unauthorized | ErrorCode::UnknownModel | ErrorCode::NotFound)
         ),
+        ClientError::Unsupported(_) => true,
         ClientError::Network(_) => false,
     }
+}
+
+/// The extensions this edge uses, against those the cloud listed when the session opened.
+pub(crate) fn check_features(
+    info: SessionInfo,
+    share_stats: bool,
+    cloud: &str,
+) -> Result<SessionInfo, ClientError> {
+    if share_stats && !info.features.iter().any(|f| f == FEATURE_EDGE_STATS) {
+        return Err(ClientError::Unsupported(format!(
+            "the cloud at {cloud} does not take edge statistics (its session answer lists no \
+             `{FEATURE_EDGE_STATS}`; an older cloud?): run the edge without sharing its \
+             statistics, or upgrade the cloud"
+        )));
+    }
+    Ok(info)
 }
 
 /// Counts calls that got no answer and says so once per outage, not once per retry.
@@ -548,6 +580,7 @@ mod tests {
                 stamp,
                 max_queued_samples,
                 kbps: None,
+                share_stats: false,
             },
         )
     }
@@ -561,16 +594,16 @@ mod tests {
     fn past_its_bound_the_queue_drops_the_oldest_samples_but_keeps_every_upload() {
         let u = idle_uplink(10);
         for n in [4, 4, 4] {
-            u.push(vec![7; n], n, 0);
+            u.push(vec![7; n], n, 0, Some(vec![n as u8]));
         }
         // 12 > 10: the oldest droppable batch (the second; the head may be in flight) is emptied.
         assert_eq!(queued(&u), vec![4, 0, 4]);
         assert_eq!(u.counters().dropped_samples, 4);
-        u.push(vec![7; 6], 6, 0);
+        u.push(vec![7; 6], 6, 0, None);
         assert_eq!(queued(&u), vec![4, 0, 0, 6]);
         assert_eq!(u.counters().dropped_samples, 8);
         // The newest batch is never emptied, even alone over the bound.
-        u.push(vec![7; 20], 20, 0);
+        u.push(vec![7; 20], 20, 0, None);
         assert_eq!(queued(&u), vec![4, 0, 0, 0, 20]);
         assert_eq!(u.counters().dropped_samples, 14);
         assert_eq!(
@@ -578,8 +611,38 @@ mod tests {
             5,
             "every batch keeps its upload (its cloud round)"
         );
-        let empty = u.shared.0.lock().unwrap().queue[1].pixels.is_empty();
-        assert!(empty, "a dropped batch's pixels are freed");
+        let s = u.shared.0.lock().unwrap();
+        assert!(
+            s.queue[1].pixels.is_empty(),
+            "a dropped batch's pixels are freed"
+        );
+        assert_eq!(
+            s.queue[1].stats,
+            Some(vec![4]),
+            "its statistics still go up with its (empty) upload"
+        );
+    }
+
+    #[test]
+    fn an_edge_sharing_statistics_stops_at_a_cloud_without_the_extension() {
+        // What a cloud from before the extension answers (no `features` field at all).
+        let old: SessionInfo = serde_json::from_str(
+            r#"{"protocol":1,"device":"d","model_id":"m","version":0,"next_seq":0,"created":true}"#,
+        )
+        .unwrap();
+        let e = check_features(old.clone(), true, "http://old:7878").unwrap_err();
+        assert!(is_fatal(&e), "no retry makes an old cloud take statistics");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(FEATURE_EDGE_STATS) && msg.contains("http://old:7878"),
+            "{msg}"
+        );
+        assert!(check_features(old.clone(), false, "x").is_ok());
+        let new = SessionInfo {
+            features: vec![FEATURE_EDGE_STATS.into()],
+            ..old
+        };
+        assert!(check_features(new, true, "x").is_ok());
     }
 
     #[test]

@@ -40,9 +40,8 @@ pub struct GatewayOptions {
 pub struct Gateway {
     fleet: Fleet,
     options: GatewayOptions,
-    /// The edge model, to check the norm state a session opens with (never run).
+    /// The edge model, to check the norm states and statistics edges send (never run).
     edge: Model,
-    image: (usize, usize, usize),
     metrics: Metrics,
     history: History,
     started: Instant,
@@ -101,9 +100,7 @@ impl Gateway {
         let edge = Model::load(&options.edge_model, &cema_model::cpu())
             .with_context(|| format!("edge model {}", options.edge_model.display()))?;
         let fleet = Fleet::connect(&options.nats, &edge.card.name, options.fleet.clone()).await?;
-        let i = &edge.card.input;
         let gateway = Arc::new(Gateway {
-            image: (i.height, i.width, i.channels),
             fleet,
             options,
             edge,
@@ -274,16 +271,12 @@ impl Frontend for Gateway {
             version,
             next_seq,
             created,
+            features: cema_cloud::service::features(),
         })
     }
 
     async fn upload(self: Arc<Self>, device: String, body: Bytes) -> Result<UploadAck, Refusal> {
-        let up = check_upload(
-            &body,
-            self.options.max_body,
-            &self.fleet.model_id,
-            self.image,
-        )?;
+        let up = check_upload(&body, self.options.max_body, &self.edge)?.upload;
         let seq = up.header.seq;
         let progress = self.progress(&device).await?;
         let last = last_upload(&self.fleet, &device).await?;
@@ -298,7 +291,13 @@ impl Frontend for Gateway {
         }
         let appended = self
             .fleet
-            .append_upload(&device, seq, last, Bytes::from(up.pixels))
+            .append_upload(
+                &device,
+                seq,
+                last,
+                Bytes::from(up.pixels),
+                up.stats.as_deref(),
+            )
             .await
             .map_err(|e| unavailable("publishing the upload", e))?;
         if !appended {

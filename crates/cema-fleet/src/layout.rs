@@ -18,6 +18,47 @@ pub const SLOTS: u32 = 64;
 /// The upload header carrying the device's sequence number.
 pub const SEQ_HEADER: &str = "Cema-Seq";
 
+/// Bytes of edge statistics heading an upload message's payload (issue #25's extension); a
+/// message without it holds pixels only, as every message written before it did.
+pub const STATS_HEADER: &str = "Cema-Stats-Len";
+
+/// One upload as the stream holds it.
+#[derive(Debug, Clone)]
+pub struct LoggedUpload {
+    pub seq: u64,
+    /// u8 pixels, NHWC (possibly none).
+    pub pixels: bytes::Bytes,
+    /// The edge's statistics (`cema_wire::Upload::stats`), if it sent them.
+    pub stats: Option<bytes::Bytes>,
+}
+
+impl LoggedUpload {
+    /// From a stream message's headers and payload; `at` (its stream sequence) names it in
+    /// errors.
+    pub fn parse(
+        headers: Option<&async_nats::HeaderMap>,
+        payload: bytes::Bytes,
+        at: u64,
+    ) -> anyhow::Result<LoggedUpload> {
+        let get = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+        let seq = get(SEQ_HEADER)
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("upload {at} has no {SEQ_HEADER}"))?;
+        let (stats, pixels) = match get(STATS_HEADER) {
+            None => (None, payload),
+            Some(v) => {
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n <= payload.len())
+                    .with_context(|| format!("upload {at}: {STATS_HEADER} {v:?}"))?;
+                (Some(payload.slice(..n)), payload.slice(n..))
+            }
+        };
+        Ok(LoggedUpload { seq, pixels, stats })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
     /// A slot lease lapses this long after its holder's last renewal; a dead worker's slots move
@@ -189,12 +230,8 @@ impl Fleet {
             .await
         {
             Ok(m) => {
-                let seq = m
-                    .headers
-                    .get(SEQ_HEADER)
-                    .and_then(|v| v.as_str().parse::<u64>().ok())
-                    .with_context(|| format!("upload {} has no {SEQ_HEADER}", m.sequence))?;
-                Ok(Some((m.sequence, seq)))
+                let up = LoggedUpload::parse(Some(&m.headers), m.payload, m.sequence)?;
+                Ok(Some((m.sequence, up.seq)))
             }
             Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
             Err(e) => Err(e.into()),
@@ -223,7 +260,7 @@ impl Fleet {
     }
 
     /// Every stored upload of a device, in order.
-    pub async fn read_log(&self, device: &str) -> anyhow::Result<Vec<(u64, bytes::Bytes)>> {
+    pub async fn read_log(&self, device: &str) -> anyhow::Result<Vec<LoggedUpload>> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = self.upload_subject(device);
         let mut out = Vec::new();
@@ -236,12 +273,11 @@ impl Fleet {
             {
                 Ok(m) => {
                     from = m.sequence + 1;
-                    let seq = m
-                        .headers
-                        .get(SEQ_HEADER)
-                        .and_then(|v| v.as_str().parse::<u64>().ok())
-                        .with_context(|| format!("upload {} has no {SEQ_HEADER}", m.sequence))?;
-                    out.push((seq, m.payload));
+                    out.push(LoggedUpload::parse(
+                        Some(&m.headers),
+                        m.payload,
+                        m.sequence,
+                    )?);
                 }
                 Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => {
                     return Ok(out)
@@ -253,13 +289,15 @@ impl Fleet {
 
     /// Appends upload `seq` of a device whose last stored upload is `last` (stream sequence,
     /// seq), so that a racing append of the same seq fails. `Ok(false)`: it lost the race (or
-    /// was a duplicate), nothing was appended.
+    /// was a duplicate), nothing was appended. With `stats`, they head the payload
+    /// ([`STATS_HEADER`]).
     pub async fn append_upload(
         &self,
         device: &str,
         seq: u64,
         last: Option<(u64, u64)>,
         pixels: bytes::Bytes,
+        stats: Option<&[u8]>,
     ) -> anyhow::Result<bool> {
         use async_nats::jetstream::context::PublishErrorKind;
         let mut headers = async_nats::HeaderMap::new();
@@ -269,9 +307,16 @@ impl Fleet {
             "Nats-Expected-Last-Subject-Sequence",
             last.map_or(0, |(s, _)| s).to_string().as_str(),
         );
+        let payload = match stats {
+            None => pixels,
+            Some(stats) => {
+                headers.insert(STATS_HEADER, stats.len().to_string().as_str());
+                [stats, &pixels[..]].concat().into()
+            }
+        };
         let ack = self
             .js
-            .publish_with_headers(self.upload_subject(device), headers, pixels)
+            .publish_with_headers(self.upload_subject(device), headers, payload)
             .await?
             .await;
         match ack {
@@ -327,15 +372,11 @@ impl Progress {
 
 /// The newest `max_samples` samples of `uploads` (in order), oldest first: the replay buffer a
 /// session had, as `RedbStore::replay_tail` reads it.
-pub fn replay_tail<B: AsRef<[u8]>>(
-    uploads: &[&(u64, B)],
-    image_size: usize,
-    max_samples: usize,
-) -> Vec<u8> {
+pub fn replay_tail(uploads: &[&LoggedUpload], image_size: usize, max_samples: usize) -> Vec<u8> {
     let mut chunks: Vec<&[u8]> = Vec::new();
     let mut held = 0usize;
-    for (_, px) in uploads.iter().rev() {
-        let px = px.as_ref();
+    for up in uploads.iter().rev() {
+        let px = &up.pixels[..];
         let n = px.len() / image_size.max(1);
         let take = n.min(max_samples - held);
         chunks.push(&px[(n - take) * image_size..]);

@@ -7,11 +7,11 @@ use std::future::Future;
 
 use bytes::Bytes;
 use cema_adapt::CloudSnapshot;
-use cema_cloud::store::Result;
+use cema_cloud::store::{PendingUpload, Result};
 use cema_cloud::{SessionRecord, SessionStore, StoreError};
 
 use crate::entry::{Head, Kind, SessionEntry};
-use crate::layout::{replay_tail, token, Fleet, FleetConfig, Progress};
+use crate::layout::{replay_tail, token, Fleet, FleetConfig, LoggedUpload, Progress};
 
 pub struct JetStreamStore {
     fleet: Fleet,
@@ -66,7 +66,7 @@ impl JetStreamStore {
             .transpose()
     }
 
-    fn log(&self, device: &str) -> Result<Vec<(u64, Bytes)>> {
+    fn log(&self, device: &str) -> Result<Vec<LoggedUpload>> {
         let device = device.to_string();
         let f = self.fleet.clone();
         self.run(async move { f.read_log(&device).await })
@@ -158,12 +158,20 @@ impl SessionStore for JetStreamStore {
         self.write(device, entry, true)
     }
 
-    fn append_upload(&self, device: &str, seq: u64, pixels: &[u8]) -> Result<()> {
+    fn append_upload(
+        &self,
+        device: &str,
+        seq: u64,
+        pixels: &[u8],
+        stats: Option<&[u8]>,
+    ) -> Result<()> {
         let (dev, pixels) = (device.to_string(), Bytes::copy_from_slice(pixels));
+        let stats = stats.map(<[u8]>::to_vec);
         let f = self.fleet.clone();
         let appended = self.run(async move {
             let last = f.last_upload(&dev).await?;
-            f.append_upload(&dev, seq, last, pixels).await
+            f.append_upload(&dev, seq, last, pixels, stats.as_deref())
+                .await
         })?;
         if appended {
             Ok(())
@@ -202,13 +210,17 @@ impl SessionStore for JetStreamStore {
         Ok(self.record(device)?.map(|r| r.blob))
     }
 
-    fn uploads_after(&self, device: &str, after: Option<u64>) -> Result<Vec<(u64, Vec<u8>)>> {
+    fn uploads_after(&self, device: &str, after: Option<u64>) -> Result<Vec<PendingUpload>> {
         let from = after.map_or(0, |a| a + 1);
         Ok(self
             .log(device)?
             .into_iter()
-            .filter(|(s, _)| *s >= from)
-            .map(|(s, p)| (s, p.to_vec()))
+            .filter(|u| u.seq >= from)
+            .map(|u| PendingUpload {
+                seq: u.seq,
+                pixels: u.pixels.to_vec(),
+                stats: u.stats.map(|s| s.to_vec()),
+            })
             .collect())
     }
 
@@ -223,7 +235,7 @@ impl SessionStore for JetStreamStore {
             return Ok(Vec::new());
         };
         let log = self.log(device)?;
-        let done: Vec<&(u64, Bytes)> = log.iter().filter(|(s, _)| *s <= upto).collect();
+        let done: Vec<&LoggedUpload> = log.iter().filter(|u| u.seq <= upto).collect();
         Ok(replay_tail(&done, image_size, max_samples))
     }
 

@@ -29,7 +29,9 @@ use tokio::sync::mpsc;
 use cema_cloud::metrics::{Metrics, RoundOutcome};
 
 use crate::entry::{Head, Kind, SessionEntry};
-use crate::layout::{device_of, owner_of, token, Fleet, FleetConfig, Progress, SEQ_HEADER, SLOTS};
+use crate::layout::{
+    device_of, owner_of, token, Fleet, FleetConfig, LoggedUpload, Progress, SLOTS,
+};
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -58,8 +60,7 @@ enum Event {
     Upload {
         slot: u32,
         device: String,
-        seq: u64,
-        pixels: Bytes,
+        upload: LoggedUpload,
     },
     /// The slot's consumer failed; the slot is given up and taken again.
     FeedEnded(u32),
@@ -70,7 +71,7 @@ struct Sess {
     adapter: Option<CloudAdapter>,
     /// The record's revision after this worker's last claim or commit.
     revision: u64,
-    queue: VecDeque<(u64, Bytes)>,
+    queue: VecDeque<LoggedUpload>,
     /// The next upload seq to queue.
     next: u64,
 }
@@ -180,9 +181,8 @@ impl Worker {
             Event::Upload {
                 slot,
                 device,
-                seq,
-                pixels,
-            } => self.queue_upload(slot, device, seq, pixels).await,
+                upload,
+            } => self.queue_upload(slot, device, upload).await,
         }
     }
 
@@ -214,22 +214,22 @@ impl Worker {
         let feed = tokio::spawn(async move {
             while let Some(m) = messages.next().await {
                 let Ok(m) = m else { break };
-                let device = m.subject.rsplit('.').next().and_then(device_of);
-                let seq = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(SEQ_HEADER))
-                    .and_then(|v| v.as_str().parse::<u64>().ok());
-                let (Some(device), Some(seq)) = (device, seq) else {
+                let Some(device) = m.subject.rsplit('.').next().and_then(device_of) else {
                     continue;
                 };
-                let pixels = m.payload.clone();
+                let at = m.info().map_or(0, |i| i.stream_sequence);
+                let upload = match LoggedUpload::parse(m.headers.as_ref(), m.payload.clone(), at) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::warn!(device, "skipped a malformed upload message: {e:#}");
+                        continue;
+                    }
+                };
                 if tx
                     .send(Event::Upload {
                         slot,
                         device,
-                        seq,
-                        pixels,
+                        upload,
                     })
                     .is_err()
                 {
@@ -317,9 +317,9 @@ impl Worker {
                 let snap = CloudSnapshot::from_bytes(&record.blob)?;
                 let mut a = self.new_adapter(0)?;
                 let upto = applied.unwrap_or(0);
-                let done: Vec<&(u64, Bytes)> = log
+                let done: Vec<&LoggedUpload> = log
                     .iter()
-                    .filter(|(s, _)| applied.is_some() && *s <= upto)
+                    .filter(|u| applied.is_some() && u.seq <= upto)
                     .collect();
                 a.restore(
                     &snap,
@@ -341,8 +341,8 @@ impl Worker {
             publish(&self.fleet, device, &state).await?;
         }
         let after = applied.map_or(0, |a| a + 1);
-        let queue: VecDeque<(u64, Bytes)> = log.into_iter().filter(|(s, _)| *s >= after).collect();
-        let next = queue.back().map_or(after, |(s, _)| s + 1);
+        let queue: VecDeque<LoggedUpload> = log.into_iter().filter(|u| u.seq >= after).collect();
+        let next = queue.back().map_or(after, |u| u.seq + 1);
         tracing::info!(
             device,
             version = adapter.version(),
@@ -375,7 +375,8 @@ impl Worker {
         )?)
     }
 
-    async fn queue_upload(&mut self, slot: u32, device: String, seq: u64, pixels: Bytes) {
+    async fn queue_upload(&mut self, slot: u32, device: String, upload: LoggedUpload) {
+        let seq = upload.seq;
         if !self.slots.contains_key(&slot) {
             return;
         }
@@ -408,7 +409,7 @@ impl Worker {
             return;
         }
         s.next = seq + 1;
-        s.queue.push_back((seq, pixels));
+        s.queue.push_back(upload);
         if s.queue.len() == 1 {
             self.turn.push_back((slot, device));
         }
@@ -457,14 +458,21 @@ impl Worker {
             .get_mut(&slot)
             .and_then(|s| s.sessions.get_mut(device))
             .expect("ready");
-        let (seq, pixels) = s.queue.front().cloned().expect("ready");
+        let LoggedUpload { seq, pixels, stats } = s.queue.front().cloned().expect("ready");
         let mut adapter = s.adapter.take().expect("one round at a time");
         let (adapter, result) = tokio::task::spawn_blocking(move || {
             if !delay.is_zero() {
                 std::thread::sleep(delay);
             }
-            let r: Result<Option<NormState>, AdaptError> = adapter
-                .receive(&pixels, pixels.len() / image_size)
+            // Validated by the gateway before it was published.
+            let synced = match stats {
+                Some(b) => NormState::from_bytes(&b, "edge statistics")
+                    .map_err(AdaptError::from)
+                    .and_then(|s| adapter.sync_student_stats(&s)),
+                None => Ok(()),
+            };
+            let r: Result<Option<NormState>, AdaptError> = synced
+                .and_then(|()| adapter.receive(&pixels, pixels.len() / image_size))
                 .and_then(|()| adapter.step());
             adapter.release_caches();
             (adapter, r)

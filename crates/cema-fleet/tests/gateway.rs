@@ -10,7 +10,7 @@ use std::time::Duration;
 use cema_edge::{ClientError, CloudClient};
 use cema_fleet::{FleetConfig, Gateway, GatewayOptions, NatsServer};
 use cema_model::Model;
-use cema_wire::{encode_upload, Dtype, ErrorCode, UploadHeader};
+use cema_wire::{encode_upload, Dtype, ErrorCode, UploadHeader, FEATURE_EDGE_STATS};
 
 fn edge_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/edge.safetensors")
@@ -69,6 +69,11 @@ impl Device {
     }
 
     fn body(&self, seq: u64, n: usize) -> Vec<u8> {
+        self.body_with(seq, n, None)
+    }
+
+    /// With the edge's statistics (issue #25's extension).
+    fn body_with(&self, seq: u64, n: usize, stats: Option<&[u8]>) -> Vec<u8> {
         let i = &self.model.card.input;
         let header = UploadHeader {
             seq,
@@ -80,7 +85,11 @@ impl Device {
             channels: i.channels as u8,
             dtype: Dtype::U8,
         };
-        encode_upload(&header, &vec![7u8; n * i.height * i.width * i.channels])
+        encode_upload(
+            &header,
+            stats,
+            &vec![7u8; n * i.height * i.width * i.channels],
+        )
     }
 }
 
@@ -123,6 +132,16 @@ fn the_gateway_keeps_sequence_numbers_exact_and_refuses_bad_input() {
         (d.model.card.name.as_str(), 0)
     );
 
+    // Statistics that are not the edge model's are refused before anything is published.
+    assert!(info.features.iter().any(|f| f == FEATURE_EDGE_STATS));
+    let mut stats = d.model.norm_stats(&d.model.card.name, 0);
+    stats.tensors.values_mut().next().unwrap().data[0] = f32::NAN;
+    let bad = d.body_with(0, 2, Some(&stats.to_bytes()));
+    assert_eq!(
+        refused(d.client.upload(&bad, false)).1,
+        ErrorCode::BadRequest
+    );
+
     let ack = d.client.upload(&d.body(0, 2), false).unwrap();
     assert_eq!((ack.seq, ack.next_seq, ack.queued), (0, 1, 1));
     // Again, and ahead of time: 409 naming the next expected.
@@ -136,7 +155,10 @@ fn the_gateway_keeps_sequence_numbers_exact_and_refuses_bad_input() {
     );
     // Garbage is 400; the sequence is untouched.
     assert_eq!(refused(d.client.upload(b"garbage", false)).0, 400);
-    d.client.upload(&d.body(1, 0), false).unwrap();
+    let good = d.model.norm_stats(&d.model.card.name, 0).to_bytes();
+    d.client
+        .upload(&d.body_with(1, 0, Some(&good)), false)
+        .unwrap();
     d.client.upload(&d.body(2, 1), false).unwrap();
     // No worker learns: the fourth waiting upload is refused with a retry hint.
     let (status, code, _) = refused(d.client.upload(&d.body(3, 1), false));

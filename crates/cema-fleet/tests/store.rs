@@ -24,26 +24,38 @@ fn script(store: &dyn SessionStore, snapshot: &[u8], image: usize) -> Vec<String
     let mut out = Vec::new();
     store.create("cam.1", &record, snapshot).unwrap();
     for seq in 0..4u64 {
+        // Odd uploads carry edge statistics (issue #25's extension), even ones do not.
+        let stats = format!("statistics of {seq}");
+        let stats = (seq % 2 == 1).then_some(stats.as_bytes());
         store
-            .append_upload("cam.1", seq, &vec![seq as u8; image * (seq as usize + 1)])
+            .append_upload(
+                "cam.1",
+                seq,
+                &vec![seq as u8; image * (seq as usize + 1)],
+                stats,
+            )
             .unwrap();
     }
     // The same seq again is refused and changes nothing.
     out.push(format!(
         "again: {}",
-        store.append_upload("cam.1", 3, &[0; 4]).is_err()
+        store.append_upload("cam.1", 3, &[0; 4], None).is_err()
     ));
     store
         .commit_round("cam.1", 1, snapshot, image, 10_000)
         .unwrap();
     let sessions = store.sessions().unwrap();
     out.push(format!("sessions: {sessions:?}"));
-    let after: Vec<(u64, usize)> = store
+    let after: Vec<(u64, usize, Option<String>)> = store
         .uploads_after("cam.1", Some(1))
         .unwrap()
         .into_iter()
-        .map(|(s, p)| (s, p.len()))
+        .map(|u| {
+            let stats = u.stats.map(|s| String::from_utf8(s).unwrap());
+            (u.seq, u.pixels.len(), stats)
+        })
         .collect();
+    assert_eq!(after[1].2.as_deref(), Some("statistics of 3"), "{after:?}");
     out.push(format!("after 1: {after:?}"));
     // The newest 2 samples up to seq 1: the last of seq 0's one... and seq 1's two.
     out.push(format!(

@@ -73,9 +73,20 @@ impl NormState {
 impl Model {
     /// Extracts the current norm state.
     pub fn norm_state(&self, model_id: &str, version: u64) -> NormState {
+        self.norm_part(model_id, version, Kind::is_norm_state)
+    }
+
+    /// Extracts the running statistics alone (what an edge that tracks its own statistics sends
+    /// with its uploads, issue #25): a [`NormState`] holding only `*.running_mean` and
+    /// `*.running_var`. Empty for a model without running statistics (LayerNorm).
+    pub fn norm_stats(&self, model_id: &str, version: u64) -> NormState {
+        self.norm_part(model_id, version, Kind::is_buffer)
+    }
+
+    fn norm_part(&self, model_id: &str, version: u64, part: fn(Kind) -> bool) -> NormState {
         let s = self.net.store();
         let tensors = (0..s.len())
-            .filter(|&i| s.kind(i).is_norm_state())
+            .filter(|&i| part(s.kind(i)))
             .map(|i| {
                 (
                     s.name(i).to_string(),
@@ -114,21 +125,26 @@ impl Model {
     /// Exactly this model's norm tensors, no more, no fewer.
     fn check_norm_names(&self, state: &NormState) -> Result<()> {
         let source = format!("norm state {}@v{}", state.model_id, state.version);
+        self.check_names(state, &source, Kind::is_norm_state)
+    }
+
+    /// Exactly this model's tensors of the kinds `part` selects, no more, no fewer.
+    fn check_names(&self, state: &NormState, source: &str, part: fn(Kind) -> bool) -> Result<()> {
         let s = self.net.store();
         for i in 0..s.len() {
-            if s.kind(i).is_norm_state() && !state.tensors.contains_key(s.name(i)) {
+            if part(s.kind(i)) && !state.tensors.contains_key(s.name(i)) {
                 return Err(ModelError::MissingTensor {
-                    source_name: source,
+                    source_name: source.into(),
                     name: s.name(i).into(),
                     expected: s.shape(i).to_vec(),
                 });
             }
         }
         for name in state.tensors.keys() {
-            let ok = s.index_of(name).is_some_and(|i| s.kind(i).is_norm_state());
+            let ok = s.index_of(name).is_some_and(|i| part(s.kind(i)));
             if !ok {
                 return Err(ModelError::UnexpectedTensor {
-                    source_name: source,
+                    source_name: source.into(),
                     name: name.clone(),
                 });
             }
@@ -143,9 +159,34 @@ impl Model {
         self.apply_norm_part(state, Kind::is_norm_affine)
     }
 
-    /// Installs only the running statistics of `state` (γ and β stay), validated in full.
+    /// Installs running statistics from [`norm_stats`](Self::norm_stats)'s form: exactly this
+    /// model's running means and variances, with their shapes, finite, variances ≥ 0 (γ and β
+    /// stay). On error the model is unchanged.
     pub fn apply_norm_stats(&mut self, state: &NormState) -> Result<()> {
-        self.apply_norm_part(state, Kind::is_buffer)
+        self.check_norm_stats(state)?;
+        let source = format!("norm statistics {}@v{}", state.model_id, state.version);
+        load_into(&mut self.net, &state.tensors, &source, true)
+    }
+
+    /// The checks of [`apply_norm_stats`](Self::apply_norm_stats), changing nothing: what a
+    /// cloud runs on an upload's statistics before it stores the upload.
+    pub fn check_norm_stats(&self, state: &NormState) -> Result<()> {
+        let source = format!("norm statistics {}@v{}", state.model_id, state.version);
+        self.check_names(state, &source, Kind::is_buffer)?;
+        self.check_norm_values(state, &source)?;
+        let s = self.net.store();
+        for (name, t) in &state.tensors {
+            let i = s.index_of(name).expect("names checked");
+            if s.kind(i) == Kind::RunningVar {
+                if let Some(index) = t.data.iter().position(|&v| v < 0.0) {
+                    return Err(ModelError::Input(format!(
+                        "{source}: `{name}`[{index}] is a negative variance ({})",
+                        t.data[index]
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn apply_norm_part(&mut self, state: &NormState, part: fn(Kind) -> bool) -> Result<()> {

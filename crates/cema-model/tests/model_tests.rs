@@ -246,11 +246,35 @@ fn partial_norm_updates_install_only_their_half_and_validate_the_whole_state() {
         m.apply_norm_affine(&nan),
         Err(ModelError::NonFinite { .. })
     ));
-    let mut nan = moved.clone();
-    nan.tensors.get_mut("bn1.weight").unwrap().data[0] = f32::INFINITY;
+    // Statistics alone travel in their own form: exactly the running means and variances.
+    let mut stats = m.norm_stats("edge", 1);
+    stats.tensors.get_mut("bn1.running_mean").unwrap().data[0] = 7.0;
+    assert!(stats.tensors.keys().all(|k| k.contains(".running_")));
+    assert!(
+        matches!(
+            m.apply_norm_stats(&moved),
+            Err(ModelError::UnexpectedTensor { .. })
+        ),
+        "a whole norm state is not a statistics update"
+    );
+    let mut nan = stats.clone();
+    nan.tensors.get_mut("bn1.running_var").unwrap().data[1] = f32::INFINITY;
     assert!(matches!(
         m.apply_norm_stats(&nan),
         Err(ModelError::NonFinite { .. })
+    ));
+    let mut negative = stats.clone();
+    negative.tensors.get_mut("bn1.running_var").unwrap().data[2] = -1.0;
+    let e = m.check_norm_stats(&negative).unwrap_err().to_string();
+    assert!(
+        e.contains("bn1.running_var") && e.contains("negative"),
+        "{e}"
+    );
+    let mut missing = stats.clone();
+    missing.tensors.remove("bn1.running_mean");
+    assert!(matches!(
+        m.apply_norm_stats(&missing),
+        Err(ModelError::MissingTensor { .. })
     ));
     let mut shape = moved.clone();
     shape.tensors.get_mut("bn1.running_mean").unwrap().shape = vec![1, 4];
@@ -269,7 +293,8 @@ fn partial_norm_updates_install_only_their_half_and_validate_the_whole_state() {
     assert_eq!(after["bn1.running_mean"], original["bn1.running_mean"]);
 
     let mut m = small_from_pth();
-    m.apply_norm_stats(&moved).unwrap();
+    m.check_norm_stats(&stats).unwrap();
+    m.apply_norm_stats(&stats).unwrap();
     let after = m.state_dict();
     assert_eq!(after["bn1.running_mean"].data[0], 7.0);
     assert_eq!(after["bn1.bias"], original["bn1.bias"]);

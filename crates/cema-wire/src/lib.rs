@@ -26,8 +26,22 @@ pub use norm_state::{
 /// Protocol version; the upload magic carries it, `/health` and session bodies report it.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// First 8 bytes of every upload body.
+/// First 8 bytes of an upload body without a statistics section.
 pub const UPLOAD_MAGIC: &[u8; 8] = b"CEMAUP01";
+
+/// First 8 bytes of an upload body that carries the edge's running statistics (the
+/// [`FEATURE_EDGE_STATS`] extension of v1): the same fields, then the statistics section, then
+/// the pixels. A cloud without the extension answers it as any unknown magic: 400.
+pub const UPLOAD_MAGIC_STATS: &[u8; 8] = b"CEMAUS01";
+
+/// Longest statistics section accepted, in bytes (a ResNet-50's running statistics are about
+/// 0.2 MB; the body limit applies as well).
+pub const MAX_EDGE_STATS: usize = 4 << 20;
+
+/// What a cloud lists in [`SessionInfo::features`] (and `/health`) when it takes uploads with
+/// the edge's statistics ([`UPLOAD_MAGIC_STATS`]); an edge that shares its statistics checks
+/// for it before sending any.
+pub const FEATURE_EDGE_STATS: &str = "edge-stats";
 
 /// Content type of upload bodies.
 pub const UPLOAD_CONTENT_TYPE: &str = "application/x-cema-upload";
@@ -95,11 +109,14 @@ impl UploadHeader {
     }
 }
 
-/// A decoded upload: header and pixels (u8, NHWC).
+/// A decoded upload: header, pixels (u8, NHWC) and, from an edge that shares them, its running
+/// statistics (a norm-state encoding holding only `*.running_mean` / `*.running_var`; the cloud
+/// validates them against its model).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upload {
     pub header: UploadHeader,
     pub pixels: Vec<u8>,
+    pub stats: Option<Vec<u8>>,
 }
 
 /// Why bytes were not a valid message. Each names the field at fault.
@@ -107,8 +124,10 @@ pub struct Upload {
 pub enum WireError {
     #[error("body is {0} bytes, shorter than the upload header")]
     Truncated(usize),
-    #[error("bad magic {0:?}: not a cema v1 upload (expected \"CEMAUP01\")")]
+    #[error("bad magic {0:?}: not a cema v1 upload (expected \"CEMAUP01\" or \"CEMAUS01\")")]
     BadMagic(Vec<u8>),
+    #[error("statistics section of {0} bytes: expected 1 to {MAX_EDGE_STATS}")]
+    BadStatsLength(u64),
     #[error("model id is {0} bytes (at most {MAX_MODEL_ID}) or not UTF-8")]
     BadModelId(usize),
     #[error("unknown dtype code {0}")]
@@ -121,11 +140,17 @@ pub enum WireError {
     EmptyGeometry(u16, u16, u8),
 }
 
-/// Serialises an upload (the edge side).
-pub fn encode_upload(header: &UploadHeader, pixels: &[u8]) -> Vec<u8> {
+/// Serialises an upload (the edge side); with `stats`, in the statistics layout
+/// ([`UPLOAD_MAGIC_STATS`]).
+pub fn encode_upload(header: &UploadHeader, stats: Option<&[u8]>, pixels: &[u8]) -> Vec<u8> {
     let id = header.model_id.as_bytes();
-    let mut out = Vec::with_capacity(8 + 8 + 8 + 2 + id.len() + 10 + pixels.len());
-    out.extend_from_slice(UPLOAD_MAGIC);
+    let extra = stats.map_or(0, |s| 4 + s.len());
+    let mut out = Vec::with_capacity(8 + 8 + 8 + 2 + id.len() + 10 + extra + pixels.len());
+    out.extend_from_slice(if stats.is_some() {
+        UPLOAD_MAGIC_STATS
+    } else {
+        UPLOAD_MAGIC
+    });
     out.extend_from_slice(&header.seq.to_le_bytes());
     out.extend_from_slice(&header.norm_version.to_le_bytes());
     out.extend_from_slice(&(id.len() as u16).to_le_bytes());
@@ -135,6 +160,11 @@ pub fn encode_upload(header: &UploadHeader, pixels: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&header.width.to_le_bytes());
     out.push(header.channels);
     out.push(header.dtype as u8);
+    if let Some(stats) = stats {
+        let len = u32::try_from(stats.len()).expect("statistics under 4 GiB");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(stats);
+    }
     out.extend_from_slice(pixels);
     out
 }
@@ -169,8 +199,15 @@ impl UploadStamp {
         }
     }
 
-    /// The body of upload `seq`: `pixels` holds whole u8 images (NHWC) of this geometry.
-    pub fn encode(&self, seq: u64, norm_version: u64, pixels: &[u8]) -> Vec<u8> {
+    /// The body of upload `seq`: `pixels` holds whole u8 images (NHWC) of this geometry;
+    /// `stats`, the edge's running statistics when it shares them.
+    pub fn encode(
+        &self,
+        seq: u64,
+        norm_version: u64,
+        pixels: &[u8],
+        stats: Option<&[u8]>,
+    ) -> Vec<u8> {
         let size = self.image_size().max(1);
         assert_eq!(
             pixels.len() % size,
@@ -180,7 +217,8 @@ impl UploadStamp {
             self.width,
             self.channels
         );
-        encode_upload(&self.header(seq, norm_version, pixels.len() / size), pixels)
+        let header = self.header(seq, norm_version, pixels.len() / size);
+        encode_upload(&header, stats, pixels)
     }
 }
 
@@ -222,7 +260,8 @@ pub fn decode_upload(body: &[u8], limit: usize) -> Result<Upload, WireError> {
     }
     let mut r = Reader { buf: body, pos: 0 };
     let magic = r.take(8)?;
-    if magic != UPLOAD_MAGIC {
+    let with_stats = magic == UPLOAD_MAGIC_STATS;
+    if magic != UPLOAD_MAGIC && !with_stats {
         return Err(WireError::BadMagic(magic.to_vec()));
     }
     let seq = r.u64()?;
@@ -253,6 +292,15 @@ pub fn decode_upload(body: &[u8], limit: usize) -> Result<Upload, WireError> {
         channels,
         dtype,
     };
+    let stats = if with_stats {
+        let len = r.u32()? as usize;
+        if len == 0 || len > MAX_EDGE_STATS {
+            return Err(WireError::BadStatsLength(len as u64));
+        }
+        Some(r.take(len)?.to_vec())
+    } else {
+        None
+    };
     let actual = (body.len() - r.pos) as u64;
     if header.payload_len() != actual {
         return Err(WireError::LengthMismatch {
@@ -263,6 +311,7 @@ pub fn decode_upload(body: &[u8], limit: usize) -> Result<Upload, WireError> {
     Ok(Upload {
         header,
         pixels: body[r.pos..].to_vec(),
+        stats,
     })
 }
 
@@ -333,6 +382,10 @@ pub struct SessionInfo {
     pub next_seq: u64,
     /// Whether this call created the session (false: an existing one was resumed).
     pub created: bool,
+    /// Optional extensions of v1 this cloud takes (e.g. [`FEATURE_EDGE_STATS`]); absent from
+    /// clouds that take none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// `POST /v1/devices/{device}/uploads` answer (202: durably queued).
@@ -512,18 +565,54 @@ mod tests {
     #[test]
     fn upload_round_trips() {
         let pixels: Vec<u8> = (0..2 * 784).map(|i| i as u8).collect();
-        let bytes = encode_upload(&header(2), &pixels);
+        let bytes = encode_upload(&header(2), None, &pixels);
         let up = decode_upload(&bytes, 1 << 20).unwrap();
         assert_eq!(up.header, header(2));
         assert_eq!(up.pixels, pixels);
-        let empty = decode_upload(&encode_upload(&header(0), &[]), 1 << 20).unwrap();
+        let empty = decode_upload(&encode_upload(&header(0), None, &[]), 1 << 20).unwrap();
         assert_eq!(empty.header.n, 0);
+        assert_eq!((up.stats, empty.stats), (None, None));
+    }
+
+    #[test]
+    fn an_upload_with_statistics_round_trips_and_a_bad_section_names_itself() {
+        let pixels: Vec<u8> = (0..784).map(|i| i as u8).collect();
+        let stats = b"statistics".to_vec();
+        let bytes = encode_upload(&header(1), Some(&stats), &pixels);
+        assert_eq!(&bytes[..8], UPLOAD_MAGIC_STATS);
+        let up = decode_upload(&bytes, 1 << 20).unwrap();
+        assert_eq!(
+            (up.header, up.pixels, up.stats),
+            (header(1), pixels.clone(), Some(stats))
+        );
+        // Statistics with nothing selected are well-formed too (the cloud decides).
+        let none = decode_upload(&encode_upload(&header(0), Some(b"s"), &[]), 1 << 20).unwrap();
+        assert_eq!(none.stats.as_deref(), Some(&b"s"[..]));
+        let at = 8 + 8 + 8 + 2 + 7 + 4 + 2 + 2 + 1 + 1;
+        for (len, want) in [
+            (0u32, Some(0)),
+            (u32::MAX, Some(u32::MAX as u64)),
+            (11, None),
+        ] {
+            let mut bad = bytes.clone();
+            bad[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            match (decode_upload(&bad, 1 << 20), want) {
+                (Err(WireError::BadStatsLength(got)), Some(want)) => assert_eq!(got, want),
+                // One byte more of statistics leaves one byte short of the pixels.
+                (Err(WireError::LengthMismatch { .. }), None) => {}
+                (other, _) => panic!("length {len}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            decode_upload(&bytes[..at + 6], 1 << 20),
+            Err(WireError::Truncated(_))
+        ));
     }
 
     #[test]
     fn bad_uploads_name_the_fault() {
         let pixels = vec![0u8; 784];
-        let good = encode_upload(&header(1), &pixels);
+        let good = encode_upload(&header(1), None, &pixels);
         assert!(matches!(
             decode_upload(&good, 100),
             Err(WireError::TooLarge { .. })
@@ -547,6 +636,7 @@ mod tests {
                 dtype: Dtype::F32,
                 ..header(1)
             },
+            None,
             &pixels,
         );
         // A float upload with u8-sized payload: the announced size (4×) does not match.

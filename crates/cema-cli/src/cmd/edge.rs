@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cema_adapt::EdgeConfig;
+use cema_adapt::{EdgeConfig, Pick, RandomSelector, RandomUpload};
 use cema_corrupt::Corruption;
 use cema_data::Split;
 use cema_edge::{run_stream, EdgeOptions, EdgeReport};
@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::exit::{CliError, ResultExt};
 
 use super::{write_json, Context, DataArgs};
-use cema_bench::{stream, stream_order};
+use cema_bench::{stream, stream_order, Settings};
 
 /// Runs an edge device: forward-only inference over a corrupted stream, uploads to and updates
 /// from a cloud.
@@ -102,9 +102,86 @@ pub struct Args {
     /// cloud updates then set only γ and β (as `cema bench --cema-track-stats`).
     #[arg(long, alias = "track-stats")]
     pub cema_track_stats: Option<f32>,
+    /// How the edge picks its uploads: cema (the paper's entropy filters); random (a uniformly
+    /// random --rate of every batch, the random-upload baseline); uncertain (issue #25's rule:
+    /// the --rate most uncertain samples of every batch, statistics tracked and shared, as
+    /// `cema bench --methods uncertain_upload`). The draws are seeded from --seed as in
+    /// `cema bench`.
+    #[arg(long, value_enum, default_value = "cema")]
+    pub select: Select,
+    /// With --select random or uncertain: the fraction of every batch to upload, in (0, 1].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Send the edge's running statistics with every upload that carries samples, so the
+    /// cloud's student normalises as the edge does (needs --cema-track-stats; implied by
+    /// --select uncertain; the cloud must list the `edge-stats` extension).
+    #[arg(long)]
+    pub share_stats: bool,
     /// Write the final report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// `cema edge --select`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Select {
+    Cema,
+    Random,
+    Uncertain,
+}
+
+/// The edge's selection switches and, for --select random/uncertain, its rate-matched selector.
+pub(crate) fn selection(args: &Args) -> Result<(EdgeConfig, Option<RandomSelector>), CliError> {
+    let usage = |m: String| CliError::usage(anyhow::anyhow!(m));
+    let preset = match args.cema_preset.as_str() {
+        "paper" => EdgeConfig::default(),
+        "released" => EdgeConfig::released(),
+        p => {
+            return Err(usage(format!(
+                "--cema-preset {p}: expected paper or released"
+            )))
+        }
+    };
+    let config = EdgeConfig {
+        track_stats: super::check_momentum(args.cema_track_stats, "--cema-track-stats")?,
+        share_stats: args.share_stats,
+        ..preset
+    };
+    let seed = Settings::random_seed_for(args.seed);
+    let rate = || match args.rate {
+        Some(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        Some(r) => Err(usage(format!("--rate {r}: expected a fraction in (0, 1]"))),
+        None => Err(usage(format!(
+            "--select {}: needs --rate, the fraction of every batch to upload",
+            if args.select == Select::Random {
+                "random"
+            } else {
+                "uncertain"
+            }
+        ))),
+    };
+    let picked = match args.select {
+        Select::Cema => {
+            if let Some(r) = args.rate {
+                return Err(usage(format!(
+                    "--rate {r}: only with --select random or uncertain (cema's filters set \
+                     their own rate)"
+                )));
+            }
+            (config, None)
+        }
+        Select::Random => (config, Some(RandomSelector::new(rate()?, seed))),
+        Select::Uncertain => (
+            RandomUpload::uncertain_edge(config),
+            Some(RandomSelector::new(rate()?, seed).with_pick(Pick::HighestEntropy)),
+        ),
+    };
+    if picked.0.share_stats && picked.0.track_stats.is_none() {
+        return Err(usage(
+            "--share-stats: needs --cema-track-stats (the edge shares statistics it tracks)".into(),
+        ));
+    }
+    Ok(picked)
 }
 
 pub fn report_json(r: &EdgeReport, corruption: &str) -> serde_json::Value {
@@ -130,19 +207,7 @@ pub fn report_json(r: &EdgeReport, corruption: &str) -> serde_json::Value {
 }
 
 pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
-    let selection = match args.cema_preset.as_str() {
-        "paper" => EdgeConfig::default(),
-        "released" => EdgeConfig::released(),
-        p => {
-            return Err(CliError::usage(anyhow::anyhow!(
-                "--cema-preset {p}: expected paper or released"
-            )))
-        }
-    };
-    let selection = EdgeConfig {
-        track_stats: super::check_momentum(args.cema_track_stats, "--cema-track-stats")?,
-        ..selection
-    };
+    let (selection, selector) = selection(&args)?;
     if !(1..=5).contains(&args.severity) {
         return Err(CliError::usage(anyhow::anyhow!(
             "--severity {}: expected 1..5",
@@ -152,7 +217,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let model =
         Model::load(&args.edge, &cpu()).usage_err(format!("--edge {}", args.edge.display()))?;
     if let Some(dir) = &args.input {
-        return super::edge_input::run(&args, dir, model, selection, ctx);
+        return super::edge_input::run(&args, dir, model, selection, selector, ctx);
     }
     let (test, names) = args.data.load_named(Split::Test, &model)?;
     args.data.check_model(&model, &test, "--edge", &args.edge)?;
@@ -177,6 +242,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let options = EdgeOptions {
         batch: args.batch,
         selection,
+        selector,
         uplink_kbps: args.uplink_kbps,
         max_queued_samples: args.max_queued_samples,
         sync: args.sync,

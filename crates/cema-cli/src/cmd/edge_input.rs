@@ -114,6 +114,7 @@ pub fn run(
     dir: &Path,
     model: Model,
     selection: cema_adapt::EdgeConfig,
+    selector: Option<cema_adapt::RandomSelector>,
     ctx: &Context,
 ) -> Result<(), CliError> {
     if args.batch == 0 {
@@ -127,7 +128,8 @@ pub fn run(
             max_queued_samples: args.max_queued_samples,
             ..CloudLink::new(&args.cloud, &args.device, &args.token)
         };
-        let edge = Edge::new(model, selection, Some(&link)).map_err(refused)?;
+        let mut edge = Edge::new(model, selection, Some(&link)).map_err(refused)?;
+        edge.set_selector(selector);
         let c = run_stdin(args, edge, size)?;
         if !ctx.quiet {
             eprintln!(
@@ -178,6 +180,7 @@ pub fn run(
         ..CloudLink::new(&args.cloud, &args.device, &args.token)
     };
     let mut edge = Edge::new(model, selection, Some(&link)).map_err(refused)?;
+    edge.set_selector(selector);
     let t0 = Instant::now();
     let mut correct = 0u64;
     let mut out = std::io::stdout().lock();

@@ -318,7 +318,7 @@ impl Load<'_> {
                 std::thread::sleep(interval.mul_f64(k as f64 / 50.0).min(interval));
                 while t0.elapsed() < Duration::from_secs(secs) && !stop3.load(Ordering::Acquire) {
                     let start = ((seq as usize * batch + k * 977) % (10_000 - batch)) * per;
-                    let body = stamp.encode(seq, 0, &images[start..start + batch * per]);
+                    let body = stamp.encode(seq, 0, &images[start..start + batch * per], None);
                     let sent = Instant::now();
                     match client.upload(&body, false) {
                         Ok(_) => {

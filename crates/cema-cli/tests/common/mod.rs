@@ -54,24 +54,39 @@ pub fn edge_cmd(url: &str, device: &str, token: &str, corruption: &str, limit: u
 /// `cema bench --methods cema` on `corruptions` (comma-separated), `limit` images each, with the
 /// shipped models: its results.json.
 pub fn bench_cema(dir: &Path, corruptions: &str, limit: usize) -> serde_json::Value {
+    bench_methods(dir, "cema", corruptions, limit, &[])
+}
+
+/// `cema bench --methods METHODS` (comma-separated) on `corruptions`, `limit` images each, with
+/// the shipped models and `extra` flags, writing under `dir/bench-METHODS`: its results.json.
+pub fn bench_methods(
+    dir: &Path,
+    methods: &str,
+    corruptions: &str,
+    limit: usize,
+    extra: &[&str],
+) -> serde_json::Value {
     let (edge, foundation) = models();
-    let out = dir.join("bench");
-    let o = cema(&[
+    let out = dir.join(format!("bench-{}", methods.replace(',', "-")));
+    let limit = limit.to_string();
+    let mut args = vec![
         "-q",
         "bench",
         "--methods",
-        "cema",
+        methods,
         "--corruptions",
         corruptions,
         "--limit",
-        &limit.to_string(),
+        &limit,
         "--edge",
         &edge,
         "--foundation",
         &foundation,
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let o = cema(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
 }

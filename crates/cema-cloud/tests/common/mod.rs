@@ -209,7 +209,7 @@ pub fn upload(seq: u64, n: usize) -> Vec<u8> {
         width: 28,
         channels: 1,
     };
-    stamp.encode(seq, 0, &images(seq as usize, n))
+    stamp.encode(seq, 0, &images(seq as usize, n), None)
 }
 
 pub fn refused_code(r: Result<impl std::fmt::Debug, ClientError>) -> (u16, String, Option<u64>) {
