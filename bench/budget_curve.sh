@@ -9,7 +9,10 @@
 #
 # Usage: bench/budget_curve.sh --out DIR [--budgets 0.05,0.1,0.2,0.3] [--resume] [-- BENCH ARGS...]
 #   BENCH ARGS go to every `cema bench` (e.g. --severity 5 --corruptions held-out --limit 2000).
-#   A run whose results.json exists is kept with --resume, so an interrupted curve continues.
+#   With --resume, a budget whose results.json exists is kept and an interrupted one continues
+#   stream by stream (`cema bench --resume`), so a curve can span several sessions. `cema bench
+#   --resume` only reuses records of the same binary: CEMA_BIN=PATH runs a pinned copy (and skips
+#   the build), e.g. `cp target/release/cema runs/bin/cema-$(git rev-parse --short HEAD)`.
 # A byte budget per device is the same curve: b = bytes / (images × bytes per image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +24,7 @@ while [ $# -gt 0 ]; do
     --budgets) [ $# -ge 2 ] || die "--budgets needs a list"; budgets=$2; shift 2 ;;
     --resume) resume=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -30,13 +33,21 @@ IFS=, read -ra bs <<<"$budgets"
 for b in "${bs[@]}"; do
   awk "BEGIN{exit !($b > 0 && $b <= 1)}" 2>/dev/null || die "--budgets: '$b' is not in (0, 1]"
 done
-cargo build --release -q -p cema-cli || die "cargo build failed"
+cema=${CEMA_BIN:-target/release/cema}
+if [ -z "${CEMA_BIN:-}" ]; then
+  cargo build --release -q -p cema-cli || die "cargo build failed"
+fi
+[ -x "$cema" ] || die "CEMA_BIN: $cema is not an executable"
 mkdir -p "$out"
 run() { # NAME ARGS...
   local name=$1; shift
-  if [ $resume = 1 ] && [ -f "$out/$name/results.json" ]; then return; fi
+  local again=()
+  if [ $resume = 1 ]; then
+    if [ -f "$out/$name/results.json" ]; then return; fi
+    again=(--resume)
+  fi
   echo "== $name: cema bench $* $BENCH" >&2
-  target/release/cema -q bench "$@" "${bench_args[@]}" --out "$out/$name"
+  "$cema" -q bench "$@" "${bench_args[@]}" "${again[@]}" --out "$out/$name"
 }
 bench_args=("$@")
 BENCH="${bench_args[*]:-}"
