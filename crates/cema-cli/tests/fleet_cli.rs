@@ -539,6 +539,11 @@ fn the_demo_runs_over_a_fleet() {
         &edge,
         "--foundation",
         &foundation,
+        // Issue #25's rule, its statistics through the gateways and the upload log.
+        "--select",
+        "uncertain",
+        "--rate",
+        "0.25",
         "--json",
         json.to_str().unwrap(),
     ]);
@@ -548,6 +553,10 @@ fn the_demo_runs_over_a_fleet() {
     assert_eq!(edges.len(), 2);
     for e in edges {
         assert_eq!(e["images"], 128, "{e}");
+        assert_eq!(
+            e["upload_fraction"], 0.25,
+            "a quarter of every batch, all taken: {e}"
+        );
         assert!(e["bytes_up"].as_u64() > Some(0), "{e}");
     }
 }

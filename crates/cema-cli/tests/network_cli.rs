@@ -343,11 +343,26 @@ fn cloud_and_edge_usage_errors_exit_2_naming_the_flag() {
         (&["--rate", "0.3"][..], "--rate 0.3"),
         (&["--share-stats"][..], "--cema-track-stats"),
         (&["--select", "sometimes"][..], "--select"),
+        (&["--cema-budget", "0"][..], "--cema-budget 0"),
+        (
+            &[
+                "--select",
+                "random",
+                "--rate",
+                "0.2",
+                "--cema-budget",
+                "0.1",
+            ][..],
+            "--cema-budget",
+        ),
     ] {
         let o = edge_flags(extra);
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(names), "{extra:?}: {}", stderr(&o));
     }
+    let o = cema(&["demo", "--select", "random"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--rate"), "{}", stderr(&o));
 }
 
 #[test]

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use crate::exit::{CliError, ResultExt};
 
 use super::children::{spawn_cloud, spawn_fleet, Reaper};
+use super::edge::{check_rate, Select};
 use super::{write_json, Context, DataArgs};
 
 /// One cloud and N edges on loopback, each edge on its own corrupted stream (Fashion-MNIST-C by
@@ -47,6 +48,13 @@ pub struct Args {
     /// Each edge's uplink budget, kilobits per second (default: unlimited).
     #[arg(long)]
     pub uplink_kbps: Option<f64>,
+    /// How every edge picks its uploads (as `cema edge --select`): cema, random or uncertain
+    /// (issue #25's rule, its statistics sent along).
+    #[arg(long, value_enum, default_value = "cema")]
+    pub select: super::edge::Select,
+    /// With --select random or uncertain: the fraction of every batch each edge uploads.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Cloud worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -146,6 +154,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             "--edges and --corruptions must not be empty"
         )));
     }
+    let rate = check_rate(args.select, args.rate)?;
     for (p, flag) in [(&args.edge, "--edge"), (&args.foundation, "--foundation")] {
         if !p.is_file() {
             return Err(CliError::usage(anyhow::anyhow!(
@@ -255,6 +264,14 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             .args(["--compare-source", "--status-lines", "--report-accuracy"]);
         if let Some(k) = args.uplink_kbps {
             cmd.args(["--uplink-kbps", &k.to_string()]);
+        }
+        if let Some(r) = rate {
+            let select = if args.select == Select::Random {
+                "random"
+            } else {
+                "uncertain"
+            };
+            cmd.args(["--select", select, "--rate", &r.to_string()]);
         }
         cmd.args(["--dataset", args.data.name()]);
         if let Some(dir) = &args.data.data_dir {

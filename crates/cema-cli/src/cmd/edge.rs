@@ -112,6 +112,10 @@ pub struct Args {
     /// With --select random or uncertain: the fraction of every batch to upload, in (0, 1].
     #[arg(long)]
     pub rate: Option<f64>,
+    /// With --select cema: an upload budget, a fraction of the stream in (0, 1]; each batch's
+    /// E_max is chosen so that the budget is met (as `cema bench --cema-budget`).
+    #[arg(long)]
+    pub cema_budget: Option<f64>,
     /// Send the edge's running statistics with every upload that carries samples, so the
     /// cloud's student normalises as the edge does (needs --cema-track-stats; implied by
     /// --select uncertain; the cloud must list the `edge-stats` extension).
@@ -130,6 +134,28 @@ pub enum Select {
     Uncertain,
 }
 
+/// `--rate` for `--select`: required in (0, 1] by random and uncertain, refused with cema.
+pub(crate) fn check_rate(select: Select, rate: Option<f64>) -> Result<Option<f64>, CliError> {
+    let usage = |m: String| Err(CliError::usage(anyhow::anyhow!(m)));
+    match (select, rate) {
+        (Select::Cema, None) => Ok(None),
+        (Select::Cema, Some(r)) => usage(format!(
+            "--rate {r}: only with --select random or uncertain (cema's filters set their own \
+             rate; --cema-budget bounds it)"
+        )),
+        (_, Some(r)) if r > 0.0 && r <= 1.0 => Ok(Some(r)),
+        (_, Some(r)) => usage(format!("--rate {r}: expected a fraction in (0, 1]")),
+        (s, None) => usage(format!(
+            "--select {}: needs --rate, the fraction of every batch to upload",
+            if s == Select::Random {
+                "random"
+            } else {
+                "uncertain"
+            }
+        )),
+    }
+}
+
 /// The edge's selection switches and, for --select random/uncertain, its rate-matched selector.
 pub(crate) fn selection(args: &Args) -> Result<(EdgeConfig, Option<RandomSelector>), CliError> {
     let usage = |m: String| CliError::usage(anyhow::anyhow!(m));
@@ -142,39 +168,28 @@ pub(crate) fn selection(args: &Args) -> Result<(EdgeConfig, Option<RandomSelecto
             )))
         }
     };
+    if let Some(b) = args.cema_budget {
+        if !(b > 0.0 && b <= 1.0) || args.select != Select::Cema {
+            return Err(usage(format!(
+                "--cema-budget {b}: a fraction in (0, 1], with --select cema"
+            )));
+        }
+    }
     let config = EdgeConfig {
         track_stats: super::check_momentum(args.cema_track_stats, "--cema-track-stats")?,
         share_stats: args.share_stats,
+        budget: args.cema_budget,
         ..preset
     };
     let seed = Settings::random_seed_for(args.seed);
-    let rate = || match args.rate {
-        Some(r) if r > 0.0 && r <= 1.0 => Ok(r),
-        Some(r) => Err(usage(format!("--rate {r}: expected a fraction in (0, 1]"))),
-        None => Err(usage(format!(
-            "--select {}: needs --rate, the fraction of every batch to upload",
-            if args.select == Select::Random {
-                "random"
-            } else {
-                "uncertain"
-            }
-        ))),
-    };
-    let picked = match args.select {
-        Select::Cema => {
-            if let Some(r) = args.rate {
-                return Err(usage(format!(
-                    "--rate {r}: only with --select random or uncertain (cema's filters set \
-                     their own rate)"
-                )));
-            }
-            (config, None)
-        }
-        Select::Random => (config, Some(RandomSelector::new(rate()?, seed))),
-        Select::Uncertain => (
+    let rate = check_rate(args.select, args.rate)?;
+    let picked = match (args.select, rate) {
+        (Select::Random, Some(r)) => (config, Some(RandomSelector::new(r, seed))),
+        (Select::Uncertain, Some(r)) => (
             RandomUpload::uncertain_edge(config),
-            Some(RandomSelector::new(rate()?, seed).with_pick(Pick::HighestEntropy)),
+            Some(RandomSelector::new(r, seed).with_pick(Pick::HighestEntropy)),
         ),
+        _ => (config, None),
     };
     if picked.0.share_stats && picked.0.track_stats.is_none() {
         return Err(usage(
