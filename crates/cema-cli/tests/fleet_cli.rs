@@ -142,13 +142,8 @@ fn start_edges(url: &str, dir: &Path) -> Vec<(Proc, std::path::PathBuf, usize)> 
 fn check_against_bench(edges: Vec<(Proc, std::path::PathBuf, usize)>, b: &[Value; 2]) {
     for (mut child, json, i) in edges {
         let (_, _, c, method) = DEVICES[i];
-        assert!(child.0.wait().unwrap().success(), "edge {c}");
-        let e: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
         let m = &b[i]["methods"][method]["corruptions"][c];
-        assert_eq!(e["images"], LIMIT, "{c}");
-        assert_eq!(e["accuracy"], m["accuracy"], "{c}: fleet {e} vs bench {m}");
-        assert_eq!(e["uploaded"], m["uploaded"], "{c}");
-        assert_eq!(e["norm_version"], m["updates"], "{c}");
+        assert_reproduces(&mut child.0, &json, m, LIMIT, c);
     }
 }
 

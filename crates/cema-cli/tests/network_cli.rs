@@ -102,16 +102,8 @@ fn two_synchronous_edges_over_the_network_reproduce_the_in_process_benchmark() {
         .collect();
     let b = bench_cema(dir.path(), "fog,contrast", limit);
     for (mut child, json, c) in edges {
-        assert!(child.wait().unwrap().success());
-        let e: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
         let m = &b["methods"]["cema"]["corruptions"][c];
-        assert_eq!(e["images"], limit, "{c}");
-        assert_eq!(
-            e["accuracy"], m["accuracy"],
-            "{c}: network {e} vs bench {m}"
-        );
-        assert_eq!(e["uploaded"], m["uploaded"], "{c}");
-        assert_eq!(e["norm_version"], m["updates"], "{c}");
+        assert_reproduces(&mut child, &json, m, limit, c);
     }
 }
 
@@ -145,16 +137,8 @@ fn rate_matched_edges_over_the_network_reproduce_random_and_uncertain_upload() {
         &["--random-rate", "0.3"],
     );
     for (mut child, json, select) in edges {
-        assert!(child.wait().unwrap().success(), "{select}");
-        let e: Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
         let m = &b["methods"][format!("{select}_upload")]["corruptions"]["contrast"];
-        assert_eq!(e["images"], limit, "{select}");
-        assert_eq!(
-            e["accuracy"], m["accuracy"],
-            "{select}: network {e} vs bench {m}"
-        );
-        assert_eq!(e["uploaded"], m["uploaded"], "{select}");
-        assert_eq!(e["norm_version"], m["updates"], "{select}");
+        assert_reproduces(&mut child, &json, m, limit, select);
     }
 }
 

@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 use crate::exit::{CliError, ResultExt};
 
 use super::children::{spawn_cloud, spawn_fleet, Reaper};
-use super::edge::{check_rate, Select};
 use super::{write_json, Context, DataArgs};
 
 /// One cloud and N edges on loopback, each edge on its own corrupted stream (Fashion-MNIST-C by
@@ -48,13 +47,9 @@ pub struct Args {
     /// Each edge's uplink budget, kilobits per second (default: unlimited).
     #[arg(long)]
     pub uplink_kbps: Option<f64>,
-    /// How every edge picks its uploads (as `cema edge --select`): cema, random or uncertain
-    /// (issue #25's rule, its statistics sent along).
-    #[arg(long, value_enum, default_value = "cema")]
-    pub select: super::edge::Select,
-    /// With --select random or uncertain: the fraction of every batch each edge uploads.
-    #[arg(long)]
-    pub rate: Option<f64>,
+    /// How every edge picks its uploads (as `cema edge`).
+    #[command(flatten)]
+    pub pick: super::edge::SelectArgs,
     /// Cloud worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -154,7 +149,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             "--edges and --corruptions must not be empty"
         )));
     }
-    let rate = check_rate(args.select, args.rate)?;
+    let pick = args.pick.to_args()?;
     for (p, flag) in [(&args.edge, "--edge"), (&args.foundation, "--foundation")] {
         if !p.is_file() {
             return Err(CliError::usage(anyhow::anyhow!(
@@ -265,14 +260,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         if let Some(k) = args.uplink_kbps {
             cmd.args(["--uplink-kbps", &k.to_string()]);
         }
-        if let Some(r) = rate {
-            let select = if args.select == Select::Random {
-                "random"
-            } else {
-                "uncertain"
-            };
-            cmd.args(["--select", select, "--rate", &r.to_string()]);
-        }
+        cmd.args(&pick);
         cmd.args(["--dataset", args.data.name()]);
         if let Some(dir) = &args.data.data_dir {
             cmd.arg("--data-dir").arg(dir);

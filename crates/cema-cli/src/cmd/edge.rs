@@ -102,16 +102,8 @@ pub struct Args {
     /// cloud updates then set only γ and β (as `cema bench --cema-track-stats`).
     #[arg(long, alias = "track-stats")]
     pub cema_track_stats: Option<f32>,
-    /// How the edge picks its uploads: cema (the paper's entropy filters); random (a uniformly
-    /// random --rate of every batch, the random-upload baseline); uncertain (issue #25's rule:
-    /// the --rate most uncertain samples of every batch, statistics tracked and shared, as
-    /// `cema bench --methods uncertain_upload`). The draws are seeded from --seed as in
-    /// `cema bench`.
-    #[arg(long, value_enum, default_value = "cema")]
-    pub select: Select,
-    /// With --select random or uncertain: the fraction of every batch to upload, in (0, 1].
-    #[arg(long)]
-    pub rate: Option<f64>,
+    #[command(flatten)]
+    pub pick: SelectArgs,
     /// With --select cema: an upload budget, a fraction of the stream in (0, 1]; each batch's
     /// E_max is chosen so that the budget is met (as `cema bench --cema-budget`).
     #[arg(long)]
@@ -126,7 +118,21 @@ pub struct Args {
     pub json: Option<PathBuf>,
 }
 
-/// `cema edge --select`.
+/// How an edge picks its uploads (`cema edge`, and every edge of `cema demo`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SelectArgs {
+    /// How the edge picks its uploads: cema (the paper's entropy filters); random (a uniformly
+    /// random --rate of every batch, the random-upload baseline); uncertain (issue #25's rule:
+    /// the --rate most uncertain samples of every batch, statistics tracked and shared, as
+    /// `cema bench --methods uncertain_upload`). The draws are seeded from --seed as in
+    /// `cema bench`.
+    #[arg(long, value_enum, default_value = "cema")]
+    pub select: Select,
+    /// With --select random or uncertain: the fraction of every batch to upload, in (0, 1].
+    #[arg(long)]
+    pub rate: Option<f64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Select {
     Cema,
@@ -134,25 +140,43 @@ pub enum Select {
     Uncertain,
 }
 
-/// `--rate` for `--select`: required in (0, 1] by random and uncertain, refused with cema.
-pub(crate) fn check_rate(select: Select, rate: Option<f64>) -> Result<Option<f64>, CliError> {
-    let usage = |m: String| Err(CliError::usage(anyhow::anyhow!(m)));
-    match (select, rate) {
-        (Select::Cema, None) => Ok(None),
-        (Select::Cema, Some(r)) => usage(format!(
-            "--rate {r}: only with --select random or uncertain (cema's filters set their own \
-             rate; --cema-budget bounds it)"
-        )),
-        (_, Some(r)) if r > 0.0 && r <= 1.0 => Ok(Some(r)),
-        (_, Some(r)) => usage(format!("--rate {r}: expected a fraction in (0, 1]")),
-        (s, None) => usage(format!(
-            "--select {}: needs --rate, the fraction of every batch to upload",
-            if s == Select::Random {
-                "random"
-            } else {
-                "uncertain"
-            }
-        )),
+impl Select {
+    fn name(self) -> &'static str {
+        match self {
+            Select::Cema => "cema",
+            Select::Random => "random",
+            Select::Uncertain => "uncertain",
+        }
+    }
+}
+
+impl SelectArgs {
+    /// The same flags for a child `cema edge`, checked.
+    pub fn to_args(&self) -> Result<Vec<String>, CliError> {
+        Ok(match self.checked_rate()? {
+            None => Vec::new(),
+            Some(r) => ["--select", self.select.name(), "--rate", &r.to_string()]
+                .map(String::from)
+                .to_vec(),
+        })
+    }
+
+    /// `--rate`: required in (0, 1] by random and uncertain, refused with cema.
+    fn checked_rate(&self) -> Result<Option<f64>, CliError> {
+        let usage = |m: String| Err(CliError::usage(anyhow::anyhow!(m)));
+        match (self.select, self.rate) {
+            (Select::Cema, None) => Ok(None),
+            (Select::Cema, Some(r)) => usage(format!(
+                "--rate {r}: only with --select random or uncertain (cema's filters set their \
+                 own rate; --cema-budget bounds it)"
+            )),
+            (_, Some(r)) if r > 0.0 && r <= 1.0 => Ok(Some(r)),
+            (_, Some(r)) => usage(format!("--rate {r}: expected a fraction in (0, 1]")),
+            (s, None) => usage(format!(
+                "--select {}: needs --rate, the fraction of every batch to upload",
+                s.name()
+            )),
+        }
     }
 }
 
@@ -169,7 +193,7 @@ pub(crate) fn selection(args: &Args) -> Result<(EdgeConfig, Option<RandomSelecto
         }
     };
     if let Some(b) = args.cema_budget {
-        if !(b > 0.0 && b <= 1.0) || args.select != Select::Cema {
+        if !(b > 0.0 && b <= 1.0) || args.pick.select != Select::Cema {
             return Err(usage(format!(
                 "--cema-budget {b}: a fraction in (0, 1], with --select cema"
             )));
@@ -182,8 +206,8 @@ pub(crate) fn selection(args: &Args) -> Result<(EdgeConfig, Option<RandomSelecto
         ..preset
     };
     let seed = Settings::random_seed_for(args.seed);
-    let rate = check_rate(args.select, args.rate)?;
-    let picked = match (args.select, rate) {
+    let rate = args.pick.checked_rate()?;
+    let picked = match (args.pick.select, rate) {
         (Select::Random, Some(r)) => (config, Some(RandomSelector::new(r, seed))),
         (Select::Uncertain, Some(r)) => (
             RandomUpload::uncertain_edge(config),

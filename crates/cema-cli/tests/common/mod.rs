@@ -90,3 +90,24 @@ pub fn bench_methods(
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
 }
+
+/// Waits for a synchronous `cema edge` child that wrote its report to `json`, and checks that it
+/// reproduced `cema bench`'s record `bench` of the same stream exactly (`what` names the run).
+pub fn assert_reproduces(
+    child: &mut std::process::Child,
+    json: &Path,
+    bench: &serde_json::Value,
+    limit: usize,
+    what: &str,
+) {
+    assert!(child.wait().unwrap().success(), "edge {what}");
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert_eq!(e["images"], limit, "{what}");
+    assert_eq!(
+        e["accuracy"], bench["accuracy"],
+        "{what}: edge {e} vs bench {bench}"
+    );
+    assert_eq!(e["uploaded"], bench["uploaded"], "{what}");
+    assert_eq!(e["norm_version"], bench["updates"], "{what}");
+}
