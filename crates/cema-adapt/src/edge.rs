@@ -228,7 +228,7 @@ impl EdgeAdapter {
             let stats = self
                 .model
                 .norm_stats(&self.state.model_id, self.state.version);
-            self.state.counters.bytes_up += stats.to_bytes().len() as u64;
+            self.state.counters.bytes_up += stats.to_stats_bytes().len() as u64;
             stats
         });
         EdgeBatch {

@@ -227,23 +227,12 @@ pub fn check_upload(body: &[u8], max_body: usize, edge: &Model) -> Result<Checke
             geometry.0, geometry.1, geometry.2, image.0, image.1, image.2
         )));
     }
-    let stats = match &up.stats {
-        None => None,
-        Some(bytes) => {
-            let bad = |e: &dyn std::fmt::Display| {
-                Refusal::bad_request(format!("upload {}: edge statistics: {e}", h.seq))
-            };
-            let stats = NormState::from_bytes(bytes, "edge statistics").map_err(|e| bad(&e))?;
-            if stats.model_id != model_id {
-                return Err(bad(&format!(
-                    "they are for model `{}`, this cloud serves `{model_id}`",
-                    stats.model_id
-                )));
-            }
-            edge.check_norm_stats(&stats).map_err(|e| bad(&e))?;
-            Some(stats)
-        }
-    };
+    let stats = up
+        .stats
+        .as_ref()
+        .map(|b| edge.norm_stats_from_bytes(b, model_id, h.norm_version))
+        .transpose()
+        .map_err(|e| Refusal::bad_request(format!("upload {}: edge statistics: {e}", h.seq)))?;
     Ok(CheckedUpload { upload: up, stats })
 }
 
@@ -291,10 +280,10 @@ struct Queued {
 
 impl Queued {
     /// A stored pending upload; its statistics were validated when it arrived.
-    fn restore(device: &str, p: PendingUpload) -> anyhow::Result<Queued> {
+    fn restore(device: &str, p: PendingUpload, edge: &Model) -> anyhow::Result<Queued> {
         let stats = p
             .stats
-            .map(|b| NormState::from_bytes(&b, "stored edge statistics"))
+            .map(|b| edge.norm_stats_from_bytes(&b, &edge.card.name, 0))
             .transpose()
             .with_context(|| format!("session `{device}`, upload {}", p.seq))?;
         Ok(Queued {
@@ -467,7 +456,7 @@ impl Cloud {
             {
                 let mut q = session.queue.lock().expect("queue lock");
                 for p in pending {
-                    q.push_back(Queued::restore(&device, p)?);
+                    q.push_back(Queued::restore(&device, p, &self.edge)?);
                 }
             }
             self.metrics.queued.inc_by(session.queued() as i64);

@@ -175,7 +175,7 @@ impl Edge {
                 link.uplink.set_session_state(state);
             }
             let up = gather(frames, n, &out.upload);
-            let stats = out.stats.as_ref().map(NormState::to_bytes);
+            let stats = out.stats.as_ref().map(NormState::to_stats_bytes);
             link.uplink
                 .push(up, out.upload.len(), self.adapter.version(), stats);
             if let Some(e) = link.uplink.fatal() {

@@ -203,7 +203,7 @@ pub fn run_stream(
                 report.bytes_up += state.len() as u64;
             }
             let up = gather(pixels, n, &out.selected);
-            let stats = out.stats.as_ref().map(NormState::to_bytes);
+            let stats = out.stats.as_ref().map(NormState::to_stats_bytes);
             let k = out.selected.len();
             if let Some(state) = s.round(&up, k, stats.as_deref(), edge.version(), &mut report)? {
                 report.bytes_down += state.to_bytes().len() as u64;

@@ -459,17 +459,19 @@ impl Worker {
             .and_then(|s| s.sessions.get_mut(device))
             .expect("ready");
         let LoggedUpload { seq, pixels, stats } = s.queue.front().cloned().expect("ready");
+        // Validated by the gateway before it was published.
+        let stats = stats
+            .map(|b| self.edge.norm_stats_from_bytes(&b, &self.fleet.model_id, 0))
+            .transpose();
         let mut adapter = s.adapter.take().expect("one round at a time");
         let (adapter, result) = tokio::task::spawn_blocking(move || {
             if !delay.is_zero() {
                 std::thread::sleep(delay);
             }
-            // Validated by the gateway before it was published.
             let synced = match stats {
-                Some(b) => NormState::from_bytes(&b, "edge statistics")
-                    .map_err(AdaptError::from)
-                    .and_then(|s| adapter.sync_student_stats(&s)),
-                None => Ok(()),
+                Ok(Some(s)) => adapter.sync_student_stats(&s),
+                Ok(None) => Ok(()),
+                Err(e) => Err(AdaptError::from(e)),
             };
             let r: Result<Option<NormState>, AdaptError> = synced
                 .and_then(|()| adapter.receive(&pixels, pixels.len() / image_size))

@@ -136,7 +136,7 @@ fn the_gateway_keeps_sequence_numbers_exact_and_refuses_bad_input() {
     assert!(info.features.iter().any(|f| f == FEATURE_EDGE_STATS));
     let mut stats = d.model.norm_stats(&d.model.card.name, 0);
     stats.tensors.values_mut().next().unwrap().data[0] = f32::NAN;
-    let bad = d.body_with(0, 2, Some(&stats.to_bytes()));
+    let bad = d.body_with(0, 2, Some(&stats.to_stats_bytes()));
     assert_eq!(
         refused(d.client.upload(&bad, false)).1,
         ErrorCode::BadRequest
@@ -155,7 +155,7 @@ fn the_gateway_keeps_sequence_numbers_exact_and_refuses_bad_input() {
     );
     // Garbage is 400; the sequence is untouched.
     assert_eq!(refused(d.client.upload(b"garbage", false)).0, 400);
-    let good = d.model.norm_stats(&d.model.card.name, 0).to_bytes();
+    let good = d.model.norm_stats(&d.model.card.name, 0).to_stats_bytes();
     d.client
         .upload(&d.body_with(1, 0, Some(&good)), false)
         .unwrap();

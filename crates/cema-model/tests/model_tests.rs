@@ -292,6 +292,25 @@ fn partial_norm_updates_install_only_their_half_and_validate_the_whole_state() {
     assert_eq!(after["bn1.bias"].data[0], 0.5);
     assert_eq!(after["bn1.running_mean"], original["bn1.running_mean"]);
 
+    // The compact wire form: a layout fingerprint, then the values; read back against the
+    // model's own layout only.
+    let bytes = stats.to_stats_bytes();
+    let values: usize = stats.tensors.values().map(|t| t.data.len()).sum();
+    assert_eq!(bytes.len(), 8 + 4 * values);
+    assert_eq!(m.norm_stats_from_bytes(&bytes, "edge", 1).unwrap(), stats);
+    assert!(m
+        .norm_stats_from_bytes(&bytes[..bytes.len() - 4], "edge", 1)
+        .is_err());
+    let mut foreign = bytes.clone();
+    foreign[3] ^= 0x10;
+    let e = m
+        .norm_stats_from_bytes(&foreign, "edge", 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("another layout"), "{e}");
+    let negative_bytes = negative.to_stats_bytes();
+    assert!(m.norm_stats_from_bytes(&negative_bytes, "edge", 1).is_err());
+
     let mut m = small_from_pth();
     m.check_norm_stats(&stats).unwrap();
     m.apply_norm_stats(&stats).unwrap();

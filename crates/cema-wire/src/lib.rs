@@ -110,8 +110,8 @@ impl UploadHeader {
 }
 
 /// A decoded upload: header, pixels (u8, NHWC) and, from an edge that shares them, its running
-/// statistics (a norm-state encoding holding only `*.running_mean` / `*.running_var`; the cloud
-/// validates them against its model).
+/// statistics (`cema_model::NormState::to_stats_bytes`: a layout fingerprint and the values; the
+/// cloud reads them against its model, which this crate does not know).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upload {
     pub header: UploadHeader,
