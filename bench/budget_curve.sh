@@ -4,8 +4,9 @@
 #   random_upload   a uniformly random b of every batch (--random-rate b)
 #   uncertain       uncertain_upload, issue #25's rule: random upload's quota b filled with the
 #                   most uncertain samples, the edge's own statistics tracked and shared
-# on the same streams, and writes OUT/curve.json and OUT/curve.md (mean accuracy and measured
-# upload fraction per method and budget), one `cema bench` per budget, its results in OUT/<b>/.
+# on the same streams, one `cema bench` per budget, its results in OUT/<b>/; then
+# bench/budget_curve.py writes OUT/curve.json, OUT/curve.md (mean accuracy, measured upload
+# fraction and bytes per image, per method and budget) and OUT/curve.svg (accuracy against bytes).
 #
 # Usage: bench/budget_curve.sh --out DIR [--budgets 0.05,0.1,0.2,0.3] [--resume] [-- BENCH ARGS...]
 #   BENCH ARGS go to every `cema bench` (e.g. --severity 5 --corruptions held-out --limit 2000).
@@ -13,7 +14,8 @@
 #   stream by stream (`cema bench --resume`), so a curve can span several sessions. `cema bench
 #   --resume` only reuses records of the same binary: CEMA_BIN=PATH runs a pinned copy (and skips
 #   the build), e.g. `cp target/release/cema runs/bin/cema-$(git rev-parse --short HEAD)`.
-# A byte budget per device is the same curve: b = bytes / (images × bytes per image).
+# A byte budget per device is read off the bytes view (curve.svg): it counts what a method sends
+# besides pixels (uncertain_upload's statistics, the session's first norm state).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { echo "bench/budget_curve.sh: $*" >&2; exit 2; }
@@ -54,27 +56,4 @@ BENCH="${bench_args[*]:-}"
 for b in "${bs[@]}"; do
   run "$b" --methods cema,random_upload,uncertain_upload --cema-budget "$b" --random-rate "$b"
 done
-python3 - "$out" "$budgets" <<'PY'
-import json, sys
-out, budgets = sys.argv[1], sys.argv[2].split(",")
-rows = {"cema": "cema", "random": "random_upload", "uncertain": "uncertain_upload"}
-curve = {"budgets": [float(b) for b in budgets], "methods": {}}
-for label, key in rows.items():
-    pts = []
-    for b in budgets:
-        m = json.load(open(f"{out}/{b}/results.json"))["methods"][key]
-        pts.append({"budget": float(b), "accuracy": m["avg_accuracy"],
-                    "upload_fraction": m["upload_fraction"], "bytes_up": m["bytes_up"]})
-    curve["methods"][label] = pts
-json.dump(curve, open(f"{out}/curve.json", "w"), indent=2)
-names = {"cema": "cema (E_max per batch)", "random": "random upload",
-         "uncertain": "uncertain upload (#25)"}
-with open(f"{out}/curve.md", "w") as f:
-    f.write("| budget | " + " | ".join(names[l] for l in rows) + " |\n")
-    f.write("|---:|" + "---:|" * len(rows) + "\n")
-    for i, b in enumerate(budgets):
-        cells = [f"{100 * curve['methods'][l][i]['accuracy']:.2f} "
-                 f"({100 * curve['methods'][l][i]['upload_fraction']:.1f} %)" for l in rows]
-        f.write(f"| {100 * float(b):g} % | " + " | ".join(cells) + " |\n")
-print(open(f"{out}/curve.md").read())
-PY
+python3 bench/budget_curve.py "$out" "$budgets"

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""The accuracy-against-budget curve of bench/budget_curve.sh, from its runs: OUT/<b>/results.json
+for each budget b (a fraction of the stream). Writes OUT/curve.json, OUT/curve.md and
+OUT/curve.svg.
+
+Two views of the same runs: by sample budget (what fraction of the stream a method uploads) and by
+bytes (upload bodies' pixels plus what a method sends besides them, e.g. uncertain_upload's
+statistics, per image of the stream): a byte budget per device is read off the second.
+
+Usage: bench/budget_curve.py OUT [BUDGETS]   (BUDGETS: comma-separated; default: every OUT/<b>/
+with a results.json, in increasing order)
+"""
+import json
+import os
+import sys
+
+METHODS = {"cema": "cema (E_max per batch)", "random_upload": "random upload",
+           "uncertain_upload": "uncertain upload (#25)"}
+COLOURS = {"cema": "#d62728", "random_upload": "#1f77b4", "uncertain_upload": "#2ca02c"}
+
+
+def load(out, names):
+    """`names`: the budgets as OUT's sub-folders are named."""
+    budgets = [float(n) for n in names]
+    curve = {"budgets": budgets, "methods": {}}
+    for key in METHODS:
+        pts = []
+        for name, b in zip(names, budgets):
+            runs = json.load(open(os.path.join(out, name, "results.json")))
+            m = runs["methods"][key]
+            images = sum(c["images"] for c in m["corruptions"].values())
+            pts.append({"budget": b, "accuracy": m["avg_accuracy"],
+                        "upload_fraction": m["upload_fraction"], "bytes_up": m["bytes_up"],
+                        "bytes_per_image": m["bytes_up"] / images, "images": images})
+        curve["methods"][key] = pts
+    return curve
+
+
+def table(curve):
+    rows = ["| budget | " + " | ".join(METHODS.values()) + " |",
+            "|---:|" + "---:|" * len(METHODS)]
+    for i, b in enumerate(curve["budgets"]):
+        cells = []
+        for key in METHODS:
+            p = curve["methods"][key][i]
+            cells.append(f"{100 * p['accuracy']:.2f} ({100 * p['upload_fraction']:.1f} %, "
+                         f"{p['bytes_per_image']:.0f} B/image)")
+        rows.append(f"| {100 * b:g} % | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def svg(curve, path):
+    """Accuracy against bytes uploaded per image of the stream, one line per method."""
+    w, h, left, bottom, top, right = 720, 400, 60, 50, 20, 200
+    pts = [p for ps in curve["methods"].values() for p in ps]
+    x1 = max(p["bytes_per_image"] for p in pts) * 1.05
+    y0 = min(p["accuracy"] for p in pts) * 100 - 0.5
+    y1 = max(p["accuracy"] for p in pts) * 100 + 0.5
+    sx = lambda x: left + (w - left - right) * x / x1
+    sy = lambda y: h - bottom - (h - bottom - top) * (y - y0) / (y1 - y0)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="black"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>',
+           f'<text x="{(left + w - right) / 2}" y="{h - 12}" text-anchor="middle">'
+           'bytes uploaded per image of the stream</text>',
+           f'<text x="14" y="{(top + h - bottom) / 2}" text-anchor="middle" '
+           f'transform="rotate(-90 14 {(top + h - bottom) / 2})">online accuracy (%)</text>']
+    for i in range(5):
+        x = x1 * i / 4
+        out.append(f'<text x="{sx(x):.1f}" y="{h - bottom + 16}" text-anchor="middle">'
+                   f'{x:.0f}</text>')
+        y = y0 + (y1 - y0) * i / 4
+        out.append(f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.1f}</text>')
+    for j, (key, ps) in enumerate(curve["methods"].items()):
+        c = COLOURS[key]
+        line = " ".join(f"{sx(p['bytes_per_image']):.1f},{sy(100 * p['accuracy']):.1f}"
+                        for p in ps)
+        out.append(f'<polyline points="{line}" fill="none" stroke="{c}" stroke-width="2"/>')
+        for p in ps:
+            out.append(f'<circle cx="{sx(p["bytes_per_image"]):.1f}" '
+                       f'cy="{sy(100 * p["accuracy"]):.1f}" r="3" fill="{c}"/>')
+        ly = top + 16 + 18 * j
+        out.append(f'<line x1="{w - right + 10}" y1="{ly - 4}" x2="{w - right + 30}" '
+                   f'y2="{ly - 4}" stroke="{c}" stroke-width="2"/>')
+        out.append(f'<text x="{w - right + 36}" y="{ly}">{METHODS[key]}</text>')
+    out.append("</svg>")
+    open(path, "w").write("\n".join(out) + "\n")
+
+
+def main():
+    if len(sys.argv) not in (2, 3):
+        sys.exit(__doc__)
+    out = sys.argv[1]
+    if len(sys.argv) == 3:
+        names = sys.argv[2].split(",")
+    else:
+        names = sorted((d for d in os.listdir(out)
+                        if os.path.isfile(os.path.join(out, d, "results.json"))), key=float)
+    if not names:
+        sys.exit(f"{out}: no <budget>/results.json")
+    curve = load(out, names)
+    json.dump(curve, open(os.path.join(out, "curve.json"), "w"), indent=2)
+    md = table(curve)
+    open(os.path.join(out, "curve.md"), "w").write(md)
+    svg(curve, os.path.join(out, "curve.svg"))
+    print(md, end="")
+
+
+if __name__ == "__main__":
+    main()
