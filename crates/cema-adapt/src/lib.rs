@@ -35,6 +35,6 @@ pub use error::AdaptError;
 pub use filter::{default_epsilon, EdgeConfig, EntropyFilter, Selection};
 pub use methods::{
     BnAdapt, Cema, Dropped, Eata, Foundation, GradConfig, Method, MethodBatch, RandomUpload,
-    Source, Tent, UNCERTAIN_TRACK_MOMENTUM,
+    Source, Tent, UploadRule, UNCERTAIN_TRACK_MOMENTUM,
 };
 pub use replay::ReplayBuffer;

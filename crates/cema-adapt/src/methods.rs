@@ -406,6 +406,52 @@ pub struct RandomUpload {
     name: &'static str,
 }
 
+/// How an edge picks its uploads, outside the benchmark (`cema edge --select`, the Python
+/// `Edge(select=…)`): the entropy filters, or a rate-matched pick as [`RandomUpload`] and
+/// [`RandomUpload::uncertain`] run it in `cema bench`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UploadRule {
+    /// The entropy filters of the [`EdgeConfig`] (CEMA).
+    Cema,
+    /// A uniformly random fraction of every batch, in (0, 1].
+    Random(f64),
+    /// Issue #25's rule at this fraction: the most uncertain samples, statistics tracked and
+    /// shared.
+    Uncertain(f64),
+}
+
+impl UploadRule {
+    /// The selection seed `cema bench --seed SEED` gives its rate-matched methods: an edge that
+    /// draws with it on the same stream makes the same picks.
+    pub fn seed_for(run_seed: u64) -> u64 {
+        run_seed ^ 0x5EED_0F0A_1D00
+    }
+
+    /// The edge configuration and selector of this rule, from `base` (the filters' switches,
+    /// statistics tracking) and a selection seed. A rate outside (0, 1] is an error naming it.
+    pub fn configure(
+        self,
+        base: EdgeConfig,
+        seed: u64,
+    ) -> Result<(EdgeConfig, Option<RandomSelector>), String> {
+        let check = |r: f64| {
+            if r > 0.0 && r <= 1.0 {
+                Ok(r)
+            } else {
+                Err(format!("rate {r}: expected a fraction in (0, 1]"))
+            }
+        };
+        Ok(match self {
+            UploadRule::Cema => (base, None),
+            UploadRule::Random(r) => (base, Some(RandomSelector::new(check(r)?, seed))),
+            UploadRule::Uncertain(r) => (
+                RandomUpload::uncertain_edge(base),
+                Some(RandomSelector::new(check(r)?, seed).with_pick(Pick::HighestEntropy)),
+            ),
+        })
+    }
+}
+
 /// Momentum of the edge's statistics tracking in [`RandomUpload::uncertain`] when the given
 /// [`EdgeConfig`] sets none (the value the held-out study fixed, `bench/RESULTS.md`).
 pub const UNCERTAIN_TRACK_MOMENTUM: f32 = 0.1;

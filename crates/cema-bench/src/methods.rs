@@ -153,7 +153,7 @@ pub struct Settings {
 impl Settings {
     /// The random-upload selection seed derived from the run's seed.
     pub fn random_seed_for(seed: u64) -> u64 {
-        seed ^ 0x5EED_0F0A_1D00
+        cema_adapt::UploadRule::seed_for(seed)
     }
 
     /// Each method's hyperparameters, keyed by method (the manifest's and the records').

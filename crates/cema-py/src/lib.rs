@@ -64,16 +64,49 @@ impl Edge {
 #[pymethods]
 impl Edge {
     /// `model`: a cema checkpoint with its model card beside it. With `cloud`, `device` and
-    /// `token`, connected; without, offline (predictions and selection only).
+    /// `token`, connected; without, offline (predictions and selection only). `select`: how
+    /// uploads are picked, "cema" (the entropy filters), "random" or "uncertain" (issue #25's
+    /// rule, the edge's statistics sent along), the last two at `rate` of every batch, drawn
+    /// from `seed` as `cema edge --seed` does.
     #[new]
-    #[pyo3(signature = (model, cloud=None, device=None, token=None, uplink_kbps=None))]
+    #[pyo3(signature = (model, cloud=None, device=None, token=None, uplink_kbps=None, select="cema", rate=None, seed=0))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         model: &str,
         cloud: Option<&str>,
         device: Option<&str>,
         token: Option<&str>,
         uplink_kbps: Option<f64>,
+        select: &str,
+        rate: Option<f64>,
+        seed: u64,
     ) -> PyResult<Self> {
+        let rule = match (select, rate) {
+            ("cema", None) => cema_adapt::UploadRule::Cema,
+            ("random", Some(r)) => cema_adapt::UploadRule::Random(r),
+            ("uncertain", Some(r)) => cema_adapt::UploadRule::Uncertain(r),
+            ("cema", Some(_)) => {
+                return Err(PyValueError::new_err(
+                    "rate: only with select=\"random\" or \"uncertain\"",
+                ))
+            }
+            ("random" | "uncertain", None) => {
+                return Err(PyValueError::new_err(format!(
+                    "select={select:?} needs rate, the fraction of every batch to upload"
+                )))
+            }
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "select={select:?}: expected \"cema\", \"random\" or \"uncertain\""
+                )))
+            }
+        };
+        let (config, selector) = rule
+            .configure(
+                cema_adapt::EdgeConfig::default(),
+                cema_adapt::UploadRule::seed_for(seed),
+            )
+            .map_err(PyValueError::new_err)?;
         let m = cema_model::Model::load(model.as_ref(), &cema_model::cpu())
             .map_err(|e| PyValueError::new_err(format!("{model}: {e}")))?;
         let i = &m.card.input;
@@ -90,8 +123,8 @@ impl Edge {
                 ))
             }
         };
-        let edge = cema_edge::Edge::new(m, cema_adapt::EdgeConfig::default(), link.as_ref())
-            .map_err(edge_error)?;
+        let mut edge = cema_edge::Edge::new(m, config, link.as_ref()).map_err(edge_error)?;
+        edge.set_selector(selector);
         Ok(Edge {
             inner: Some(Box::new(edge)),
             shape,

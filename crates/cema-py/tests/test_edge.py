@@ -28,7 +28,7 @@ def cloud(tmp_path_factory):
     store = tmp_path_factory.mktemp("cloud")
     p = subprocess.Popen(
         [str(CEMA), "-q", "cloud", "--listen", "127.0.0.1:0", "--store-dir", str(store),
-         "--device", "py:tok-py", "--device", "cli:tok-cli"],
+         "--device", "py:tok-py", "--device", "cli:tok-cli", "--device", "rule:tok-rule"],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     yield "http://" + json.loads(line)["listening"]
@@ -95,3 +95,24 @@ def test_bench_results_load_as_python_objects(tmp_path):
         cema.load_results(tmp_path / "other.json")
     with pytest.raises(ValueError, match="nothing.json"):
         cema.load_results(tmp_path / "nothing.json")
+
+
+def test_issue_25s_rule_uploads_its_quota_with_the_edges_statistics(cloud):
+    x = frames(256)
+    edge = cema.Edge(MODEL, cloud=cloud, device="rule", token="tok-rule",
+                     select="uncertain", rate=0.25)
+    for b in range(4):
+        out = edge.predict(x[b * 64:(b + 1) * 64])
+        assert len(out["selected"]) == 16
+    c = edge.finish(drain_s=10)
+    # Every upload, statistics section included, was taken by the cloud.
+    assert (c["selected"], c["uploaded"], c["refused"]) == (64, 64, 0)
+
+
+def test_a_bad_selection_is_a_value_error_naming_it():
+    for kwargs, says in [({"select": "uncertain"}, "rate"),
+                         ({"select": "random", "rate": 0.0}, "rate 0"),
+                         ({"select": "cema", "rate": 0.5}, "rate"),
+                         ({"select": "sometimes", "rate": 0.5}, "sometimes")]:
+        with pytest.raises(ValueError, match=says):
+            cema.Edge(MODEL, **kwargs)

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cema_adapt::{EdgeConfig, Pick, RandomSelector, RandomUpload};
+use cema_adapt::{EdgeConfig, RandomSelector, UploadRule};
 use cema_corrupt::Corruption;
 use cema_data::Split;
 use cema_edge::{run_stream, EdgeOptions, EdgeReport};
@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::exit::{CliError, ResultExt};
 
 use super::{write_json, Context, DataArgs};
-use cema_bench::{stream, stream_order, Settings};
+use cema_bench::{stream, stream_order};
 
 /// Runs an edge device: forward-only inference over a corrupted stream, uploads to and updates
 /// from a cloud.
@@ -205,16 +205,14 @@ pub(crate) fn selection(args: &Args) -> Result<(EdgeConfig, Option<RandomSelecto
         budget: args.cema_budget,
         ..preset
     };
-    let seed = Settings::random_seed_for(args.seed);
-    let rate = args.pick.checked_rate()?;
-    let picked = match (args.pick.select, rate) {
-        (Select::Random, Some(r)) => (config, Some(RandomSelector::new(r, seed))),
-        (Select::Uncertain, Some(r)) => (
-            RandomUpload::uncertain_edge(config),
-            Some(RandomSelector::new(r, seed).with_pick(Pick::HighestEntropy)),
-        ),
-        _ => (config, None),
+    let rule = match (args.pick.select, args.pick.checked_rate()?) {
+        (Select::Random, Some(r)) => UploadRule::Random(r),
+        (Select::Uncertain, Some(r)) => UploadRule::Uncertain(r),
+        _ => UploadRule::Cema,
     };
+    let picked = rule
+        .configure(config, UploadRule::seed_for(args.seed))
+        .map_err(|e| usage(format!("--{e}")))?;
     if picked.0.share_stats && picked.0.track_stats.is_none() {
         return Err(usage(
             "--share-stats: needs --cema-track-stats (the edge shares statistics it tracks)".into(),
