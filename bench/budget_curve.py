@@ -9,6 +9,8 @@ statistics, per image of the stream): a byte budget per device is read off the s
 
 Usage: bench/budget_curve.py OUT [BUDGETS]   (BUDGETS: comma-separated; default: every OUT/<b>/
 with a results.json, in increasing order)
+       bench/budget_curve.py --partial OUT   (a curve still running: per budget, the mean over
+the streams every method has finished so far, from `cema bench`'s per-stream records)
 """
 import json
 import os
@@ -89,7 +91,36 @@ def svg(curve, path):
     open(path, "w").write("\n".join(out) + "\n")
 
 
+def partial(out):
+    """Means over the streams all three methods have recorded, per budget folder."""
+    rows = ["| budget | streams | " + " | ".join(METHODS.values()) + " |",
+            "|---:|---:|" + "---:|" * len(METHODS)]
+    for name in sorted((d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d))),
+                       key=float):
+        recs = {}
+        for key in METHODS:
+            d = os.path.join(out, name, "streams", key)
+            files = os.listdir(d) if os.path.isdir(d) else []
+            recs[key] = {f[:-5]: json.load(open(os.path.join(d, f)))["result"]
+                         for f in files if f.endswith(".json")}
+        done = sorted(set.intersection(*(set(r) for r in recs.values())))
+        if not done:
+            rows.append(f"| {100 * float(name):g} % | 0 |" + " |" * len(METHODS))
+            continue
+        cells = []
+        for key in METHODS:
+            rs = [recs[key][s] for s in done]
+            acc = sum(r["correct"] / r["images"] for r in rs) / len(rs)
+            up = sum(r["uploaded"] for r in rs) / sum(r["images"] for r in rs)
+            cells.append(f"{100 * acc:.2f} ({100 * up:.1f} %)")
+        rows.append(f"| {100 * float(name):g} % | {len(done)}: {', '.join(done)} | "
+                    + " | ".join(cells) + " |")
+    print("\n".join(rows))
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--partial":
+        return partial(sys.argv[2])
     if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
     out = sys.argv[1]
