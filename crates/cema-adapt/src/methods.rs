@@ -427,28 +427,42 @@ impl UploadRule {
         run_seed ^ 0x5EED_0F0A_1D00
     }
 
-    /// The edge configuration and selector of this rule, from `base` (the filters' switches,
-    /// statistics tracking) and a selection seed. A rate outside (0, 1] is an error naming it.
-    pub fn configure(
-        self,
-        base: EdgeConfig,
-        seed: u64,
-    ) -> Result<(EdgeConfig, Option<RandomSelector>), String> {
-        let check = |r: f64| {
-            if r > 0.0 && r <= 1.0 {
-                Ok(r)
-            } else {
-                Err(format!("rate {r}: expected a fraction in (0, 1]"))
+    /// The rule named `select` ("cema", "random", "uncertain") at `rate`, which random and
+    /// uncertain need in (0, 1] and cema refuses; errors name the options with `prefix` (`--`
+    /// on the command line, nothing in Python).
+    pub fn from_choice(select: &str, rate: Option<f64>, prefix: &str) -> Result<Self, String> {
+        let p = prefix;
+        match (select, rate) {
+            ("cema", None) => Ok(UploadRule::Cema),
+            ("cema", Some(r)) => Err(format!(
+                "{p}rate {r}: only with {p}select random or uncertain (cema's filters set their \
+                 own rate)"
+            )),
+            ("random" | "uncertain", None) => Err(format!(
+                "{p}select {select}: needs {p}rate, the fraction of every batch to upload"
+            )),
+            ("random" | "uncertain", Some(r)) if !(r > 0.0 && r <= 1.0) => {
+                Err(format!("{p}rate {r}: expected a fraction in (0, 1]"))
             }
-        };
-        Ok(match self {
+            ("random", Some(r)) => Ok(UploadRule::Random(r)),
+            ("uncertain", Some(r)) => Ok(UploadRule::Uncertain(r)),
+            _ => Err(format!(
+                "{p}select {select:?}: expected cema, random or uncertain"
+            )),
+        }
+    }
+
+    /// The edge configuration and selector of this rule, from `base` (the filters' switches,
+    /// statistics tracking) and a selection seed.
+    pub fn configure(self, base: EdgeConfig, seed: u64) -> (EdgeConfig, Option<RandomSelector>) {
+        match self {
             UploadRule::Cema => (base, None),
-            UploadRule::Random(r) => (base, Some(RandomSelector::new(check(r)?, seed))),
+            UploadRule::Random(r) => (base, Some(RandomSelector::new(r, seed))),
             UploadRule::Uncertain(r) => (
                 RandomUpload::uncertain_edge(base),
-                Some(RandomSelector::new(check(r)?, seed).with_pick(Pick::HighestEntropy)),
+                Some(RandomSelector::new(r, seed).with_pick(Pick::HighestEntropy)),
             ),
-        })
+        }
     }
 }
 

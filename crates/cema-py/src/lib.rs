@@ -81,32 +81,12 @@ impl Edge {
         rate: Option<f64>,
         seed: u64,
     ) -> PyResult<Self> {
-        let rule = match (select, rate) {
-            ("cema", None) => cema_adapt::UploadRule::Cema,
-            ("random", Some(r)) => cema_adapt::UploadRule::Random(r),
-            ("uncertain", Some(r)) => cema_adapt::UploadRule::Uncertain(r),
-            ("cema", Some(_)) => {
-                return Err(PyValueError::new_err(
-                    "rate: only with select=\"random\" or \"uncertain\"",
-                ))
-            }
-            ("random" | "uncertain", None) => {
-                return Err(PyValueError::new_err(format!(
-                    "select={select:?} needs rate, the fraction of every batch to upload"
-                )))
-            }
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "select={select:?}: expected \"cema\", \"random\" or \"uncertain\""
-                )))
-            }
-        };
-        let (config, selector) = rule
-            .configure(
-                cema_adapt::EdgeConfig::default(),
-                cema_adapt::UploadRule::seed_for(seed),
-            )
-            .map_err(PyValueError::new_err)?;
+        let rule =
+            cema_adapt::UploadRule::from_choice(select, rate, "").map_err(PyValueError::new_err)?;
+        let (config, selector) = rule.configure(
+            cema_adapt::EdgeConfig::default(),
+            cema_adapt::UploadRule::seed_for(seed),
+        );
         let m = cema_model::Model::load(model.as_ref(), &cema_model::cpu())
             .map_err(|e| PyValueError::new_err(format!("{model}: {e}")))?;
         let i = &m.card.input;

@@ -153,7 +153,8 @@ impl Select {
 impl SelectArgs {
     /// The same flags for a child `cema edge`, checked.
     pub fn to_args(&self) -> Result<Vec<String>, CliError> {
-        Ok(match self.checked_rate()? {
+        self.rule()?;
+        Ok(match self.rate {
             None => Vec::new(),
             Some(r) => ["--select", self.select.name(), "--rate", &r.to_string()]
                 .map(String::from)
@@ -161,22 +162,9 @@ impl SelectArgs {
         })
     }
 
-    /// `--rate`: required in (0, 1] by random and uncertain, refused with cema.
-    fn checked_rate(&self) -> Result<Option<f64>, CliError> {
-        let usage = |m: String| Err(CliError::usage(anyhow::anyhow!(m)));
-        match (self.select, self.rate) {
-            (Select::Cema, None) => Ok(None),
-            (Select::Cema, Some(r)) => usage(format!(
-                "--rate {r}: only with --select random or uncertain (cema's filters set their \
-                 own rate; --cema-budget bounds it)"
-            )),
-            (_, Some(r)) if r > 0.0 && r <= 1.0 => Ok(Some(r)),
-            (_, Some(r)) => usage(format!("--rate {r}: expected a fraction in (0, 1]")),
-            (s, None) => usage(format!(
-                "--select {}: needs --rate, the fraction of every batch to upload",
-                s.name()
-            )),
-        }
+    fn rule(&self) -> Result<UploadRule, CliError> {
+        UploadRule::from_choice(self.select.name(), self.rate, "--")
+            .map_err(|e| CliError::usage(anyhow::anyhow!(e)))
     }
 }
 
@@ -205,14 +193,10 @@ pub(crate) fn selection(args: &Args) -> Result<(EdgeConfig, Option<RandomSelecto
         budget: args.cema_budget,
         ..preset
     };
-    let rule = match (args.pick.select, args.pick.checked_rate()?) {
-        (Select::Random, Some(r)) => UploadRule::Random(r),
-        (Select::Uncertain, Some(r)) => UploadRule::Uncertain(r),
-        _ => UploadRule::Cema,
-    };
-    let picked = rule
-        .configure(config, UploadRule::seed_for(args.seed))
-        .map_err(|e| usage(format!("--{e}")))?;
+    let picked = args
+        .pick
+        .rule()?
+        .configure(config, UploadRule::seed_for(args.seed));
     if picked.0.share_stats && picked.0.track_stats.is_none() {
         return Err(usage(
             "--share-stats: needs --cema-track-stats (the edge shares statistics it tracks)".into(),

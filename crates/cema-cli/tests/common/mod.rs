@@ -111,3 +111,10 @@ pub fn assert_reproduces(
     assert_eq!(e["uploaded"], bench["uploaded"], "{what}");
     assert_eq!(e["norm_version"], bench["updates"], "{what}");
 }
+
+/// `cema ARGS` exits 2 (a usage error) and its stderr names `names`.
+pub fn assert_usage_error(args: &[&str], names: &str) {
+    let o = cema(args);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    assert!(stderr(&o).contains(names), "{args:?}: {}", stderr(&o));
+}
