@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """The accuracy-against-budget curve of bench/budget_curve.sh, from its runs: OUT/<b>/results.json
-for each budget b (a fraction of the stream). Writes OUT/curve.json, OUT/curve.md and
-OUT/curve.svg.
+for each budget b (a fraction of the stream) and OUT/bytes-<B>/results.json for each byte budget B
+(bytes per image of the stream). Writes OUT/curve.json, OUT/curve.md and OUT/curve.svg.
 
 Two views of the same runs: by sample budget (what fraction of the stream a method uploads) and by
 bytes (upload bodies' pixels plus what a method sends besides them, e.g. uncertain_upload's
 statistics, per image of the stream): a byte budget per device is read off the second.
 
-Usage: bench/budget_curve.py OUT [BUDGETS]   (BUDGETS: comma-separated; default: every OUT/<b>/
-with a results.json, in increasing order)
+Usage: bench/budget_curve.py OUT [BUDGETS]   (BUDGETS: comma-separated folder names, e.g.
+0.05,0.1,bytes-40; default: every OUT/<b>/ with a results.json, fractions first)
        bench/budget_curve.py --partial OUT   (a curve still running: per budget, the mean over
 the streams every method has finished so far, from `cema bench`'s per-stream records)
 """
@@ -21,17 +21,36 @@ METHODS = {"cema": "cema (E_max per batch)", "random_upload": "random upload",
 COLOURS = {"cema": "#d62728", "random_upload": "#1f77b4", "uncertain_upload": "#2ca02c"}
 
 
+def budget(name):
+    """A budget folder's name as (kind, value): ("fraction", 0.05) or ("bytes", 40.0)."""
+    if name.startswith("bytes-"):
+        return ("bytes", float(name[len("bytes-"):]))
+    return ("fraction", float(name))
+
+
+def order(name):
+    """Fractions first, then byte budgets, each increasing."""
+    kind, v = budget(name)
+    return (kind == "bytes", v)
+
+
+def label(name):
+    kind, v = budget(name)
+    return f"{v:g} B/image" if kind == "bytes" else f"{100 * v:g} %"
+
+
 def load(out, names):
     """`names`: the budgets as OUT's sub-folders are named."""
-    budgets = [float(n) for n in names]
-    curve = {"budgets": budgets, "methods": {}}
+    curve = {"budgets": [budget(n)[1] for n in names], "kinds": [budget(n)[0] for n in names],
+             "names": list(names), "methods": {}}
     for key in METHODS:
         pts = []
-        for name, b in zip(names, budgets):
+        for name in names:
             runs = json.load(open(os.path.join(out, name, "results.json")))
             m = runs["methods"][key]
             images = sum(c["images"] for c in m["corruptions"].values())
-            pts.append({"budget": b, "accuracy": m["avg_accuracy"],
+            kind, b = budget(name)
+            pts.append({"budget": b, "kind": kind, "accuracy": m["avg_accuracy"],
                         "upload_fraction": m["upload_fraction"], "bytes_up": m["bytes_up"],
                         "bytes_per_image": m["bytes_up"] / images, "images": images})
         curve["methods"][key] = pts
@@ -41,18 +60,19 @@ def load(out, names):
 def table(curve):
     rows = ["| budget | " + " | ".join(METHODS.values()) + " |",
             "|---:|" + "---:|" * len(METHODS)]
-    for i, b in enumerate(curve["budgets"]):
+    for i, name in enumerate(curve["names"]):
         cells = []
         for key in METHODS:
             p = curve["methods"][key][i]
             cells.append(f"{100 * p['accuracy']:.2f} ({100 * p['upload_fraction']:.1f} %, "
                          f"{p['bytes_per_image']:.0f} B/image)")
-        rows.append(f"| {100 * b:g} % | " + " | ".join(cells) + " |")
+        rows.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
 
 def svg(curve, path):
-    """Accuracy against bytes uploaded per image of the stream, one line per method."""
+    """Accuracy against bytes uploaded per image of the stream, one line per method and kind of
+    budget: fractions solid with dots, byte budgets dashed with squares."""
     w, h, left, bottom, top, right = 720, 400, 60, 50, 20, 200
     pts = [p for ps in curve["methods"].values() for p in ps]
     x1 = max(p["bytes_per_image"] for p in pts) * 1.05
@@ -75,14 +95,21 @@ def svg(curve, path):
                    f'{x:.0f}</text>')
         y = y0 + (y1 - y0) * i / 4
         out.append(f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.1f}</text>')
-    for j, (key, ps) in enumerate(curve["methods"].items()):
+    for j, (key, all_ps) in enumerate(curve["methods"].items()):
         c = COLOURS[key]
-        line = " ".join(f"{sx(p['bytes_per_image']):.1f},{sy(100 * p['accuracy']):.1f}"
-                        for p in ps)
-        out.append(f'<polyline points="{line}" fill="none" stroke="{c}" stroke-width="2"/>')
-        for p in ps:
-            out.append(f'<circle cx="{sx(p["bytes_per_image"]):.1f}" '
-                       f'cy="{sy(100 * p["accuracy"]):.1f}" r="3" fill="{c}"/>')
+        for kind, dash in (("fraction", ""), ("bytes", ' stroke-dasharray="6 4"')):
+            ps = sorted((p for p in all_ps if p.get("kind", "fraction") == kind),
+                        key=lambda p: p["bytes_per_image"])
+            line = " ".join(f"{sx(p['bytes_per_image']):.1f},{sy(100 * p['accuracy']):.1f}"
+                            for p in ps)
+            out.append(f'<polyline points="{line}" fill="none" stroke="{c}" '
+                       f'stroke-width="2"{dash}/>')
+            for p in ps:
+                x, y = sx(p["bytes_per_image"]), sy(100 * p["accuracy"])
+                out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{c}"/>'
+                           if kind == "fraction" else
+                           f'<rect x="{x - 3:.1f}" y="{y - 3:.1f}" width="6" height="6" '
+                           f'fill="{c}"/>')
         ly = top + 16 + 18 * j
         out.append(f'<line x1="{w - right + 10}" y1="{ly - 4}" x2="{w - right + 30}" '
                    f'y2="{ly - 4}" stroke="{c}" stroke-width="2"/>')
@@ -96,7 +123,7 @@ def partial(out):
     rows = ["| budget | streams | " + " | ".join(METHODS.values()) + " |",
             "|---:|---:|" + "---:|" * len(METHODS)]
     for name in sorted((d for d in os.listdir(out) if os.path.isdir(os.path.join(out, d))),
-                       key=float):
+                       key=order):
         recs = {}
         for key in METHODS:
             d = os.path.join(out, name, "streams", key)
@@ -105,7 +132,7 @@ def partial(out):
                          for f in files if f.endswith(".json")}
         done = sorted(set.intersection(*(set(r) for r in recs.values())))
         if not done:
-            rows.append(f"| {100 * float(name):g} % | 0 |" + " |" * len(METHODS))
+            rows.append(f"| {label(name)} | 0 |" + " |" * len(METHODS))
             continue
         cells = []
         for key in METHODS:
@@ -113,7 +140,7 @@ def partial(out):
             acc = sum(r["correct"] / r["images"] for r in rs) / len(rs)
             up = sum(r["uploaded"] for r in rs) / sum(r["images"] for r in rs)
             cells.append(f"{100 * acc:.2f} ({100 * up:.1f} %)")
-        rows.append(f"| {100 * float(name):g} % | {len(done)}: {', '.join(done)} | "
+        rows.append(f"| {label(name)} | {len(done)}: {', '.join(done)} | "
                     + " | ".join(cells) + " |")
     print("\n".join(rows))
 
@@ -128,7 +155,7 @@ def main():
         names = sys.argv[2].split(",")
     else:
         names = sorted((d for d in os.listdir(out)
-                        if os.path.isfile(os.path.join(out, d, "results.json"))), key=float)
+                        if os.path.isfile(os.path.join(out, d, "results.json"))), key=order)
     if not names:
         sys.exit(f"{out}: no <budget>/results.json")
     curve = load(out, names)

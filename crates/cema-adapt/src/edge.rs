@@ -58,6 +58,9 @@ pub struct EdgeState {
     /// Whether the running statistics have been taken from a test batch yet.
     #[serde(default)]
     pub stats_initialised: bool,
+    /// Under [`EdgeConfig::byte_budget`]: bytes earned and not yet spent.
+    #[serde(default)]
+    pub byte_credit: f64,
 }
 
 /// One edge device: owns its model and never computes a gradient.
@@ -70,6 +73,9 @@ pub struct EdgeAdapter {
     share_stats: bool,
     /// Rate-matched selection instead of the entropy filters (random upload and its picks).
     random: Option<RandomSelector>,
+    byte_budget: Option<f64>,
+    /// Bytes of the statistics section an upload carries when `share_stats` (else 0).
+    stats_bytes: usize,
 }
 
 impl EdgeAdapter {
@@ -82,6 +88,12 @@ impl EdgeAdapter {
         config: EdgeConfig,
     ) -> Self {
         let classes = model.card.architecture.num_classes();
+        let share_stats = config.track_stats.is_some() && config.share_stats;
+        let stats_bytes = if share_stats {
+            model.norm_stats("", 0).to_stats_bytes().len()
+        } else {
+            0
+        };
         EdgeAdapter {
             model,
             state: EdgeState {
@@ -90,11 +102,14 @@ impl EdgeAdapter {
                 filter: EntropyFilter::new(config, classes),
                 counters: EdgeCounters::default(),
                 stats_initialised: false,
+                byte_credit: 0.0,
             },
             init_stats: config.init_stats,
             track_stats: config.track_stats,
-            share_stats: config.track_stats.is_some() && config.share_stats,
+            share_stats,
             random: None,
+            byte_budget: config.byte_budget,
+            stats_bytes,
         }
     }
 
@@ -191,12 +206,20 @@ impl EdgeAdapter {
         let (logits, init) = self.forward(pixels, n)?;
         let classes = self.model.card.architecture.num_classes();
         let predictions = argmax_rows(&logits, classes);
+        let per_image = pixels.len().checked_div(n).unwrap_or(0);
+        let quota = self.byte_quota(n, per_image);
         let sel = match &mut self.random {
-            None => self.state.filter.select(&logits),
+            None => match quota {
+                None => self.state.filter.select(&logits),
+                Some(k) => self.state.filter.select_count(&logits, k),
+            },
             Some(selector) => {
                 let entropies = entropy_rows(&logits, classes);
                 Selection {
-                    kept: selector.select_among(&entropies),
+                    kept: match quota {
+                        None => selector.select_among(&entropies),
+                        Some(k) => selector.pick_count(&entropies, k),
+                    },
                     entropies,
                     e_max: self.state.filter.e_max(),
                     too_uncertain: 0,
@@ -205,7 +228,30 @@ impl EdgeAdapter {
                 }
             }
         };
+        if quota.is_some() {
+            self.state.byte_credit -= self.upload_cost(sel.kept.len(), per_image);
+        }
         Ok(self.count(pixels, n, predictions, sel, init))
+    }
+
+    /// Under a byte budget, how many samples of a batch of `n` the credit pays for once the
+    /// batch has earned its share: `None` without a budget.
+    fn byte_quota(&mut self, n: usize, per_image: usize) -> Option<usize> {
+        let budget = self.byte_budget?;
+        self.state.byte_credit += budget.max(0.0) * n as f64;
+        let spare = self.state.byte_credit - self.stats_bytes as f64;
+        // An image costs at least a byte: a zero-sized input never divides by zero.
+        let k = (spare / per_image.max(1) as f64 + 1e-9).floor().max(0.0);
+        Some((k as usize).min(n))
+    }
+
+    /// What an upload of `k` samples of `per_image` bytes puts on the wire, as the counters
+    /// count it: their pixels and, when shared, the statistics (none when `k` is 0).
+    fn upload_cost(&self, k: usize, per_image: usize) -> f64 {
+        match k {
+            0 => 0.0,
+            k => (k * per_image + self.stats_bytes) as f64,
+        }
     }
 
     fn count(
@@ -367,6 +413,10 @@ impl RandomSelector {
     /// (whatever the [`Pick`]: without entropies there is nothing else to rank by).
     pub fn select(&mut self, n: usize) -> Vec<usize> {
         let k = self.quota(n);
+        self.draw(n, k)
+    }
+
+    fn draw(&mut self, n: usize, k: usize) -> Vec<usize> {
         let mut kept = rand::seq::index::sample(&mut self.rng, n, k).into_vec();
         kept.sort_unstable();
         kept
@@ -375,17 +425,23 @@ impl RandomSelector {
     /// Indices (ascending) of the samples of a batch with these entropies to upload, by the
     /// selector's [`Pick`].
     pub fn select_among(&mut self, entropies: &[f32]) -> Vec<usize> {
+        let k = self.quota(entropies.len());
+        self.pick_count(entropies, k)
+    }
+
+    /// [`select_among`](Self::select_among) with the quota `k` set by the caller (the edge's
+    /// byte budget) instead of the rate; the rate's running quota does not move.
+    pub fn pick_count(&mut self, entropies: &[f32], k: usize) -> Vec<usize> {
         let n = entropies.len();
+        let k = k.min(n);
         match self.pick {
-            Pick::Uniform => self.select(n),
+            Pick::Uniform => self.draw(n, k),
             Pick::HighestEntropy => {
-                let k = self.quota(n);
                 let mut kept = by_entropy_descending(entropies)[..k].to_vec();
                 kept.sort_unstable();
                 kept
             }
             Pick::EntropyStrata => {
-                let k = self.quota(n);
                 let order = by_entropy_descending(entropies);
                 // Stratum j holds the ranks [⌊j·n/k⌋, ⌊(j+1)·n/k⌋): never empty when k ≤ n.
                 let mut kept: Vec<usize> = (0..k)

@@ -41,6 +41,14 @@ pub struct EdgeConfig {
     /// leave fewer candidates. `None`: the paper's thresholds.
     #[serde(default)]
     pub budget: Option<f64>,
+    /// An uplink budget in bytes per sample seen, counting what the uploads carry (u8 pixels,
+    /// and the statistics section when `share_stats`): the edge earns this credit with every
+    /// sample, and a batch uploads as many samples as the credit pays for, its selection rule
+    /// choosing which. So the bytes sent never exceed the budget times the samples seen, and an
+    /// upload's fixed cost (the statistics) is paid once for several samples when the budget is
+    /// small. Replaces `budget` and a selector's rate when set. `None`: no byte budget.
+    #[serde(default)]
+    pub byte_budget: Option<f64>,
 }
 
 fn yes() -> bool {
@@ -62,6 +70,7 @@ impl Default for EdgeConfig {
             track_stats: None,
             share_stats: false,
             budget: None,
+            byte_budget: None,
         }
     }
 }
@@ -160,14 +169,10 @@ impl EntropyFilter {
     /// sample is counted under the first criterion that drops it (E_max, E_min, redundancy).
     pub fn select(&mut self, logits: &[f32]) -> Selection {
         let c = self.classes;
-        let entropies = entropy_rows(logits, c);
-        self.seen += entropies.len() as u64;
-        self.entropy_sum += entropies.iter().map(|&e| e as f64).sum::<f64>();
-        if self.warm_mean.is_none() && self.seen >= self.config.warmup as u64 && self.seen > 0 {
-            self.warm_mean = Some(self.entropy_sum / self.seen as f64);
-        }
+        let entropies = self.observe(logits);
         if let Some(budget) = self.config.budget {
-            return self.select_within_budget(logits, entropies, budget);
+            let k = self.budget_quota(entropies.len(), budget);
+            return self.select_lowest(logits, entropies, k);
         }
         let e_max = self.e_max();
         let mut sel = Selection {
@@ -208,15 +213,31 @@ impl EntropyFilter {
         sel
     }
 
-    /// [`select`](Self::select) under [`EdgeConfig::budget`]: this batch's share of the budget
-    /// from the lowest entropy up, past `E_min` and the redundant samples.
-    fn select_within_budget(
-        &mut self,
-        logits: &[f32],
-        entropies: Vec<f32>,
-        budget: f64,
-    ) -> Selection {
-        let (c, n) = (self.classes, entropies.len());
+    /// [`select`](Self::select) with at most `k` uploads chosen by the caller (the edge's byte
+    /// budget, [`EdgeConfig::byte_budget`]): the batch joins the running entropy mean, then its
+    /// `k` lowest-entropy samples above `E_min` that are not redundant are kept, as under
+    /// [`EdgeConfig::budget`].
+    pub fn select_count(&mut self, logits: &[f32], k: usize) -> Selection {
+        let entropies = self.observe(logits);
+        let k = k.min(entropies.len());
+        self.select_lowest(logits, entropies, k)
+    }
+
+    /// The batch's entropies, after they join the running mean ("everything seen") and, at the
+    /// end of warm-up, fix `Ē_warm`.
+    fn observe(&mut self, logits: &[f32]) -> Vec<f32> {
+        let entropies = entropy_rows(logits, self.classes);
+        self.seen += entropies.len() as u64;
+        self.entropy_sum += entropies.iter().map(|&e| e as f64).sum::<f64>();
+        if self.warm_mean.is_none() && self.seen >= self.config.warmup as u64 && self.seen > 0 {
+            self.warm_mean = Some(self.entropy_sum / self.seen as f64);
+        }
+        entropies
+    }
+
+    /// A batch of `n`'s share of a fractional [`EdgeConfig::budget`]: the whole part of what is
+    /// owed, the fraction carried.
+    fn budget_quota(&mut self, n: usize, budget: f64) -> usize {
         let budget = if budget.is_nan() {
             0.0
         } else {
@@ -226,6 +247,12 @@ impl EntropyFilter {
         // The epsilon keeps e.g. 0.25 · 64 = 16.000000000000004 or 15.999999999999998 exact.
         let k = ((self.owed + 1e-9).floor().max(0.0) as usize).min(n);
         self.owed = (self.owed - k as f64).max(0.0);
+        k
+    }
+
+    /// Keeps up to `k` samples from the lowest entropy up, past `E_min` and the redundant ones.
+    fn select_lowest(&mut self, logits: &[f32], entropies: Vec<f32>, k: usize) -> Selection {
+        let (c, n) = (self.classes, entropies.len());
         let mut order: Vec<usize> = (0..n)
             .filter(|&i| !(self.config.emin && entropies[i] <= self.e_min))
             .collect();

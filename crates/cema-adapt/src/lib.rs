@@ -34,7 +34,7 @@ pub use edge::{gather, EdgeAdapter, EdgeBatch, EdgeCounters, EdgeState, Pick, Ra
 pub use error::AdaptError;
 pub use filter::{default_epsilon, EdgeConfig, EntropyFilter, Selection};
 pub use methods::{
-    BnAdapt, Cema, Dropped, Eata, Foundation, GradConfig, Method, MethodBatch, RandomUpload,
+    BnAdapt, Cema, Dropped, Eata, Foundation, GradConfig, Method, MethodBatch, Quota, RandomUpload,
     Source, Tent, UploadRule, UNCERTAIN_TRACK_MOMENTUM,
 };
 pub use replay::ReplayBuffer;

@@ -408,16 +408,25 @@ pub struct RandomUpload {
 
 /// How an edge picks its uploads, outside the benchmark (`cema edge --select`, the Python
 /// `Edge(select=…)`): the entropy filters, or a rate-matched pick as [`RandomUpload`] and
-/// [`RandomUpload::uncertain`] run it in `cema bench`.
+/// [`RandomUpload::uncertain`] run it in `cema bench`; each under a [`Quota`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum UploadRule {
-    /// The entropy filters of the [`EdgeConfig`] (CEMA).
-    Cema,
-    /// A uniformly random fraction of every batch, in (0, 1].
-    Random(f64),
-    /// Issue #25's rule at this fraction: the most uncertain samples, statistics tracked and
-    /// shared.
-    Uncertain(f64),
+    /// The entropy filters of the [`EdgeConfig`] (CEMA); with a byte budget, its lowest-entropy
+    /// candidates that the budget pays for (as under [`EdgeConfig::budget`]).
+    Cema(Option<Quota>),
+    /// A uniformly random pick.
+    Random(Quota),
+    /// Issue #25's rule: the most uncertain samples, statistics tracked and shared.
+    Uncertain(Quota),
+}
+
+/// How much an edge uploads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Quota {
+    /// A fraction of every batch, in (0, 1].
+    Rate(f64),
+    /// Bytes per sample seen, statistics included ([`EdgeConfig::byte_budget`]).
+    Bytes(f64),
 }
 
 impl UploadRule {
@@ -427,25 +436,51 @@ impl UploadRule {
         run_seed ^ 0x5EED_0F0A_1D00
     }
 
-    /// The rule named `select` ("cema", "random", "uncertain") at `rate`, which random and
-    /// uncertain need in (0, 1] and cema refuses; errors name the options with `prefix` (`--`
-    /// on the command line, nothing in Python).
-    pub fn from_choice(select: &str, rate: Option<f64>, prefix: &str) -> Result<Self, String> {
+    /// The rule named `select` ("cema", "random", "uncertain") at `rate` or within
+    /// `byte_budget`: random and uncertain need one of the two (a rate in (0, 1], a positive
+    /// finite byte budget), cema refuses a rate and takes a byte budget. Errors name the options
+    /// with `prefix` (`--` on the command line, nothing in Python).
+    pub fn from_choice(
+        select: &str,
+        rate: Option<f64>,
+        byte_budget: Option<f64>,
+        prefix: &str,
+    ) -> Result<Self, String> {
         let p = prefix;
-        match (select, rate) {
-            ("cema", None) => Ok(UploadRule::Cema),
-            ("cema", Some(r)) => Err(format!(
-                "{p}rate {r}: only with {p}select random or uncertain (cema's filters set their \
-                 own rate)"
-            )),
-            ("random" | "uncertain", None) => Err(format!(
-                "{p}select {select}: needs {p}rate, the fraction of every batch to upload"
-            )),
-            ("random" | "uncertain", Some(r)) if !(r > 0.0 && r <= 1.0) => {
-                Err(format!("{p}rate {r}: expected a fraction in (0, 1]"))
+        if let Some(b) = byte_budget {
+            if !(b.is_finite() && b > 0.0) {
+                return Err(format!(
+                    "{p}byte-budget {b}: expected a positive number of bytes per image"
+                ));
             }
-            ("random", Some(r)) => Ok(UploadRule::Random(r)),
-            ("uncertain", Some(r)) => Ok(UploadRule::Uncertain(r)),
+        }
+        let quota = match (rate, byte_budget) {
+            (Some(r), Some(b)) => {
+                return Err(format!(
+                    "{p}rate {r} and {p}byte-budget {b}: give one of the two"
+                ))
+            }
+            (Some(r), None) if select == "cema" => {
+                return Err(format!(
+                    "{p}rate {r}: only with {p}select random or uncertain (cema's filters set \
+                     their own rate)"
+                ))
+            }
+            (Some(r), None) if !(r > 0.0 && r <= 1.0) => {
+                return Err(format!("{p}rate {r}: expected a fraction in (0, 1]"))
+            }
+            (Some(r), None) => Some(Quota::Rate(r)),
+            (None, Some(b)) => Some(Quota::Bytes(b)),
+            (None, None) => None,
+        };
+        match (select, quota) {
+            ("cema", q) => Ok(UploadRule::Cema(q)),
+            ("random" | "uncertain", None) => Err(format!(
+                "{p}select {select}: needs {p}rate, the fraction of every batch to upload, or \
+                 {p}byte-budget"
+            )),
+            ("random", Some(q)) => Ok(UploadRule::Random(q)),
+            ("uncertain", Some(q)) => Ok(UploadRule::Uncertain(q)),
             _ => Err(format!(
                 "{p}select {select:?}: expected cema, random or uncertain"
             )),
@@ -455,12 +490,34 @@ impl UploadRule {
     /// The edge configuration and selector of this rule, from `base` (the filters' switches,
     /// statistics tracking) and a selection seed.
     pub fn configure(self, base: EdgeConfig, seed: u64) -> (EdgeConfig, Option<RandomSelector>) {
+        let budgeted = |config: EdgeConfig, quota: Option<Quota>| match quota {
+            None => config,
+            Some(Quota::Rate(r)) => EdgeConfig {
+                budget: Some(r),
+                ..config
+            },
+            Some(Quota::Bytes(b)) => EdgeConfig {
+                byte_budget: Some(b),
+                ..config
+            },
+        };
+        // Under a byte budget the selector's rate is never read.
+        let selector = |q: Quota| match q {
+            Quota::Rate(r) => RandomSelector::new(r, seed),
+            Quota::Bytes(_) => RandomSelector::new(0.0, seed),
+        };
         match self {
-            UploadRule::Cema => (base, None),
-            UploadRule::Random(r) => (base, Some(RandomSelector::new(r, seed))),
-            UploadRule::Uncertain(r) => (
-                RandomUpload::uncertain_edge(base),
-                Some(RandomSelector::new(r, seed).with_pick(Pick::HighestEntropy)),
+            UploadRule::Cema(q) => (budgeted(base, q), None),
+            UploadRule::Random(q) => (
+                budgeted(base, matches!(q, Quota::Bytes(_)).then_some(q)),
+                Some(selector(q)),
+            ),
+            UploadRule::Uncertain(q) => (
+                budgeted(
+                    RandomUpload::uncertain_edge(base),
+                    matches!(q, Quota::Bytes(_)).then_some(q),
+                ),
+                Some(selector(q).with_pick(Pick::HighestEntropy)),
             ),
         }
     }

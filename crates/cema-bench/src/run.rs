@@ -158,6 +158,7 @@ impl BenchConfig {
         if methods.iter().any(|m| m.uploads_at_a_rate())
             && !methods.contains(&MethodKey::Cema)
             && matches!(self.random_rate, RandomRate::FollowCema)
+            && self.settings.edge.byte_budget.is_none()
         {
             return input(
                 "random and uncertain upload follow CEMA's measured rate: run cema too, or give \
@@ -339,7 +340,10 @@ pub fn run(
         let key = &spec.key;
         let mut set = None;
         for (mi, &m) in methods.iter().enumerate() {
+            // A byte budget sets every method's quota; no rate is read.
+            let by_rate = m.uploads_at_a_rate() && config.settings.edge.byte_budget.is_none();
             let rate = match (m, &config.random_rate) {
+                _ if !by_rate => 0.0,
                 (m, RandomRate::Fixed(r)) if m.uploads_at_a_rate() => *r,
                 (m, RandomRate::PerStream(rates)) if m.uploads_at_a_rate() => {
                     *rates.get(key).ok_or_else(|| {
@@ -355,7 +359,7 @@ pub fn run(
                 }
                 _ => 0.0,
             };
-            if m.uploads_at_a_rate() {
+            if by_rate {
                 random_rates.insert(key.clone(), json!(rate));
             }
             let fp = fingerprint(m, spec, rate);

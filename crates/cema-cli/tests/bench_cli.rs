@@ -470,6 +470,26 @@ fn bench_bad_inputs_are_usage_errors() {
         assert!(stderr(&o).contains("--cema-budget"), "{}", stderr(&o));
     }
 
+    for (extra, names) in [
+        (&["--byte-budget=0"][..], "--byte-budget 0"),
+        (&["--byte-budget=-40"][..], "--byte-budget -40"),
+        (&["--byte-budget=inf"][..], "--byte-budget inf"),
+        (
+            &["--byte-budget=40", "--cema-budget=0.1"][..],
+            "--cema-budget",
+        ),
+        (
+            &["--byte-budget=40", "--random-rate=0.1"][..],
+            "--random-rate",
+        ),
+    ] {
+        let mut args = vec!["bench", "--methods", "cema,random_upload"];
+        args.extend_from_slice(extra);
+        let o = cema(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(names), "{args:?}: {}", stderr(&o));
+    }
+
     for bad in ["0", "1.5", "NaN"] {
         let o = cema(&["bench", "--methods", "cema", "--cema-track-stats", bad]);
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

@@ -143,6 +143,53 @@ fn rate_matched_edges_over_the_network_reproduce_random_and_uncertain_upload() {
 }
 
 #[test]
+fn edges_within_a_byte_budget_reproduce_the_bench_and_stay_within_it() {
+    // 60 bytes per image: less than a tenth of an image, the uncertain edge's statistics
+    // included, so both edges save up over batches; CEMA's filters pick within the same credit.
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudProc::start(&dir.path().join("cloud"), "127.0.0.1:0", &[]);
+    let (limit, budget) = (512, 60);
+    let edges: Vec<_> = [("dev-a", "tok-a", "cema"), ("dev-b", "tok-b", "uncertain")]
+        .iter()
+        .map(|(d, t, select)| {
+            let json = dir.path().join(format!("{d}.json"));
+            let mut cmd = edge_cmd(&cloud.url(), d, t, "contrast", limit);
+            cmd.args([
+                "--sync",
+                "--select",
+                select,
+                "--byte-budget",
+                "60",
+                "--json",
+            ])
+            .arg(&json);
+            (cmd.spawn().unwrap(), json, *select)
+        })
+        .collect();
+    let b = bench_methods(
+        dir.path(),
+        "cema,uncertain_upload",
+        "contrast",
+        limit,
+        &["--byte-budget", "60"],
+    );
+    for (mut child, json, select) in edges {
+        let key = if select == "cema" {
+            "cema"
+        } else {
+            "uncertain_upload"
+        };
+        let m = &b["methods"][key]["corruptions"]["contrast"];
+        assert_reproduces(&mut child, &json, m, limit, select);
+        // The bench counts pixels and statistics (and the session's first norm state, which
+        // the budget leaves aside): the samples themselves stay within the budget.
+        let uploaded = m["uploaded"].as_u64().unwrap();
+        assert!(uploaded > 0, "{select}: {m}");
+        assert!(uploaded * 784 <= budget * limit as u64, "{select}: {m}");
+    }
+}
+
+#[test]
 fn a_sigkilled_cloud_restarts_and_resumes_while_the_edge_keeps_predicting() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cloud");
@@ -324,6 +371,19 @@ fn cloud_and_edge_usage_errors_exit_2_naming_the_flag() {
         (&["--share-stats"][..], "--cema-track-stats"),
         (&["--select", "sometimes"][..], "--select"),
         (&["--cema-budget", "0"][..], "--cema-budget 0"),
+        (&["--byte-budget", "0"][..], "--byte-budget 0"),
+        (
+            &["--select", "random", "--byte-budget", "NaN"][..],
+            "--byte-budget NaN",
+        ),
+        (
+            &["--select", "random", "--rate", "0.2", "--byte-budget", "40"][..],
+            "--byte-budget 40",
+        ),
+        (
+            &["--cema-budget", "0.2", "--byte-budget", "40"][..],
+            "--byte-budget 40",
+        ),
         (
             &[
                 "--select",

@@ -67,9 +67,10 @@ impl Edge {
     /// `token`, connected; without, offline (predictions and selection only). `select`: how
     /// uploads are picked, "cema" (the entropy filters), "random" or "uncertain" (issue #25's
     /// rule, the edge's statistics sent along), the last two at `rate` of every batch, drawn
-    /// from `seed` as `cema edge --seed` does.
+    /// from `seed` as `cema edge --seed` does; or any of the three within `byte_budget` bytes
+    /// per image seen (as `cema edge --byte-budget`).
     #[new]
-    #[pyo3(signature = (model, cloud=None, device=None, token=None, uplink_kbps=None, select="cema", rate=None, seed=0))]
+    #[pyo3(signature = (model, cloud=None, device=None, token=None, uplink_kbps=None, select="cema", rate=None, seed=0, byte_budget=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         model: &str,
@@ -80,9 +81,10 @@ impl Edge {
         select: &str,
         rate: Option<f64>,
         seed: u64,
+        byte_budget: Option<f64>,
     ) -> PyResult<Self> {
-        let rule =
-            cema_adapt::UploadRule::from_choice(select, rate, "").map_err(PyValueError::new_err)?;
+        let rule = cema_adapt::UploadRule::from_choice(select, rate, byte_budget, "")
+            .map_err(PyValueError::new_err)?;
         let (config, selector) = rule.configure(
             cema_adapt::EdgeConfig::default(),
             cema_adapt::UploadRule::seed_for(seed),

@@ -109,10 +109,24 @@ def test_issue_25s_rule_uploads_its_quota_with_the_edges_statistics(cloud):
     assert (c["selected"], c["uploaded"], c["refused"]) == (64, 64, 0)
 
 
+def test_a_byte_budget_bounds_what_an_offline_edge_selects():
+    # 100 bytes per 784-byte image: 64 frames earn 6 400 bytes, eight images' worth.
+    x = frames(256)
+    edge = cema.Edge(MODEL, select="random", byte_budget=100.0)
+    picked = 0
+    for b in range(4):
+        picked += len(edge.predict(x[b * 64:(b + 1) * 64])["selected"])
+        assert picked * 784 <= 100 * 64 * (b + 1)
+    assert picked == 256 * 100 // 784
+
+
 def test_a_bad_selection_is_a_value_error_naming_it():
     for kwargs, says in [({"select": "uncertain"}, "rate"),
                          ({"select": "random", "rate": 0.0}, "rate 0"),
                          ({"select": "cema", "rate": 0.5}, "rate"),
-                         ({"select": "sometimes", "rate": 0.5}, "sometimes")]:
+                         ({"select": "sometimes", "rate": 0.5}, "sometimes"),
+                         ({"select": "random", "byte_budget": 0.0}, "byte-budget 0"),
+                         ({"select": "random", "rate": 0.5, "byte_budget": 40.0},
+                          "one of the two")]:
         with pytest.raises(ValueError, match=says):
             cema.Edge(MODEL, **kwargs)

@@ -123,6 +123,13 @@ pub struct Args {
     /// measured rate on that stream.
     #[arg(long, conflicts_with = "random_rates_from")]
     random_rate: Option<f64>,
+    /// An uplink budget for cema, random_upload and uncertain_upload, in bytes per image of the
+    /// stream (pixels and shared statistics counted), instead of --cema-budget and the random
+    /// rate: every image earns the budget, and a batch uploads as many samples as the unspent
+    /// credit pays for, each method choosing which (cema: its lowest-entropy candidates). The
+    /// byte-budget points of the curve (bench/budget_curve.sh --bytes).
+    #[arg(long, value_name = "BYTES", conflicts_with_all = ["cema_budget", "random_rate", "random_rates_from"])]
+    byte_budget: Option<f64>,
     /// random_upload's rate per stream from an earlier run's results.json: CEMA's measured
     /// `upload_fraction` on each stream, so that random upload can run in a separate process (in
     /// parallel, or later) and still follow CEMA stream by stream. That run must have had the same
@@ -233,6 +240,7 @@ fn settings(args: &Args) -> Settings {
             track_stats: args.cema_track_stats,
             share_stats: args.cema_share_stats,
             budget: args.cema_budget,
+            byte_budget: args.byte_budget,
             ..args.cema_preset.edge_config()
         },
         cloud,
@@ -259,6 +267,13 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         if !(0.0..=1.0).contains(&b) {
             return Err(CliError::usage(anyhow::anyhow!(
                 "--cema-budget {b} is outside [0, 1]"
+            )));
+        }
+    }
+    if let Some(b) = args.byte_budget {
+        if !(b.is_finite() && b > 0.0) {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "--byte-budget {b}: expected a positive number of bytes per image"
             )));
         }
     }
@@ -290,6 +305,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         if !methods.contains(&MethodKey::Cema)
             && args.random_rate.is_none()
             && args.random_rates_from.is_none()
+            && args.byte_budget.is_none()
         {
             return Err(CliError::usage(anyhow::anyhow!(
                 "--methods {} uploads at CEMA's measured rate: add cema to --methods, or give the \

@@ -131,6 +131,12 @@ pub struct SelectArgs {
     /// With --select random or uncertain: the fraction of every batch to upload, in (0, 1].
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Instead of --rate (and of --cema-budget with --select cema): an uplink budget in bytes
+    /// per image seen, pixels and shared statistics counted. Every image earns the budget; a
+    /// batch uploads as many samples as the unspent credit pays for, the rule choosing which, so
+    /// the uploads never exceed the budget over the stream (as `cema bench --byte-budget`).
+    #[arg(long, value_name = "BYTES")]
+    pub byte_budget: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,16 +160,18 @@ impl SelectArgs {
     /// The same flags for a child `cema edge`, checked.
     pub fn to_args(&self) -> Result<Vec<String>, CliError> {
         self.rule()?;
-        Ok(match self.rate {
-            None => Vec::new(),
-            Some(r) => ["--select", self.select.name(), "--rate", &r.to_string()]
-                .map(String::from)
-                .to_vec(),
-        })
+        let mut args = vec!["--select".to_string(), self.select.name().to_string()];
+        if let Some(r) = self.rate {
+            args.extend(["--rate".to_string(), r.to_string()]);
+        }
+        if let Some(b) = self.byte_budget {
+            args.extend(["--byte-budget".to_string(), b.to_string()]);
+        }
+        Ok(args)
     }
 
     fn rule(&self) -> Result<UploadRule, CliError> {
-        UploadRule::from_choice(self.select.name(), self.rate, "--")
+        UploadRule::from_choice(self.select.name(), self.rate, self.byte_budget, "--")
             .map_err(|e| CliError::usage(anyhow::anyhow!(e)))
     }
 }
@@ -184,6 +192,11 @@ pub(crate) fn selection(args: &Args) -> Result<(EdgeConfig, Option<RandomSelecto
         if !(b > 0.0 && b <= 1.0) || args.pick.select != Select::Cema {
             return Err(usage(format!(
                 "--cema-budget {b}: a fraction in (0, 1], with --select cema"
+            )));
+        }
+        if let Some(bytes) = args.pick.byte_budget {
+            return Err(usage(format!(
+                "--cema-budget {b} and --byte-budget {bytes}: give one of the two"
             )));
         }
     }
