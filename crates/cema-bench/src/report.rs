@@ -207,7 +207,13 @@ impl Report {
         let k = self.streams.len().max(1) as f64;
         let mut mean = format!("{:<22}", "mean");
         let mut up = format!("{:<22}", "upload %");
+        // Bytes matter beside the fraction: a method may send more than pixels (statistics).
+        let mut bytes = format!("{:<22}", "bytes up / image");
         for (_, s) in self.in_order() {
+            let (sent, seen) = self.streams.iter().fold((0u64, 0usize), |(b, n), k| {
+                (b + s.corruptions[k].bytes_up, n + s.corruptions[k].images)
+            });
+            bytes += &format!(" {:>width$.0}", sent as f64 / seen.max(1) as f64);
             let acc: f64 = self.streams.iter().map(|k| s.corruptions[k].accuracy).sum();
             let frac: f64 = self
                 .streams
@@ -219,6 +225,7 @@ impl Report {
         }
         let _ = writeln!(t, "{mean}");
         let _ = writeln!(t, "{up}");
+        let _ = writeln!(t, "{bytes}");
         t
     }
 }

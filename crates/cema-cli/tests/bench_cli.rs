@@ -110,7 +110,7 @@ fn bench_with(edge: &Path, out: &Path, methods: &str, extra: &[&str]) -> Value {
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(
-        table.contains("upload %") && table.contains("mean"),
+        table.contains("upload %") && table.contains("mean") && table.contains("bytes up / image"),
         "{table}"
     );
     read_json(&out.join("results.json"))
