@@ -114,6 +114,11 @@ def svg(curve, path):
         out.append(f'<line x1="{w - right + 10}" y1="{ly - 4}" x2="{w - right + 30}" '
                    f'y2="{ly - 4}" stroke="{c}" stroke-width="2"/>')
         out.append(f'<text x="{w - right + 36}" y="{ly}">{METHODS[key]}</text>')
+    ly = top + 16 + 18 * len(curve["methods"]) + 10
+    out.append(f'<circle cx="{w - right + 20}" cy="{ly - 4}" r="3" fill="gray"/>')
+    out.append(f'<text x="{w - right + 36}" y="{ly}">budget: a fraction</text>')
+    out.append(f'<rect x="{w - right + 17}" y="{ly + 11}" width="6" height="6" fill="gray"/>')
+    out.append(f'<text x="{w - right + 36}" y="{ly + 18}">budget: bytes per image</text>')
     out.append("</svg>")
     open(path, "w").write("\n".join(out) + "\n")
 

@@ -124,8 +124,8 @@ pub struct SelectArgs {
     /// How the edge picks its uploads: cema (the paper's entropy filters); random (a uniformly
     /// random --rate of every batch, the random-upload baseline); uncertain (issue #25's rule:
     /// the --rate most uncertain samples of every batch, statistics tracked and shared, as
-    /// `cema bench --methods uncertain_upload`). The draws are seeded from --seed as in
-    /// `cema bench`.
+    /// `cema bench --methods uncertain_upload`). Any of the three within --byte-budget instead.
+    /// The draws are seeded from --seed as in `cema bench`.
     #[arg(long, value_enum, default_value = "cema")]
     pub select: Select,
     /// With --select random or uncertain: the fraction of every batch to upload, in (0, 1].
