@@ -49,6 +49,19 @@ struct Cli {
     )]
     backend: String,
 
+    /// Number type of the matrix products on the CPU (convolutions, linear layers, attention):
+    /// `f32`, or `bf16` (operands rounded to bfloat16, sums in f32, on the AVX512_BF16
+    /// instruction; an error on a CPU without it). Norms, losses and the optimiser stay f32.
+    #[arg(
+        long,
+        global = true,
+        env = "CEMA_PRECISION",
+        default_value = "f32",
+        value_name = "P",
+        help_heading = "Global options"
+    )]
+    precision: cema_model::Precision,
+
     #[command(subcommand)]
     command: cmd::Command,
 }
@@ -84,6 +97,10 @@ fn main() -> ExitCode {
         {
             tracing::warn!("--threads {n} ignored: {e}");
         }
+    }
+    if let Err(e) = cema_model::set_precision(cli.precision) {
+        eprintln!("error: --precision: {e}");
+        return ExitCode::from(2);
     }
     let device = match cema_model::device(&cli.backend) {
         Ok(d) => d,

@@ -57,6 +57,8 @@ pub enum ModelError {
     },
     #[error("input batch: {0}")]
     Input(String),
+    #[error("precision: {0}")]
+    Precision(String),
     #[error("backend `{spec}`: {reason}")]
     Backend { spec: String, reason: String },
 }

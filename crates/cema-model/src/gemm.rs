@@ -110,6 +110,11 @@ pub(crate) fn gemm_view(
             .for_each(|r| r[..n].iter_mut().for_each(|v| *v *= beta));
         return;
     }
+    if crate::bf16::precision() == crate::bf16::Precision::Bf16 {
+        let b = crate::bf16::PackedB::new(rhs);
+        gemm_bf16(dst, dst_rs, lhs, &b, (beta, alpha), threads);
+        return;
+    }
     let parallelism = if threads > 1 {
         Parallelism::Rayon(threads)
     } else {
@@ -142,6 +147,74 @@ pub(crate) fn gemm_view(
             parallelism,
         );
     }
+}
+
+/// `dst ← beta·dst + alpha·lhs·B` in bf16 ([`crate::bf16`]), `B` already packed.
+pub(crate) fn gemm_bf16(
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: &crate::bf16::PackedB,
+    ba: (f32, f32),
+    threads: usize,
+) {
+    let mut pairs = take_pairs();
+    crate::bf16::pairs_of(lhs, &mut pairs);
+    let kp = lhs.cols.div_ceil(2);
+    let a = crate::bf16::PairRows {
+        data: &pairs,
+        rows: lhs.rows,
+        rs: kp,
+        offs: &[0],
+        seg: kp,
+    };
+    crate::bf16::gemm_pairs(dst, dst_rs, a, rhs, ba, threads);
+    PAIRS.set(pairs);
+}
+
+/// A convolution as one bf16 product without an im2col copy: row `i` of the left operand is
+/// the `offs.len()` windows `x[i·rs + o ..][..seg]` for `o` in `offs` (overlapping rows of a
+/// padded NHWC buffer), in floats; `rs`, every offset and `seg` even (whole pairs).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_bf16(
+    dst: &mut [f32],
+    dst_rs: usize,
+    x: &[f32],
+    (m, rs): (usize, usize),
+    offs: &[usize],
+    seg: usize,
+    rhs: &crate::bf16::PackedB,
+    ba: (f32, f32),
+    threads: usize,
+) {
+    assert!(
+        rs % 2 == 0 && seg % 2 == 0 && offs.iter().all(|o| o % 2 == 0),
+        "conv_bf16: windows must be whole pairs"
+    );
+    let mut pairs = take_pairs();
+    pairs.clear();
+    crate::bf16::push_pairs(x, &mut pairs);
+    let offs: Vec<usize> = offs.iter().map(|o| o / 2).collect();
+    let a = crate::bf16::PairRows {
+        data: &pairs,
+        rows: m,
+        rs: rs / 2,
+        offs: &offs,
+        seg: seg / 2,
+    };
+    crate::bf16::gemm_pairs(dst, dst_rs, a, rhs, ba, threads);
+    PAIRS.set(pairs);
+}
+
+thread_local! {
+    /// The left operand's pairs, reused between products on one thread.
+    static PAIRS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The buffer taken out, not borrowed: a rayon worker waiting inside a product may run
+/// another task that multiplies too (it then allocates its own).
+fn take_pairs() -> Vec<u32> {
+    PAIRS.take()
 }
 
 #[cfg(test)]

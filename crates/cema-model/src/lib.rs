@@ -22,6 +22,7 @@
 
 mod affine_backward;
 mod arch;
+mod bf16;
 mod checkpoint;
 mod efficientnet;
 mod error;
@@ -49,6 +50,7 @@ mod vit;
 
 pub use affine_backward::HostBackward;
 pub use arch::Arch;
+pub use bf16::{bf16_supported, precision, set_precision, Precision};
 pub use burn::tensor::{Device, Tensor};
 pub use checkpoint::{
     card_path, sha256_file, sha256_hex, InputSpec, ModelCard, Preprocess, FASHION_MNIST_MEAN,

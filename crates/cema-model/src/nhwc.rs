@@ -8,7 +8,10 @@
 //! convolutions copy one contiguous `k·cin` run per kernel row into an im2col matrix. The inverse
 //! of that copy, [`FConv::col2im_add`], is the input gradient of a strided convolution.
 
-use crate::gemm::{gemm_acc, gemm_acc_lhs_stride};
+use std::sync::OnceLock;
+
+use crate::bf16::{PackedB, Precision};
+use crate::gemm::{conv_bf16, gemm_acc, gemm_acc_lhs_stride, gemm_bf16, View};
 use crate::graph::Act;
 use crate::lanes;
 
@@ -68,6 +71,8 @@ pub(crate) struct FConv {
     pub(crate) win: Window,
     w: Vec<f32>,
     b: Vec<f32>,
+    /// `w` packed for the bf16 kernel, on first use under [`Precision::Bf16`].
+    wb: OnceLock<PackedB>,
 }
 
 impl FConv {
@@ -99,6 +104,7 @@ impl FConv {
             win,
             w: fw,
             b,
+            wb: OnceLock::new(),
         }
     }
 
@@ -136,6 +142,7 @@ impl FConv {
             },
             w,
             b: vec![0.0; cin],
+            wb: OnceLock::new(),
         })
     }
 
@@ -186,7 +193,28 @@ impl FConv {
                 fill_rows(dst, &self.b);
             }
             let par = threads_for(threads, rows * k * k * self.cin * cout);
-            if pointwise {
+            if bf16() && pointwise {
+                let lhs = View::rows(x, rows, self.cin, self.cin);
+                gemm_bf16(dst, cout, lhs, self.packed(), (1.0, 1.0), par);
+            } else if bf16() && self.cin % 2 == 0 {
+                // The three kernel rows as three windows of one product (see `conv_bf16`).
+                let wp = g.w + 2;
+                let m = rows - 2 * wp - 2;
+                let d = &mut dst[(wp + 1) * cout..(wp + 1 + m) * cout];
+                let offs = [0, wp * self.cin, 2 * wp * self.cin];
+                let (x, b) = (x, self.packed());
+                conv_bf16(
+                    d,
+                    cout,
+                    x,
+                    (m, self.cin),
+                    &offs,
+                    3 * self.cin,
+                    b,
+                    (1.0, 1.0),
+                    par,
+                );
+            } else if pointwise {
                 gemm_acc(dst, x, &self.w, (rows, self.cin, cout), par);
             } else {
                 // Output row r + wp + 1 reads input rows r + ky·wp + (0..3): for each ky one GEMM
@@ -209,7 +237,12 @@ impl FConv {
             fill_rows(&mut s.tmp, &self.b);
             let kk = k * k * self.cin;
             let par = threads_for(threads, m * kk * cout);
-            gemm_acc(&mut s.tmp, &s.col, &self.w, (m, kk, cout), par);
+            if bf16() {
+                let lhs = View::rows(&s.col, m, kk, kk);
+                gemm_bf16(&mut s.tmp, cout, lhs, self.packed(), (1.0, 1.0), par);
+            } else {
+                gemm_acc(&mut s.tmp, &s.col, &self.w, (m, kk, cout), par);
+            }
             if !accumulate {
                 dst.fill(0.0);
             }
@@ -225,6 +258,12 @@ impl FConv {
         }
         finish(dst, out, cout, act);
         out
+    }
+
+    fn packed(&self) -> &PackedB {
+        let rows = self.win.k * self.win.k * self.cin;
+        self.wb
+            .get_or_init(|| PackedB::new(View::rows(&self.w, rows, self.cout, self.cout)))
     }
 
     /// One row per output pixel: the k×k×cin patch it sees. The input's zero border (at least
@@ -511,6 +550,11 @@ fn fill_rows(dst: &mut [f32], row: &[f32]) {
     for d in dst.chunks_exact_mut(row.len()) {
         d.copy_from_slice(row);
     }
+}
+
+/// Whether the products run in bf16 ([`crate::set_precision`]).
+fn bf16() -> bool {
+    crate::bf16::precision() == Precision::Bf16
 }
 
 pub(crate) fn threads_for(threads: usize, macs: usize) -> usize {
