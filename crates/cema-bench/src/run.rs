@@ -93,7 +93,7 @@ pub struct BenchConfig {
     pub records: PathBuf,
     /// Reuse the records a run with the same fingerprint left; without it they are cleared.
     pub resume: bool,
-    /// What else a result depends on (dataset, binary, thread count, backend): part of every
+    /// What else a result depends on (dataset, binary, thread count, backend, precision): part of every
     /// record's fingerprint.
     pub environment: Map<String, Value>,
 }

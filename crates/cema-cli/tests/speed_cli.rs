@@ -31,6 +31,7 @@ fn speed_edge_workloads_write_the_json_bench_compare_reads() {
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(v["threads"].as_u64().unwrap() >= 1);
     assert_eq!(v["backend"], "cpu", "the default backend is recorded");
+    assert_eq!(v["precision"], "f32", "the default precision is recorded");
     for w in ["edge_b1", "edge_b64"] {
         let e = &v["workloads"][w];
         for k in [
@@ -103,5 +104,44 @@ fn a_bad_backend_is_a_usage_error_naming_the_flag() {
         let o = cema(&["--backend", "cuda", "speed", "--workload", "edge_b1"]);
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn precision_is_validated_and_recorded() {
+    let o = cema(&["--precision", "bf8", "speed", "--workload", "edge_b1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bf8"), "{}", stderr(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("speed.json");
+    let edge = repo().join("models/edge.safetensors");
+    let o = cema(&[
+        "--precision",
+        "bf16",
+        "speed",
+        "--models",
+        edge.to_str().unwrap(),
+        "--workload",
+        "edge_b1",
+        "--seconds",
+        "0.01",
+        "--json",
+        out.to_str().unwrap(),
+    ]);
+    #[cfg(target_arch = "x86_64")]
+    let has = std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has = false;
+    if has {
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(v["precision"], "bf16");
+    } else {
+        // Never a silent f32 run: exit 2, the instruction named, nothing written.
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("AVX512_BF16"), "{}", stderr(&o));
+        assert!(!out.exists());
     }
 }

@@ -188,7 +188,7 @@ pub(crate) fn conv_bf16(
     threads: usize,
 ) {
     assert!(
-        rs % 2 == 0 && seg % 2 == 0 && offs.iter().all(|o| o % 2 == 0),
+        rs.is_multiple_of(2) && seg.is_multiple_of(2) && offs.iter().all(|o| o.is_multiple_of(2)),
         "conv_bf16: windows must be whole pairs"
     );
     let mut pairs = take_pairs();

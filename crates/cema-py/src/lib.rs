@@ -192,10 +192,26 @@ fn load_results<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Boun
     Ok(results)
 }
 
+/// Sets this process's matrix-product precision, "f32" or "bf16" (as `cema --precision`: bf16
+/// needs a CPU with AVX512_BF16, else a ValueError and the process stays f32).
+#[pyfunction]
+fn set_precision(precision: &str) -> PyResult<()> {
+    let p: cema_model::Precision = precision.parse().map_err(PyValueError::new_err)?;
+    cema_model::set_precision(p).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// The matrix-product precision in force ("f32" unless [`set_precision`] said otherwise).
+#[pyfunction]
+fn precision() -> String {
+    cema_model::precision().to_string()
+}
+
 #[pymodule]
 fn cema(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Edge>()?;
     m.add_function(wrap_pyfunction!(load_results, m)?)?;
+    m.add_function(wrap_pyfunction!(set_precision, m)?)?;
+    m.add_function(wrap_pyfunction!(precision, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -130,3 +130,26 @@ def test_a_bad_selection_is_a_value_error_naming_it():
                           "one of the two")]:
         with pytest.raises(ValueError, match=says):
             cema.Edge(MODEL, **kwargs)
+
+
+def test_bf16_products_predict_as_f32_does_or_are_refused():
+    assert cema.precision() == "f32"
+    with pytest.raises(ValueError, match="bf8"):
+        cema.set_precision("bf8")
+    x = np.ascontiguousarray(frames(256))
+    want = cema.Edge(MODEL).predict(x)["predictions"]
+    bf16 = "avx512_bf16" in pathlib.Path("/proc/cpuinfo").read_text()
+    if not bf16:
+        with pytest.raises(ValueError, match="AVX512_BF16"):
+            cema.set_precision("bf16")
+        assert cema.precision() == "f32"
+        return
+    cema.set_precision("bf16")
+    try:
+        assert cema.precision() == "bf16"
+        got = cema.Edge(MODEL).predict(x)["predictions"]
+    finally:
+        cema.set_precision("f32")
+    same = sum(a == b for a, b in zip(got, want))
+    # Rounding moves a few borderline frames, never the model: 256 frames, at most 5 differ.
+    assert same >= 251, f"{same} of 256 predictions agree"

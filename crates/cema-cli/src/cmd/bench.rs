@@ -374,6 +374,10 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     environment.insert("binary_sha256".into(), binary_sha);
     environment.insert("threads".into(), json!(rayon::current_num_threads()));
     environment.insert("backend".into(), json!(ctx.backend));
+    environment.insert(
+        "precision".into(),
+        json!(cema_model::precision().to_string()),
+    );
 
     let mut config = BenchConfig {
         methods: methods.clone(),
@@ -444,6 +448,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
         "cema_version": env!("CARGO_PKG_VERSION"),
         "backend": ctx.backend,
         "threads": rayon::current_num_threads(),
+        "precision": cema_model::precision().to_string(),
         "protocol": args.protocol.name(),
         "methods": methods.iter().map(|m| m.key()).collect::<Vec<_>>(),
         "corruptions": corruptions.iter().map(|c| c.name()).collect::<Vec<_>>(),

@@ -90,7 +90,9 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    // The process-wide matrix-product precision reaches every child (the cloud, workers).
     let mut child = Command::new(exe)
+        .env("CEMA_PRECISION", cema_model::precision().to_string())
         .args(["-q", subcommand])
         .args(args)
         .stdout(Stdio::piped())

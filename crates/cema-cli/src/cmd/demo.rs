@@ -240,7 +240,8 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
     let mut readers = Vec::new();
     for (i, (d, t, c)) in devices.iter().enumerate() {
         let mut cmd = Command::new(&exe);
-        cmd.arg("-q")
+        cmd.env("CEMA_PRECISION", cema_model::precision().to_string())
+            .arg("-q")
             .args(["edge", "--cloud", &clouds[i], "--device", d, "--token", t])
             .args([
                 "--corruption",

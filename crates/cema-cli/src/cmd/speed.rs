@@ -451,6 +451,7 @@ pub fn run(args: Args, ctx: &Context) -> Result<(), CliError> {
             "engine": format!("cema ({})", ctx.engine()),
             "backend": ctx.backend,
             "threads": rayon::current_num_threads(),
+            "precision": cema_model::precision().to_string(),
             "seconds": args.seconds,
             "throughput": "units per iteration / median iteration time",
             "models": args.models,
