@@ -139,6 +139,13 @@ impl PackedB {
         for p in 0..pairs {
             let dst = &mut data[p * n_pad..][..n];
             let full = 2 * p + 1 < k;
+            #[cfg(target_arch = "x86_64")]
+            if b.cs == 1 && bf16_supported() {
+                let row = |r: usize| &b.data[r * b.rs..][..n];
+                // SAFETY: the CPU has the features the function is compiled for (checked).
+                unsafe { x86::interleave(row(2 * p), full.then(|| row(2 * p + 1)), dst) };
+                continue;
+            }
             for (j, d) in dst.iter_mut().enumerate() {
                 let hi = if full { at(2 * p + 1, j) } else { 0 };
                 *d = at(2 * p, j) | (hi << 16);
@@ -287,6 +294,31 @@ mod x86 {
             let mask = ((1u32 << pairs) - 1) as u16;
             _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i / 2) as *mut i32, mask, v);
             i += 32;
+        }
+    }
+
+    /// `dst[j]` ← the pair (`lo[j]`, `hi[j]` or 0) in bf16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn interleave(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
+        let n = dst.len();
+        assert!(lo.len() >= n && hi.is_none_or(|h| h.len() >= n));
+        let half = |src: &[f32], j: usize, m: u16| {
+            let v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src.as_ptr().add(j)));
+            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(v))
+        };
+        let mut j = 0;
+        while j < n {
+            let m = if n - j >= 16 {
+                0xffff
+            } else {
+                ((1u32 << (n - j)) - 1) as u16
+            };
+            let mut v = half(lo, j, m);
+            if let Some(h) = hi {
+                v = _mm512_or_si512(v, _mm512_slli_epi32::<16>(half(h, j, m)));
+            }
+            _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(j) as *mut i32, m, v);
+            j += 16;
         }
     }
 
@@ -492,6 +524,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn transposed_operands_pack_as_their_transpose() {
+        if !bf16_supported() {
+            return;
+        }
+        // Aᵀ and Bᵀ stored: the strided (scalar) packing must give the contiguous product.
+        let (m, k, n) = (9, 11, 20);
+        let (a, b) = (data(m * k, 1.0), data(k * n, 2.0));
+        let (at, bt) = (transpose(&a, m, k), transpose(&b, k, n));
+        let mut pa = Vec::new();
+        pairs_of(View::rows(&at, k, m, m).t(), &mut pa);
+        let pb = PackedB::new(View::rows(&bt, n, k, k).t());
+        let kp = k.div_ceil(2);
+        let rows = PairRows {
+            data: &pa,
+            rows: m,
+            rs: kp,
+            offs: &[0],
+            seg: kp,
+        };
+        let mut c = vec![0f32; m * n];
+        gemm_pairs(&mut c, n, rows, &pb, (0.0, 1.0), 1);
+        for (got, w) in c.iter().zip(reference(&a, &b, (m, k, n))) {
+            assert!((*got as f64 - w).abs() < 1e-5, "{got} vs {w}");
+        }
+    }
+
+    fn transpose(x: &[f32], r: usize, c: usize) -> Vec<f32> {
+        (0..r * c).map(|i| x[(i % r) * c + i / r]).collect()
     }
 
     #[test]

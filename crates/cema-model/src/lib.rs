@@ -16,6 +16,8 @@
 //!   else frozen; [`train`] for source training, and the reference the hand-written pass is
 //!   tested against.
 //!
+//! - [`set_precision`]: the matrix products in f32 (default) or bf16 ([`Precision`]; AVX512_BF16).
+//!
 //! **API boundary:** all tensor code of the workspace lives in this crate. Other crates see host
 //! vectors, [`NormState`]s and this API; they never name a burn type except [`Device`]/[`Tensor`]
 //! through the loss closures of [`Net::backward`].
