@@ -9,67 +9,14 @@ mod common;
 
 use std::process::Command;
 
-use cema_model::{
-    bf16_supported, cpu, mean_entropy_grad, precision, set_precision, Arch, Model, NormMode,
-    Precision,
-};
+use cema_model::{bf16_supported, precision, set_precision, Precision};
 use common::*;
 
 const CHILD: &str = "CEMA_BF16_REFUSAL_OUT";
 
-struct Out {
-    logits: Vec<f32>,
-    train_logits: Vec<f32>,
-    grads: Vec<f32>,
-}
-
-/// Eval logits (folded net) and the norm-affine backward of a CIFAR ResNet (3×3 stride-1 and
-/// strided convolutions, pointwise shortcuts), an EfficientNet-Lite (depthwise, pointwise, an
-/// RGB stem with an odd channel count) and a ViT (token GEMMs, attention's transposed views).
-fn compute() -> Vec<(&'static str, Out)> {
-    let vit = Arch::Vit {
-        image_size: 16,
-        patch: 4,
-        in_channels: 3,
-        dim: 32,
-        depth: 2,
-        heads: 4,
-        mlp_dim: 64,
-        num_classes: 7,
-    };
-    let mut out = Vec::new();
-    for (name, arch, input, n) in [
-        ("resnet8", Arch::resnet8(1, 10), None, 16),
-        ("lite0", Arch::efficientnet_lite(0, 7), Some(rgb(40)), 8),
-        ("vit", vit, Some(rgb(16)), 3),
-    ] {
-        let mut card = fmnist_card(arch);
-        if let Some(i) = input {
-            card.input = i;
-        }
-        let per = card.input.height * card.input.width * card.input.channels;
-        let mut m = Model::init(card, &cpu(), 3).unwrap();
-        m.hand_written_paths().unwrap();
-        perturb_norms(&mut m, 1);
-        let px = pixels(n, per, 5);
-        let logits = m.logits(&px, n, NormMode::Running).unwrap();
-        let classes = m.card.architecture.num_classes();
-        let b = m
-            .norm_affine_backward(&px, n, NormMode::Batch, false, |l| {
-                mean_entropy_grad(l, classes)
-            })
-            .unwrap();
-        let grads = b.grads.iter().flat_map(|(_, g)| g.clone()).collect();
-        out.push((
-            name,
-            Out {
-                logits,
-                train_logits: b.logits,
-                grads,
-            },
-        ));
-    }
-    out
+/// See [`hand_written_outputs`]: the three models of `portable_path`, on larger batches.
+fn compute() -> Vec<(&'static str, PathOutputs)> {
+    hand_written_outputs([16, 8, 3])
 }
 
 fn norm(v: &[f32]) -> f64 {

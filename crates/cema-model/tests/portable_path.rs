@@ -14,40 +14,18 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use cema_model::{cpu, mean_entropy_grad, Arch, Model, NormMode};
 use common::*;
 
 const CHILD: &str = "CEMA_PORTABLE_PATH_OUT";
 
-/// Everything the two hand-written paths produce for two small models, as one flat list per
+/// Everything the two hand-written paths produce for three small models, as one flat list per
 /// quantity, and the features this process saw.
 fn compute() -> serde_json::Value {
     let mut out = serde_json::Map::new();
-    for (name, arch, input, n) in [
-        ("resnet8", Arch::resnet8(1, 10), None, 4),
-        ("lite0", Arch::efficientnet_lite(0, 7), Some(rgb(40)), 2),
-        ("vit", tiny_vit(), Some(rgb(16)), 3),
-    ] {
-        let mut card = fmnist_card(arch);
-        if let Some(i) = input {
-            card.input = i;
-        }
-        let per = card.input.height * card.input.width * card.input.channels;
-        let mut m = Model::init(card, &cpu(), 3).unwrap();
-        m.hand_written_paths().unwrap();
-        perturb_norms(&mut m, 1);
-        let px = pixels(n, per, 5);
-        let logits = m.logits(&px, n, NormMode::Running).unwrap();
-        let classes = m.card.architecture.num_classes();
-        let b = m
-            .norm_affine_backward(&px, n, NormMode::Batch, false, |l| {
-                mean_entropy_grad(l, classes)
-            })
-            .unwrap();
-        let grads: Vec<f32> = b.grads.iter().flat_map(|(_, g)| g.clone()).collect();
+    for (name, o) in hand_written_outputs([4, 2, 3]) {
         out.insert(
             name.into(),
-            serde_json::json!({"logits": logits, "train_logits": b.logits, "grads": grads}),
+            serde_json::json!({"logits": o.logits, "train_logits": o.train_logits, "grads": o.grads}),
         );
     }
     out.insert(
@@ -59,20 +37,6 @@ fn compute() -> serde_json::Value {
         }),
     );
     serde_json::Value::Object(out)
-}
-
-/// A ViT small enough for an emulated CPU: the token path's GEMMs, LayerNorm, GELU and softmax.
-fn tiny_vit() -> Arch {
-    Arch::Vit {
-        image_size: 16,
-        patch: 4,
-        in_channels: 3,
-        dim: 32,
-        depth: 2,
-        heads: 4,
-        mlp_dim: 64,
-        num_classes: 7,
-    }
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {

@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 
-use cema_model::{Arch, InputSpec, Kind, Model, ModelCard};
+use cema_model::{cpu, mean_entropy_grad, Arch, InputSpec, Kind, Model, ModelCard, NormMode};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -114,4 +114,63 @@ pub fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
     let scale = b.iter().chain(a).fold(1e-3f32, |m, v| m.max(v.abs()));
     let d = max_abs_diff(a, b);
     assert!(d <= tol * scale, "{what}: max |Δ| {d} (scale {scale})");
+}
+
+/// What the hand-written paths produce for one small model: eval logits (the folded net), and the
+/// train-mode logits and norm γ/β gradients of the norm-affine backward (mean entropy).
+pub struct PathOutputs {
+    pub logits: Vec<f32>,
+    pub train_logits: Vec<f32>,
+    pub grads: Vec<f32>,
+}
+
+/// [`PathOutputs`] of a CIFAR ResNet-8 (dense 3×3, strided and pointwise convolutions, residual
+/// adds), an EfficientNet-Lite0 at 40 px (depthwise convolutions, ReLU6, SAME padding, an RGB
+/// stem) and a tiny ViT (the token path: strided GEMMs, LayerNorm, GELU, softmax), on batches of
+/// `n[0]`, `n[1]`, `n[2]` deterministic images, norms perturbed away from the identity.
+pub fn hand_written_outputs(n: [usize; 3]) -> Vec<(&'static str, PathOutputs)> {
+    let vit = Arch::Vit {
+        image_size: 16,
+        patch: 4,
+        in_channels: 3,
+        dim: 32,
+        depth: 2,
+        heads: 4,
+        mlp_dim: 64,
+        num_classes: 7,
+    };
+    let models = [
+        ("resnet8", Arch::resnet8(1, 10), None),
+        ("lite0", Arch::efficientnet_lite(0, 7), Some(rgb(40))),
+        ("vit", vit, Some(rgb(16))),
+    ];
+    models
+        .into_iter()
+        .zip(n)
+        .map(|((name, arch, input), n)| {
+            let mut card = fmnist_card(arch);
+            if let Some(i) = input {
+                card.input = i;
+            }
+            let per = card.input.height * card.input.width * card.input.channels;
+            let mut m = Model::init(card, &cpu(), 3).unwrap();
+            m.hand_written_paths().unwrap();
+            perturb_norms(&mut m, 1);
+            let px = pixels(n, per, 5);
+            let logits = m.logits(&px, n, NormMode::Running).unwrap();
+            let classes = m.card.architecture.num_classes();
+            let b = m
+                .norm_affine_backward(&px, n, NormMode::Batch, false, |l| {
+                    mean_entropy_grad(l, classes)
+                })
+                .unwrap();
+            let grads = b.grads.iter().flat_map(|(_, g)| g.clone()).collect();
+            let out = PathOutputs {
+                logits,
+                train_logits: b.logits,
+                grads,
+            };
+            (name, out)
+        })
+        .collect()
 }
