@@ -323,6 +323,8 @@ mod x86 {
     }
 
     /// Rows `first..first + rows` of the product into `dst` (which starts at row `first`).
+    /// Keep this dispatch inside a `target_feature` function: moved into the caller, LLVM kept
+    /// the 24 accumulators on the stack and the bf16 cloud round ran at half speed (measured).
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn rows(
         dst: &mut [f32],
@@ -593,14 +595,17 @@ mod tests {
     }
 
     #[test]
-    fn bf16_is_refused_without_the_instruction() {
+    fn precisions_parse_and_bf16_is_refused_without_the_instruction() {
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert_eq!("f32".parse::<Precision>(), Ok(Precision::F32));
+        assert!("bf8".parse::<Precision>().unwrap_err().contains("bf8"));
+        // Setting f32 is always possible (and leaves this test process as every test expects).
+        assert!(set_precision(Precision::F32).is_ok());
         if bf16_supported() {
-            assert!(set_precision(Precision::F32).is_ok());
-            return;
+            return; // The refusal runs under QEMU's Haswell: tests/bf16_products.rs.
         }
         let e = set_precision(Precision::Bf16).unwrap_err().to_string();
         assert!(e.contains("AVX512_BF16"), "{e}");
         assert_eq!(precision(), Precision::F32);
-        assert!("bf8".parse::<Precision>().is_err());
     }
 }

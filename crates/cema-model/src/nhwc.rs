@@ -193,41 +193,31 @@ impl FConv {
                 fill_rows(dst, &self.b);
             }
             let par = threads_for(threads, rows * k * k * self.cin * cout);
-            if bf16() && pointwise {
+            if pointwise && bf16() {
                 let lhs = View::rows(x, rows, self.cin, self.cin);
                 gemm_bf16(dst, cout, lhs, self.packed(), (1.0, 1.0), par);
-            } else if bf16() && self.cin.is_multiple_of(2) {
-                // The three kernel rows as three windows of one product (see `conv_bf16`).
-                let wp = g.w + 2;
-                let m = rows - 2 * wp - 2;
-                let d = &mut dst[(wp + 1) * cout..(wp + 1 + m) * cout];
-                let offs = [0, wp * self.cin, 2 * wp * self.cin];
-                let (x, b) = (x, self.packed());
-                conv_bf16(
-                    d,
-                    cout,
-                    x,
-                    (m, self.cin),
-                    &offs,
-                    3 * self.cin,
-                    b,
-                    (1.0, 1.0),
-                    par,
-                );
             } else if pointwise {
                 gemm_acc(dst, x, &self.w, (rows, self.cin, cout), par);
             } else {
-                // Output row r + wp + 1 reads input rows r + ky·wp + (0..3): for each ky one GEMM
-                // whose lhs rows are overlapping 3·cin windows of the padded input. The rows that
-                // land on the border are garbage and zeroed below.
+                // Output row r + wp + 1 reads input rows r + ky·wp + (0..3): for each ky the lhs
+                // rows are overlapping 3·cin windows of the padded input. The rows that land on
+                // the border are garbage and zeroed below.
                 let wp = g.w + 2;
                 let m = rows - 2 * wp - 2;
                 let kc = 3 * self.cin;
                 let d = &mut dst[(wp + 1) * cout..(wp + 1 + m) * cout];
-                for ky in 0..3 {
-                    let lhs = &x[ky * wp * self.cin..];
-                    let rhs = &self.w[ky * kc * cout..(ky + 1) * kc * cout];
-                    gemm_acc_lhs_stride(d, lhs, self.cin, rhs, (m, kc, cout), par);
+                if bf16() && self.cin.is_multiple_of(2) {
+                    // The three kernel rows as three windows of one product (see `conv_bf16`).
+                    let offs = [0, wp * self.cin, 2 * wp * self.cin];
+                    let b = self.packed();
+                    conv_bf16(d, cout, x, (m, self.cin), &offs, kc, b, (1.0, 1.0), par);
+                } else {
+                    // One GEMM per kernel row.
+                    for ky in 0..3 {
+                        let lhs = &x[ky * wp * self.cin..];
+                        let rhs = &self.w[ky * kc * cout..(ky + 1) * kc * cout];
+                        gemm_acc_lhs_stride(d, lhs, self.cin, rhs, (m, kc, cout), par);
+                    }
                 }
             }
         } else {
